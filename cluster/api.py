@@ -1,0 +1,141 @@
+"""The control plane's REST API (`/api/v1/...`) as a Ray Serve deployment, with OpenAPI docs at /api/docs.
+
+On start it migrates the database, creates the admin key on first start, records which built-in models
+are served, and starts (or finds) the accounting actor, so a `serve deploy` of the YAML alone gives a
+working platform.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import ray
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from sqlalchemy import select
+
+from cluster import accounting, keys
+from cluster.db import Project, ServedModel, migrate, now, session_scope
+from cluster.settings import get_settings
+from serve_apps.catalog import BUILTIN_MODELS, CatalogModel, builtin
+from serve_apps.errors import PlatformError
+
+log = logging.getLogger("maas.control")
+
+app = FastAPI(title="MaaS control plane", root_path="/api", docs_url="/docs", openapi_url="/openapi.json")
+
+
+@app.exception_handler(PlatformError)
+async def _platform_error(_request: Request, exc: PlatformError):
+    return JSONResponse(status_code=exc.status, content=exc.body())
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError):
+    reason = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in exc.errors())
+    return JSONResponse(status_code=400, content=PlatformError("MaaS.0400", reason=reason).body())
+
+
+def require_admin(request: Request) -> None:
+    auth = request.headers.get("authorization", "")
+    if not auth.startswith("Bearer ") or not auth[7:].strip():
+        raise PlatformError("ModelArts.81002")
+    with session_scope(get_settings().database_url) as session:
+        if not keys.is_admin(session, auth[7:].strip()):
+            raise PlatformError("ModelArts.81003")
+
+
+Admin = Annotated[None, Depends(require_admin)]
+router = APIRouter(prefix="/v1")
+
+
+def _project(session, project_id: str) -> str:
+    if session.get(Project, project_id) is None:
+        raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
+    return project_id
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/models", response_model=list[CatalogModel])
+async def catalog(_: Admin):
+    return BUILTIN_MODELS
+
+
+@router.post("/{project_id}/keys", status_code=201, response_model=keys.KeyCreated)
+async def create_key(project_id: str, spec: keys.KeyCreate, _: Admin):
+    with session_scope(get_settings().database_url) as session:
+        created, key_hash = keys.create_key(session, _project(session, project_id), spec)
+        # The key works once the actor knows it; commit only after that so both agree.
+        await _actor().add_key.remote(key_hash, created.id, project_id)
+    return created
+
+
+@router.get("/{project_id}/keys", response_model=list[keys.KeyView])
+async def list_keys(project_id: str, _: Admin):
+    with session_scope(get_settings().database_url) as session:
+        return keys.list_keys(session, _project(session, project_id))
+
+
+@router.delete("/{project_id}/keys/{key_id}", status_code=204)
+async def delete_key(project_id: str, key_id: str, _: Admin):
+    with session_scope(get_settings().database_url) as session:
+        key_hash = keys.delete_key(session, _project(session, project_id), key_id)
+        # Revoke before the row goes: if the commit fails, the actor's reload brings the key back.
+        await _actor().revoke_key.remote(key_hash)
+
+
+app.include_router(router)
+
+
+def _actor():
+    return ray.get_actor(accounting.ACCOUNTING_ACTOR, namespace=accounting.NAMESPACE)
+
+
+def register_builtin_models(database_url: str, model_ids: list[str]) -> None:
+    """Record which built-in models this platform serves (app name = model id)."""
+    with session_scope(database_url) as session:
+        for model_id in model_ids:
+            card = builtin(model_id)
+            row = session.get(ServedModel, model_id)
+            created = row.created_at if row else now()
+            payload = card.model_dump(mode="json") | {"created": created}
+            if row is None:
+                session.add(ServedModel(model_id=model_id, project_id=None, app_name=model_id,
+                                        deployment_name=f"engine-{model_id}", card=payload, created_at=created))
+            else:
+                row.card = payload
+
+
+def prepare(model_ids: list[str]) -> str | None:
+    """Migrate, make the admin key on first start, register models. Returns a newly made admin key."""
+    settings = get_settings()
+    migrate(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        secret = keys.ensure_admin_key(session, os.environ.get("MAAS_ADMIN_KEY"))
+    register_builtin_models(settings.database_url, model_ids)
+    return secret
+
+
+@serve.deployment
+@serve.ingress(app)
+class ControlPlane:
+    def __init__(self, model_ids: list[str]):
+        secret = prepare(model_ids)
+        if secret and not os.environ.get("MAAS_ADMIN_KEY"):
+            log.warning("Generated the admin key (shown once): %s", secret)
+        actor = accounting.get_or_create(get_settings().database_url)
+        ray.get(actor.reload.remote())
+
+
+def build_app(args: dict | None = None) -> serve.Application:
+    """`serve deploy` entry point: `args.models` lists the built-in models the YAML also deploys."""
+    model_ids = (args or {}).get("models", [m.id for m in BUILTIN_MODELS])
+    return ControlPlane.options(ray_actor_options={"num_cpus": 0}).bind(model_ids)

@@ -1,0 +1,108 @@
+"""API keys and the admin key: creation rules (spec §9.1), hashing, masking."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cluster.db import AdminKey, ApiKey
+from serve_apps.errors import PlatformError
+
+MAX_LIVE_KEYS = 30
+_LABEL = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret() -> str:
+    return "sk-" + secrets.token_urlsafe(36)
+
+
+class KeyCreate(BaseModel):
+    label: str = Field(description="1-100 characters of A-Z a-z 0-9 _ -, unique in the project.")
+    description: str = Field(description="1-100 characters.")
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if not _LABEL.match(value):
+            raise ValueError("label must be 1-100 characters of A-Z a-z 0-9 _ -")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _description(cls, value: str) -> str:
+        if not 1 <= len(value) <= 100:
+            raise ValueError("description must be 1-100 characters")
+        return value
+
+
+class KeyView(BaseModel):
+    id: str
+    project_id: str
+    label: str
+    description: str
+    key_masked: str
+    created_at: int
+
+    @classmethod
+    def of(cls, row: ApiKey) -> "KeyView":
+        return cls(id=row.id, project_id=row.project_id, label=row.label, description=row.description,
+                   key_masked=f"{row.prefix}{'*' * 8}{row.suffix}", created_at=row.created_at)
+
+
+class KeyCreated(KeyView):
+    key: str = Field(description="The secret. Shown once, never stored.")
+
+
+def create_key(session: Session, project_id: str, spec: KeyCreate) -> tuple[KeyCreated, str]:
+    live = session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.project_id == project_id))
+    if live >= MAX_LIVE_KEYS:
+        raise PlatformError("MaaS.0400", reason=f"At most {MAX_LIVE_KEYS} API keys can exist at once; "
+                                                "delete one to create another.")
+    if session.scalar(select(ApiKey).where(ApiKey.project_id == project_id, ApiKey.label == spec.label)):
+        raise PlatformError("MaaS.0409", reason=f"An API key labelled {spec.label!r} already exists.")
+    secret = new_secret()
+    row = ApiKey(id=uuid.uuid4().hex[:16], project_id=project_id, label=spec.label,
+                 description=spec.description, key_hash=hash_key(secret), prefix=secret[:4], suffix=secret[-4:])
+    session.add(row)
+    session.flush()
+    return KeyCreated(**KeyView.of(row).model_dump(), key=secret), row.key_hash
+
+
+def list_keys(session: Session, project_id: str) -> list[KeyView]:
+    rows = session.scalars(select(ApiKey).where(ApiKey.project_id == project_id).order_by(ApiKey.created_at))
+    return [KeyView.of(row) for row in rows]
+
+
+def delete_key(session: Session, project_id: str, key_id: str) -> str:
+    """Delete by id (or label) and return the hash, so the caller can revoke it everywhere."""
+    row = session.scalar(select(ApiKey).where(ApiKey.project_id == project_id,
+                                              (ApiKey.id == key_id) | (ApiKey.label == key_id)))
+    if row is None:
+        raise PlatformError("MaaS.0404", what=f"API key {key_id!r}")
+    session.delete(row)
+    return row.key_hash
+
+
+def ensure_admin_key(session: Session, wanted: str | None) -> str | None:
+    """Create the admin key on first start (from MAAS_ADMIN_KEY if set). Returns a new secret, or None."""
+    if session.scalar(select(AdminKey.id).limit(1)) is not None:
+        return None
+    secret = wanted or "admin-" + secrets.token_urlsafe(32)
+    session.add(AdminKey(key_hash=hash_key(secret)))
+    return secret
+
+
+def is_admin(session: Session, secret: str) -> bool:
+    digest = hash_key(secret)
+    stored = session.scalars(select(AdminKey.key_hash)).all()
+    return any(secrets.compare_digest(digest, h) for h in stored)

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible gateway: auth, validation, routing to engine deployments by handle."""

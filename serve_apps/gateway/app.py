@@ -1,0 +1,252 @@
+"""The gateway deployment: the OpenAI API at /v1 in front of every engine deployment.
+
+Per request: the middleware checks the Authorization header's shape and the body size; the handler
+parses the body strictly, asks the accounting actor (one round trip) who the caller is and which
+deployment serves the model, then calls that deployment through a Serve handle (no second HTTP hop).
+Streams always ask the engine for usage; the usage chunk is removed again for clients that did not ask.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse, ScoreRequest
+
+from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
+from vllm.entrypoints.generate.base.protocol import StreamOptions
+
+from serve_apps.catalog import CatalogModel
+from serve_apps.errors import OpenAIError, PlatformError, model_not_found
+from serve_apps.gateway.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, RerankRequest
+from serve_apps.model_app import supports
+
+log = logging.getLogger("maas.gateway")
+MAX_BODY_BYTES = 8 * 1024 * 1024
+ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/models"}
+ACCOUNTING_ACTOR, NAMESPACE = "maas-accounting", "maas"  # the control plane's actor, found by name
+
+app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _json(status: int, body: dict) -> JSONResponse:
+    return JSONResponse(status_code=status, content=body)
+
+
+class GatewayGuard:
+    """ASGI middleware: no request to a /v1 route passes without a Bearer header and a body ≤ 8 MB."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in ROUTES:
+            return await self.inner(scope, receive, send)
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode("latin-1")
+        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
+        if not token:
+            return await _json(400, PlatformError("ModelArts.81002").body())(scope, receive, send)
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, receive, send)
+        scope.setdefault("state", {})["key_hash"] = hashlib.sha256(token.encode()).hexdigest()
+        await self.inner(scope, _limited(receive), send)
+
+
+def _limited(receive):
+    """Bodies sent without Content-Length are counted as they arrive."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > MAX_BODY_BYTES:
+            raise PlatformError("MaaS.0413", limit=MAX_BODY_BYTES)
+        return message
+
+    return wrapped
+
+
+app.add_middleware(GatewayGuard)
+
+
+@app.exception_handler(PlatformError)
+async def _platform_error(_request: Request, exc: PlatformError):
+    return _json(exc.status, exc.body())
+
+
+@app.exception_handler(OpenAIError)
+async def _openai_error(_request: Request, exc: OpenAIError):
+    return _json(exc.status, exc.body())
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError):
+    # Authentication comes first: a caller with a bad key learns nothing about the body rules.
+    gateway: Gateway = request.app.state.gateway
+    await gateway.caller(request.state.key_hash, None)
+    errors = [{k: v for k, v in err.items() if k != "url"} for err in exc.errors()]
+    return _json(400, OpenAIError(400, str(errors)).body())
+
+
+def _rename_reasoning(message: dict) -> None:
+    """vLLM calls it `reasoning`; the product (and most clients) read `reasoning_content`."""
+    if "reasoning" in message:
+        message["reasoning_content"] = message.pop("reasoning")
+
+
+@serve.deployment
+@serve.ingress(app)
+class Gateway:
+    def __init__(self):
+        app.state.gateway = self
+        self._actor = None
+        self._handles: dict[tuple[str, str], Any] = {}
+
+    # -- who is calling, and what serves the model --------------------------------------------------
+    async def _accounting(self):
+        if self._actor is None:
+            try:
+                self._actor = ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE)
+            except ValueError:
+                raise PlatformError("MaaS.0503", reason="the accounting service is not up yet") from None
+        return self._actor
+
+    async def caller(self, key_hash: str, model: str | None) -> dict:
+        actor = await self._accounting()
+        try:
+            answer = await actor.authorize.remote(key_hash, model)
+        except ray.exceptions.RayActorError:
+            self._actor = None
+            raise PlatformError("MaaS.0503", reason="the accounting service is restarting") from None
+        if answer.get("error") == "ModelArts.81003":
+            raise PlatformError("ModelArts.81003")
+        if answer.get("error") == "model_not_found":
+            raise model_not_found(model)
+        return answer
+
+    def _handle(self, route: dict):
+        key = (route["app_name"], route["deployment_name"])
+        if key not in self._handles:
+            self._handles[key] = serve.get_deployment_handle(route["deployment_name"], route["app_name"])
+        return self._handles[key]
+
+    async def _route(self, request: Request, model: str, kind: str) -> tuple[dict, Any]:
+        answer = await self.caller(request.state.key_hash, model)
+        route = answer["route"]
+        card = CatalogModel.model_validate(route["card"])
+        if not supports(card, kind):
+            raise OpenAIError(400, f"The model `{model}` does not support /v1/{kind}.")
+        return route | {"card_obj": card}, self._handle(route)
+
+    # -- routes -------------------------------------------------------------------------------------
+    @app.get("/v1/models")
+    async def models(self, request: Request):
+        actor = await self._accounting()
+        answer = await actor.list_models.remote(request.state.key_hash)
+        if answer.get("error"):
+            raise PlatformError(answer["error"])
+        data = [{"id": r["model_id"], "object": "model", "created": r["card"].get("created", 0),
+                 "owned_by": r["card"].get("owned_by", "")} for r in answer["models"]]
+        return {"object": "list", "data": sorted(data, key=lambda m: m["id"])}
+
+    @app.post("/v1/chat/completions")
+    async def chat(self, body: ChatRequest, request: Request):
+        route, handle = await self._route(request, body.model, "chat")
+        card = route["card_obj"]
+        if card.thinking_kwarg:
+            kwargs = dict(body.chat_template_kwargs or {})
+            kwargs.setdefault(card.thinking_kwarg, card.thinking_default)
+            body.chat_template_kwargs = kwargs
+        return await self._generate(handle, "chat", _sanitize_chat_completion_request(body))
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, request: Request):
+        _route, handle = await self._route(request, body.model, "completions")
+        return await self._generate(handle, "completions", body)
+
+    async def _generate(self, handle, method: str, body) -> Response:
+        client_wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+        if body.stream:  # usage always comes back from the engine, for accounting
+            body.stream_options = StreamOptions(include_usage=True)
+        stream = handle.options(stream=True)
+        generator = getattr(stream, method).remote(body)
+        first = await generator.__anext__()
+        batch = first if isinstance(first, list) else [first]
+        head = batch[0]
+        if isinstance(head, ErrorResponse):
+            raise OpenAIError(head.error.code, head.error.message, head.error.type)
+        if not body.stream:
+            content = head.model_dump()
+            for choice in content.get("choices", []):
+                if "message" in choice:
+                    _rename_reasoning(choice["message"])
+            return _json(200, content)
+        return StreamingResponse(self._relay(batch, generator, client_wants_usage),
+                                 media_type="text/event-stream")
+
+    @staticmethod
+    async def _relay(first: list, rest, keep_usage: bool) -> AsyncIterator[str]:
+        batch = first
+        while True:
+            out = []
+            for chunk in batch:
+                if isinstance(chunk, ErrorResponse):
+                    out.append(f"data: {json.dumps(OpenAIError(chunk.error.code, chunk.error.message).body())}\n\n")
+                    continue
+                if '"choices":[]' in chunk and '"usage":{' in chunk and not keep_usage:
+                    continue
+                out.append(chunk.replace('"reasoning":', '"reasoning_content":'))
+            if out:
+                yield "".join(out)
+            try:
+                batch = await rest.__anext__()
+            except StopAsyncIteration:
+                return
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, body: EmbeddingRequest, request: Request):
+        _route, handle = await self._route(request, body.model, "embeddings")
+        result = await handle.options(stream=True).embeddings.remote(body).__anext__()
+        if isinstance(result, ErrorResponse):
+            raise OpenAIError(result.error.code, result.error.message, result.error.type)
+        return _json(200, result.model_dump())
+
+    @app.post("/v1/rerank")
+    async def rerank(self, body: RerankRequest, request: Request):
+        _route, handle = await self._route(request, body.model, "rerank")
+        score = ScoreRequest(model=body.model, text_1=body.query, text_2=body.documents)
+        result = await handle.options(stream=True).score.remote(score).__anext__()
+        if isinstance(result, ErrorResponse):
+            raise OpenAIError(result.error.code, result.error.message, result.error.type)
+        ranked = sorted(result.data, key=lambda d: d.score, reverse=True)[: body.top_n or None]
+        return {
+            "id": f"rerank-{uuid.uuid4().hex}",
+            "model": body.model,
+            "created": int(time.time()),
+            "usage": {"total_tokens": result.usage.total_tokens},
+            "results": [{"index": d.index, "relevance_score": d.score,
+                         **({"document": {"text": body.documents[d.index]}} if body.return_documents else {})}
+                        for d in ranked],
+        }
+
+
+def build_app(args: dict | None = None) -> serve.Application:
+    """`serve deploy` entry point of the gateway application."""
+    args = args or {}
+    return Gateway.options(
+        num_replicas=args.get("replicas", 1),
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=args.get("max_ongoing_requests", 1000),
+    ).bind()

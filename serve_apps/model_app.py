@@ -1,0 +1,201 @@
+"""Build the Ray Serve application that hosts one model on vLLM through `ray.serve.llm`.
+
+`ModelServiceSpec` is the typed description the control plane (or a `serve deploy` YAML) hands in; the
+builder turns it into an `LLMConfig` with the defaults that suit a MaaS platform rather than the
+library's: a real autoscaling target, CPU placement when there is no GPU, the tool and reasoning
+parsers the catalog asks for, no prompt logging, and stream batching that never delays the first token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, AsyncGenerator, Literal
+
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ErrorInfo,
+    ErrorResponse,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
+from ray.llm._internal.serve.utils.batcher import Batcher
+from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+
+from serve_apps.catalog import CatalogModel, ModelType, builtin
+from serve_apps.errors import context_length_exceeded
+
+Accelerator = Literal["cpu", "cuda", "npu"]
+
+
+class ModelServiceSpec(BaseModel):
+    """Everything needed to run one model as a Serve application."""
+
+    model: CatalogModel
+    model_path: str = Field(description="Local directory with the weights and tokenizer.")
+    app_name: str
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: int = Field(16, gt=0, description="Scale up above this many per replica.")
+    max_ongoing_requests: int = Field(64, gt=0)
+    stream_batching_interval_ms: float = Field(
+        10, ge=0, description="After the first chunk (sent at once), chunks travel in batches this often.")
+    accelerator: Accelerator = "cpu"
+    kv_cache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    engine_kwargs: dict[str, Any] = {}
+
+    @property
+    def deployment_name(self) -> str:
+        return f"engine-{self.model.id}"
+
+
+class FirstChunkBatcher(Batcher):
+    """Like ray.serve.llm's Batcher, but the first chunk leaves as soon as it exists: batching then
+    saves per-chunk hops for the rest of the stream without adding to time-to-first-token."""
+
+    async def stream(self):
+        first = asyncio.ensure_future(self.queue.get())
+        finished = asyncio.ensure_future(self.done_event.wait())
+        await asyncio.wait([first, finished], return_when=asyncio.FIRST_COMPLETED)
+        finished.cancel()
+        if first.done():
+            yield [first.result(), *self.drain_queue()]
+        else:
+            first.cancel()
+        async for batch in super().stream():
+            yield batch
+
+
+class MaasLLMServer(LLMServer):
+    """`LLMServer` with first-chunk-immediate stream batching, and the product's context-length rule:
+    prompt + max_tokens over the context is refused (vLLM would silently shorten max_tokens)."""
+
+    def _batch_output_stream(self, generator: AsyncGenerator) -> AsyncGenerator:
+        interval = self._get_batch_interval_ms()
+        if not interval:
+            return super()._batch_output_stream(generator)
+        return FirstChunkBatcher(generator, interval_ms=interval).stream()
+
+    async def chat(self, request, raw_request_info=None):
+        if error := await self._over_context(request, "messages"):
+            return _single(error)
+        return await super().chat(request, raw_request_info)
+
+    async def completions(self, request, raw_request_info=None):
+        if error := await self._over_context(request, "prompt"):
+            return _single(error)
+        return await super().completions(request, raw_request_info)
+
+    async def _over_context(self, request, unit: str) -> ErrorResponse | None:
+        max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
+        limit = self._llm_config.engine_kwargs.get("max_model_len")
+        if not max_tokens or not limit:
+            return None
+        # Every tokenizer here yields at most one token per byte (plus a few special tokens), so a
+        # request whose byte size leaves room is fine without tokenizing it.
+        raw = request.model_dump_json(include={"messages", "prompt", "tools"}).encode()
+        if max_tokens + len(raw) + 64 <= limit:
+            return None
+        if unit == "messages":
+            tokenize = TokenizeChatRequest(model=request.model, messages=request.messages, tools=request.tools,
+                                           chat_template_kwargs=request.chat_template_kwargs)
+        else:
+            tokenize = TokenizeCompletionRequest(model=request.model, prompt=request.prompt)
+        counted = await (await self.tokenize(tokenize)).__anext__()
+        if isinstance(counted, ErrorResponse) or counted.count + max_tokens <= limit:
+            return counted if isinstance(counted, ErrorResponse) else None
+        message = context_length_exceeded(limit, counted.count, max_tokens, unit).message
+        return ErrorResponse(error=ErrorInfo(message=message, type="BadRequestError", code=400))
+
+
+async def _single(item):
+    yield item
+
+
+def _engine_kwargs(spec: ModelServiceSpec) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"max_model_len": spec.model.context_length, "enforce_eager": spec.accelerator == "cpu"}
+    if spec.model.is_chat:
+        kwargs.update(enable_auto_tool_choice=True, tool_call_parser="hermes")
+        if spec.model.thinking_kwarg:
+            kwargs["reasoning_parser"] = "qwen3"
+    else:
+        kwargs["runner"] = "pooling"
+    kwargs.update(spec.engine_kwargs)
+    return kwargs
+
+
+def _placement(spec: ModelServiceSpec) -> dict[str, Any]:
+    """CPU: one logical CPU per engine and none for the replica actor (else Serve asks for a GPU)."""
+    if spec.accelerator == "cpu":
+        return {"placement_group_config": {"bundles": [{"CPU": 1}]}, "ray_actor_options": {"num_cpus": 0}}
+    if spec.accelerator == "npu":
+        return {"placement_group_config": {"bundles": [{"CPU": 1, "NPU": 1}]}, "ray_actor_options": {"num_cpus": 0}}
+    return {"ray_actor_options": {"num_cpus": 0}}
+
+
+def build_llm_config(spec: ModelServiceSpec) -> LLMConfig:
+    placement = _placement(spec)
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAYLLM_ENABLE_REQUEST_PROMPT_LOGS": "0",
+           "VLLM_CPU_KVCACHE_SPACE": str(spec.kv_cache_gib)}
+    if spec.accelerator == "cpu":
+        env["VLLM_TARGET_DEVICE"] = "cpu"
+    config = dict(
+        model_loading_config={"model_id": spec.model.id, "model_source": spec.model_path},
+        engine_kwargs=_engine_kwargs(spec),
+        runtime_env={"env_vars": env},
+        deployment_config={
+            "name": spec.deployment_name,
+            "autoscaling_config": {
+                "min_replicas": spec.min_replicas,
+                "initial_replicas": max(spec.min_replicas, 1),
+                "max_replicas": spec.max_replicas,
+                "target_ongoing_requests": spec.target_ongoing_requests,
+            },
+            "max_ongoing_requests": spec.max_ongoing_requests,
+            "ray_actor_options": placement["ray_actor_options"],
+        },
+        experimental_configs={"stream_batching_interval_ms": spec.stream_batching_interval_ms},
+        log_engine_metrics=True,
+    )
+    if "placement_group_config" in placement:
+        config["placement_group_config"] = placement["placement_group_config"]
+    return LLMConfig(**config)
+
+
+def build_model_app(spec: ModelServiceSpec) -> serve.Application:
+    return build_llm_deployment(build_llm_config(spec), deployment_cls=MaasLLMServer,
+                                override_serve_options={"name": spec.deployment_name})
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("MAAS_HOME", Path.home() / ".maas")).expanduser() / "models"
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """`serve deploy` entry point: `args` names a built-in `model` plus any `ModelServiceSpec` field."""
+    args = dict(args)
+    model = builtin(args.pop("model"))
+    args.setdefault("app_name", model.id)
+    args.setdefault("model_path", str(ensure_built(model, models_dir())))
+    args.setdefault("accelerator", os.environ.get("MAAS_ACCELERATOR", "cpu"))
+    return build_model_app(ModelServiceSpec(model=model, **args))
+
+
+def ensure_built(model: CatalogModel, directory: Path) -> Path:
+    """The model's weights directory; a built-in one is built first if missing (tiny-chat: ~45 s)."""
+    path = model.resolve_source(directory)
+    if model.source == "builtin:tiny-chat":
+        from serve_apps import tiny_chat
+
+        if not tiny_chat.is_built(path):
+            tiny_chat.build(path)
+    return path
+
+
+def supports(model: CatalogModel, route: str) -> bool:
+    """Which OpenAI route a model type answers."""
+    needed = {"chat": ModelType.TEXT_GENERATION, "completions": ModelType.TEXT_GENERATION,
+              "embeddings": ModelType.EMBEDDING, "rerank": ModelType.RERANK}[route]
+    return needed in model.types
