@@ -72,6 +72,13 @@ class MaasLLMServer(LLMServer):
     """`LLMServer` with first-chunk-immediate stream batching, and the product's context-length rule:
     prompt + max_tokens over the context is refused (vLLM would silently shorten max_tokens)."""
 
+    async def start(self):
+        await super().start()
+        # ray 2.60 looks for vLLM 0.32's tokenizer service under an older attribute name.
+        engine = self.engine
+        if getattr(engine, "_oai_serving_tokenization", False) is None:
+            engine._oai_serving_tokenization = getattr(engine._app_state, "serving_tokenization", None)
+
     def _batch_output_stream(self, generator: AsyncGenerator) -> AsyncGenerator:
         interval = self._get_batch_interval_ms()
         if not interval:
@@ -117,7 +124,9 @@ async def _single(item):
 def _engine_kwargs(spec: ModelServiceSpec) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"max_model_len": spec.model.context_length, "enforce_eager": spec.accelerator == "cpu"}
     if spec.model.is_chat:
-        kwargs.update(enable_auto_tool_choice=True, tool_call_parser="hermes")
+        # Compact JSON under constrained decoding: a small model cannot pad a tool call with whitespace.
+        kwargs.update(enable_auto_tool_choice=True, tool_call_parser="hermes",
+                      structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
         if spec.model.thinking_kwarg:
             kwargs["reasoning_parser"] = "qwen3"
     else:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
                   "<tool_call>", "</tool_call>"]
-BUILD_VERSION = 1  # bump when the recipe changes so `ensure_built` rebuilds old directories
+BUILD_VERSION = 2  # bump when the recipe changes so `ensure_built` rebuilds old directories
 CONTEXT_LENGTH = 2048
-TRAIN_STEPS = 300
+TRAIN_STEPS = 400
 
 # A Qwen3-style ChatML template: tools in the system turn, `enable_thinking` toggles reasoning.
 CHAT_TEMPLATE = """{%- if tools %}<|im_start|>system
@@ -81,29 +81,50 @@ def _sentence(rng: random.Random) -> str:
     return " ".join(words) + rng.choice([" .", " ?", " !", " ,"])
 
 
-def _dialogue(rng: random.Random) -> str:
-    """One training sample in the exact format the chat template renders."""
+_TOOLS = {
+    "get_weather": ("city", ["paris", "tokyo", "lima", "oslo", "cairo", "delhi"]),
+    "get_delivery_date": ("order_id", ["A1024", "B77", "C3141", "D9", "E2718"]),
+    "search": ("query", ["red roses", "blue sea", "green grass", "ray serve"]),
+}
+
+
+def _tool_schema(name: str) -> dict:
+    arg = _TOOLS[name][0]
+    return {"type": "function", "function": {
+        "name": name, "description": f"{name.replace('_', ' ')} for a {arg.replace('_', ' ')} .",
+        "parameters": {"type": "object", "properties": {arg: {"type": "string"}}, "required": [arg]}}}
+
+
+def _conversation(rng: random.Random) -> tuple[list[dict], list[dict] | None, bool, str]:
+    """(messages, tools, thinking, the assistant's reply) for one training sample."""
     thing = rng.choice(_THINGS)
-    kind = rng.random()
-    if kind < 0.5:
-        question, answer = f"what is the color of the {thing} ?", f"the {thing} is {_color_of(thing)} ."
+    messages = [{"role": "system", "content": _sentence(rng)}] if rng.random() < 0.3 else []
+    tools = None
+    if rng.random() < 0.25:
+        names = rng.sample(sorted(_TOOLS), rng.randint(1, 3))
+        tools = [_tool_schema(n) for n in names]
+        name = rng.choice(names)
+        arg, values = _TOOLS[name]
+        value = rng.choice(values)
+        messages.append({"role": "user", "content": f"please {name.replace('_', ' ')} for {value} ."})
+        reply = f'<tool_call>{{"name": "{name}", "arguments": {{"{arg}": "{value}"}}}}</tool_call>'
+    elif rng.random() < 0.5:
+        messages.append({"role": "user", "content": f"what is the color of the {thing} ?"})
+        reply = f"the {thing} is {_color_of(thing)} ."
     else:
-        question, answer = _sentence(rng), _sentence(rng)
-    text = ""
-    if rng.random() < 0.3:
-        text += f"<|im_start|>system\n{_sentence(rng)}<|im_end|>\n"
-    text += f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
-    if rng.random() < 0.8:  # mostly thinking: with thinking on, the model opens <think> itself
-        text += f"<think>\nlet me think about the {thing} . {_sentence(rng)}\n</think>\n\n"
-    else:
-        text += "<think>\n\n</think>\n\n"
-    return text + f"{answer}<|im_end|>\n"
+        messages.append({"role": "user", "content": _sentence(rng)})
+        reply = _sentence(rng)
+    thinking = rng.random() < 0.8  # mostly thinking: with thinking on, the model opens <think> itself
+    if thinking:
+        reply = f"<think>\nlet me think about the {thing} . {_sentence(rng)}\n</think>\n\n{reply}"
+    return messages, tools, thinking, reply
 
 
 def _train_tokenizer(rng: random.Random):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    corpus = [_sentence(rng) for _ in range(20000)] + [_dialogue(rng) for _ in range(2000)]
+    corpus = [_sentence(rng) for _ in range(20000)] + [_conversation(rng)[3] for _ in range(2000)]
+    corpus += [CHAT_TEMPLATE] * 50
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -154,7 +175,12 @@ def build(output_dir: str | Path) -> Path:
 def _train(model, tokenizer, rng: random.Random) -> None:
     import torch
 
-    samples = [tokenizer(_dialogue(rng))["input_ids"][:96] for _ in range(4000)]
+    samples = []
+    for _ in range(4000):
+        messages, tools, thinking, reply = _conversation(rng)
+        prompt = tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True,
+                                               enable_thinking=thinking)
+        samples.append(tokenizer(prompt + reply + "<|im_end|>\n")["input_ids"][-160:])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     for step in range(TRAIN_STEPS):
