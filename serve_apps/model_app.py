@@ -21,6 +21,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     TokenizeChatRequest,
     TokenizeCompletionRequest,
 )
+from ray.llm._internal.common.callbacks.base import CallbackBase
 from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
@@ -49,6 +50,14 @@ class ModelServiceSpec(BaseModel):
     @property
     def deployment_name(self) -> str:
         return f"engine-{self.model.id}"
+
+
+class LocalWeightsCallback(CallbackBase):
+    """The platform's weights are local directories: skip ray.serve.llm's per-node download task, which
+    costs a whole extra worker process (and a vLLM import) per engine start."""
+
+    async def on_before_node_init(self) -> None:
+        self.ctx.run_init_node = False
 
 
 class FirstChunkBatcher(Batcher):
@@ -167,6 +176,7 @@ def build_llm_config(spec: ModelServiceSpec) -> LLMConfig:
         },
         experimental_configs={"stream_batching_interval_ms": spec.stream_batching_interval_ms},
         log_engine_metrics=True,
+        callback_config={"callback_class": LocalWeightsCallback},
     )
     if "placement_group_config" in placement:
         config["placement_group_config"] = placement["placement_group_config"]

@@ -1,0 +1,97 @@
+"""API keys: the rules of spec §9.1 through the CLI and the admin REST API, and revocation."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import openai
+import pytest
+
+
+def test_create_prints_one_json_document_with_the_secret(platform):
+    done = platform.maas("keys", "create", "--label", "json-doc", "--description", "for a script", "--json")
+    created = json.loads(done.stdout)  # the whole stdout is one JSON document
+    assert created["label"] == "json-doc" and created["description"] == "for a script"
+    secret = created["key"]
+    assert len(secret) >= 40
+    assert created["key_masked"] == secret[:4] + "*" * 8 + secret[-4:]
+
+
+def test_list_shows_only_the_first_and_last_four(platform):
+    created = platform.new_key("masked")
+    listed = {row["label"]: row for row in platform.maas_json("keys", "list")}
+    row = listed["masked"]
+    assert "key" not in row and created["key"] not in json.dumps(listed)
+    assert row["key_masked"] == created["key"][:4] + "********" + created["key"][-4:]
+    table = platform.maas("keys", "list").stdout
+    assert "masked" in table and created["key"] not in table
+
+
+def test_secret_is_stored_only_as_a_hash(platform):
+    created = platform.new_key("hashed")
+    with sqlite3.connect(platform.home / "maas.db") as db:
+        dump = "\n".join(db.iterdump())
+    assert created["key"] not in dump
+    import hashlib
+
+    assert hashlib.sha256(created["key"].encode()).hexdigest() in dump
+
+
+@pytest.mark.parametrize("label,description", [
+    ("has space", "d"), ("", "d"), ("x" * 101, "d"), ("ok-label", "d" * 101), ("bad!label", "d"), ("é", "d")])
+def test_label_and_description_rules(platform, label, description):
+    response = platform.admin().post("/default/keys", json={"label": label, "description": description})
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "MaaS.0400"
+    assert "label" in response.json()["error_msg"] or "description" in response.json()["error_msg"]
+
+
+def test_limits_hold_exactly_at_the_bounds(platform):
+    admin = platform.admin()
+    assert admin.post("/default/keys", json={"label": "L" * 100, "description": "d" * 100}).status_code == 201
+    assert admin.post("/default/keys", json={"label": "-_9", "description": "x"}).status_code == 201
+
+
+def test_labels_are_unique(platform):
+    platform.new_key("twice")
+    done = platform.maas("keys", "create", "--label", "twice", check=False)
+    assert done.returncode == 1 and "MaaS.0409" in done.stderr
+    assert [r["label"] for r in platform.maas_json("keys", "list")].count("twice") == 1
+
+
+def test_at_most_30_live_keys_and_deleting_frees_a_slot(platform):
+    admin = platform.admin()
+    existing = len(admin.get("/default/keys").json())
+    for i in range(30 - existing):
+        assert admin.post("/default/keys", json={"label": f"fill{i}", "description": "x"}).status_code == 201
+    refused = admin.post("/default/keys", json={"label": "one-too-many", "description": "x"})
+    assert refused.status_code == 400 and "At most 30" in refused.json()["error_msg"]
+    assert len(admin.get("/default/keys").json()) == 30  # nothing lost
+    platform.maas("keys", "delete", "fill0")
+    assert admin.post("/default/keys", json={"label": "one-too-many", "description": "x"}).status_code == 201
+    for row in admin.get("/default/keys").json():  # leave room for the other tests
+        if row["label"].startswith("fill") or row["label"] == "one-too-many":
+            assert admin.delete(f"/default/keys/{row['id']}").status_code == 204
+
+
+def test_delete_takes_effect_on_the_very_next_request(platform):
+    created = platform.new_key("short-lived")
+    client = platform.client(created["key"])
+    assert client.models.list().data
+    platform.maas("keys", "delete", created["id"])
+    with pytest.raises(openai.AuthenticationError) as refused:
+        client.models.list()
+    assert refused.value.status_code == 401
+    assert refused.value.body == {"error_code": "ModelArts.81003", "error_msg": "Invalid authorization header."} \
+        or refused.value.response.json()["error_code"] == "ModelArts.81003"
+
+
+def test_admin_routes_need_the_admin_key(platform, api_key):
+    import httpx
+
+    url = platform.base_url + "/api/v1/default/keys"
+    assert httpx.get(url).json()["error_code"] == "ModelArts.81002"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {api_key}"}).status_code == 401
+    assert platform.admin().get("/default/keys").status_code == 200
+    assert platform.admin().get("/no-such-project/keys").status_code == 404
