@@ -115,7 +115,7 @@ def register_builtin_models(database_url: str, model_ids: list[str]) -> None:
 
 
 def prepare(model_ids: list[str]) -> str | None:
-    """Migrate, make the admin key on first start, register models. Returns a newly made admin key."""
+    """Migrate, make the admin key on first start, register models. Returns a newly generated admin key."""
     settings = get_settings()
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
@@ -129,7 +129,7 @@ def prepare(model_ids: list[str]) -> str | None:
 class ControlPlane:
     def __init__(self, model_ids: list[str]):
         secret = prepare(model_ids)
-        if secret and not os.environ.get("MAAS_ADMIN_KEY"):
+        if secret:
             log.warning("Generated the admin key (shown once): %s", secret)
         actor = accounting.get_or_create(get_settings().database_url)
         ray.get(actor.reload.remote())

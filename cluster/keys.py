@@ -94,12 +94,13 @@ def delete_key(session: Session, project_id: str, key_id: str) -> str:
 
 
 def ensure_admin_key(session: Session, wanted: str | None) -> str | None:
-    """Create the admin key on first start (from MAAS_ADMIN_KEY if set). Returns a new secret, or None."""
+    """Create the admin key on first start, from MAAS_ADMIN_KEY if set. Returns the secret only when it was
+    generated here (the caller shows it once), else None."""
     if session.scalar(select(AdminKey.id).limit(1)) is not None:
         return None
     secret = wanted or "admin-" + secrets.token_urlsafe(32)
     session.add(AdminKey(key_hash=hash_key(secret)))
-    return secret
+    return None if wanted else secret
 
 
 def is_admin(session: Session, secret: str) -> bool:

@@ -46,17 +46,16 @@ def _ray_bin() -> str:
     return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 
 
-def _connect(console: Console) -> None:
-    """Join RAY_ADDRESS or a running local cluster; start a local head if there is none."""
+def _connect(console: Console) -> str:
+    """Join RAY_ADDRESS or a running local cluster; start a local head if there is none. Returns the
+    dashboard URL."""
     import ray
 
     settings = get_settings()
-    if ray.is_initialized():
-        return
     address = settings.ray_address or "auto"
     try:
-        ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
-        return
+        return _dashboard(ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR",
+                                   log_to_driver=False))
     except (ConnectionError, RuntimeError):
         if settings.ray_address:
             raise StartupError(f"cannot reach the Ray cluster at RAY_ADDRESS={settings.ray_address}") from None
@@ -69,7 +68,12 @@ def _connect(console: Console) -> None:
     if done.returncode != 0:
         raise StartupError(f"`ray start --head` failed:\n{done.stdout}\n{done.stderr}")
     (settings.home / "ray_started_by_maas").write_text(str(time.time()))
-    ray.init(address="auto", namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False)
+    return _dashboard(ray.init(address="auto", namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False))
+
+
+def _dashboard(context) -> str:
+    url = context.dashboard_url or ""
+    return url if url.startswith("http") else f"http://{url}" if url else "(dashboard not running)"
 
 
 def deploy(console: Console) -> list[str]:
@@ -156,16 +160,13 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
     if new_admin_key:
         settings.credentials_file.write_text(new_admin_key + "\n")
         settings.credentials_file.chmod(0o600)
-    _connect(console)
+    dashboard = _connect(console)
     deploy(console)
     deadline = start + timeout_s
     _wait_running(console, names, deadline)
     base_url = f"http://{settings.host}:{settings.port}"
     with console.status("Waiting for every model to answer..."):
         _probe_models(base_url, model_apps, deadline)
-    import ray
-
-    dashboard = ray.get_runtime_context().get_node_id() and os.environ.get("RAY_DASHBOARD_URL") or "http://127.0.0.1:8265"
     return UpResult(base_url=base_url, dashboard_url=dashboard, seconds=time.time() - start, models=model_apps,
                     new_admin_key=new_admin_key)
 
@@ -197,6 +198,10 @@ def down(console: Console, keep_ray: bool = False) -> None:
         console.print("Stopped the Ray cluster that `maas up` started.")
 
 
+def _name(value) -> str:
+    return getattr(value, "value", value)
+
+
 def status() -> dict:
     import ray
     from ray import serve
@@ -210,11 +215,11 @@ def status() -> dict:
     report = {"applications": {}}
     for name, application in serve.status().applications.items():
         report["applications"][name] = {
-            "status": application.status.value,
+            "status": _name(application.status),
             "message": application.message,
             "deployments": {
-                dep_name: {"status": dep.status.value,
-                           "replicas": {state.value: n for state, n in dep.replica_states.items() if n}}
+                dep_name: {"status": _name(dep.status),
+                           "replicas": {_name(state): n for state, n in dep.replica_states.items() if n}}
                 for dep_name, dep in application.deployments.items()
             },
         }

@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RAY_PORT, DASHBOARD_PORT, SERVE_PORT = 6390, 8275, 18000
+RAY_PORT, DASHBOARD_PORT, SERVE_PORT = 6390, 8275, 8380
 
 
 @dataclass
@@ -61,7 +61,8 @@ def start_ray_head(env: dict) -> None:
     """A Ray head of the tests' own (own ports and temp dir), beside any cluster a developer runs."""
     done = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={RAY_PORT}",
                            f"--dashboard-port={DASHBOARD_PORT}", f"--temp-dir={RAY_TEMP_DIR}",
-                           "--ray-client-server-port=10101", "--num-cpus=16", "--disable-usage-stats",
+                           "--ray-client-server-port=6391", "--dashboard-agent-listen-port=52400",
+                           "--min-worker-port=30000", "--max-worker-port=39999", "--num-cpus=16", "--disable-usage-stats",
                            "--dashboard-host=127.0.0.1"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -92,7 +93,7 @@ def platform() -> Platform:
     admin_key = "admin-test-" + os.urandom(8).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MAAS_"))} | {
         "MAAS_HOME": str(home), "MAAS_PORT": str(SERVE_PORT), "MAAS_ADMIN_KEY": admin_key,
-        "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "PATH": f"{BIN}:{os.environ['PATH']}",
+        "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
     }
     stop_ray(env)
     start_ray_head(env)

@@ -22,7 +22,7 @@ def raw(platform):
 
 @pytest.mark.parametrize("method,path,body", ROUTES)
 def test_every_route_needs_a_valid_key(raw, method, path, body):
-    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer "}):
+    for headers in ({}, {"Authorization": "Basic abc"}, {"Authorization": "Bearer"}, {"Authorization": "sk-raw-key"}):
         response = raw.request(method, path, json=body, headers=headers)
         assert (response.status_code, response.json()) == (400, NO_HEADER)
     response = raw.request(method, path, json=body, headers={"Authorization": "Bearer sk-not-a-key"})

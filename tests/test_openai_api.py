@@ -189,3 +189,20 @@ def test_rerank_sorts_by_relevance(http):
     assert {r["index"] for r in body["results"][:2]} == {1, 3}
     assert all(r["document"]["text"] == documents[r["index"]] for r in body["results"])
     assert body["usage"]["total_tokens"] > 0 and body["id"].startswith("rerank-")
+
+
+def test_prompts_and_completions_are_not_logged(client):
+    from tests.conftest import RAY_TEMP_DIR
+    import time
+    import uuid
+    from pathlib import Path
+
+    marker = f"zebra{uuid.uuid4().hex[:12]}"
+    response = client.chat.completions.create(model=CHAT, max_tokens=8,
+                                              messages=[{"role": "user", "content": f"say {marker} ."}])
+    time.sleep(3)  # let the log files flush
+    logs = Path(RAY_TEMP_DIR) / "session_latest" / "logs"
+    texts = [p.read_text(errors="ignore") for p in logs.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")]
+    assert any("/v1/chat/completions" in t for t in texts)  # these are the logs the requests went through
+    assert not any(marker in t for t in texts)
+    assert not any(response.choices[0].message.content in t for t in texts if len(response.choices[0].message.content) > 12)

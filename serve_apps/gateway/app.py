@@ -60,22 +60,40 @@ class GatewayGuard:
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, receive, send)
         scope.setdefault("state", {})["key_hash"] = hashlib.sha256(token.encode()).hexdigest()
-        await self.inner(scope, _limited(receive), send)
+        if length is None and scope["method"] == "POST":
+            # No Content-Length (chunked): read the body here, counting, and replay it to the app.
+            receive = await _buffered(receive)
+            if receive is None:
+                return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, _empty, send)
+        await self.inner(scope, receive, send)
 
 
-def _limited(receive):
-    """Bodies sent without Content-Length are counted as they arrive."""
-    seen = 0
-
-    async def wrapped():
-        nonlocal seen
+async def _buffered(receive):
+    chunks, size = [], 0
+    while True:
         message = await receive()
-        seen += len(message.get("body", b""))
-        if seen > MAX_BODY_BYTES:
-            raise PlatformError("MaaS.0413", limit=MAX_BODY_BYTES)
-        return message
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_BODY_BYTES:
+            return None
+        if not message.get("more_body"):
+            break
+    body, sent = b"".join(chunks), False
 
-    return wrapped
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _empty():
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 app.add_middleware(GatewayGuard)
@@ -139,7 +157,8 @@ class Gateway:
     def _handle(self, route: dict):
         key = (route["app_name"], route["deployment_name"])
         if key not in self._handles:
-            self._handles[key] = serve.get_deployment_handle(route["deployment_name"], route["app_name"])
+            handle = serve.get_deployment_handle(route["deployment_name"], route["app_name"])
+            self._handles[key] = handle.options(stream=True)  # every engine method answers a generator
         return self._handles[key]
 
     async def _route(self, request: Request, model: str, kind: str) -> tuple[dict, Any]:
@@ -180,8 +199,7 @@ class Gateway:
         client_wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:  # usage always comes back from the engine, for accounting
             body.stream_options = StreamOptions(include_usage=True)
-        stream = handle.options(stream=True)
-        generator = getattr(stream, method).remote(body)
+        generator = getattr(handle, method).remote(body)
         first = await generator.__anext__()
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
@@ -218,7 +236,7 @@ class Gateway:
     @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request):
         _route, handle = await self._route(request, body.model, "embeddings")
-        result = await handle.options(stream=True).embeddings.remote(body).__anext__()
+        result = await handle.embeddings.remote(body).__anext__()
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
         return _json(200, result.model_dump())
@@ -227,7 +245,7 @@ class Gateway:
     async def rerank(self, body: RerankRequest, request: Request):
         _route, handle = await self._route(request, body.model, "rerank")
         score = ScoreRequest(model=body.model, text_1=body.query, text_2=body.documents)
-        result = await handle.options(stream=True).score.remote(score).__anext__()
+        result = await handle.score.remote(score).__anext__()
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
         ranked = sorted(result.data, key=lambda d: d.score, reverse=True)[: body.top_n or None]
