@@ -61,18 +61,22 @@ class LocalWeightsCallback(CallbackBase):
 
 
 class FirstChunkBatcher(Batcher):
-    """Like ray.serve.llm's Batcher, but the first chunk leaves as soon as it exists: batching then
-    saves per-chunk hops for the rest of the stream without adding to time-to-first-token."""
+    """Like ray.serve.llm's Batcher, but the opening chunks (the role chunk and the first token) leave as
+    soon as they exist: batching then saves per-chunk hops for the rest of the stream without adding to
+    time-to-first-token."""
+
+    IMMEDIATE = 2
 
     async def stream(self):
-        first = asyncio.ensure_future(self.queue.get())
-        finished = asyncio.ensure_future(self.done_event.wait())
-        await asyncio.wait([first, finished], return_when=asyncio.FIRST_COMPLETED)
-        finished.cancel()
-        if first.done():
-            yield [first.result(), *self.drain_queue()]
-        else:
-            first.cancel()
+        for _ in range(self.IMMEDIATE):
+            item = asyncio.ensure_future(self.queue.get())
+            finished = asyncio.ensure_future(self.done_event.wait())
+            await asyncio.wait([item, finished], return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            if not item.done():
+                item.cancel()
+                break
+            yield [item.result(), *self.drain_queue()]
         async for batch in super().stream():
             yield batch
 
