@@ -42,7 +42,7 @@ class ModelServiceSpec(BaseModel):
     target_ongoing_requests: int = Field(16, gt=0, description="Scale up above this many per replica.")
     max_ongoing_requests: int = Field(64, gt=0)
     stream_batching_interval_ms: float = Field(
-        10, ge=0, description="After the first chunk (sent at once), chunks travel in batches this often.")
+        50, ge=0, description="After the first chunk (sent at once), chunks travel in batches this often.")
     accelerator: Accelerator = "cpu"
     kv_cache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     engine_kwargs: dict[str, Any] = {}
