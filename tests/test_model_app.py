@@ -1,24 +1,11 @@
-"""The model application's configuration as Serve runs it, and the stream batcher."""
+"""The stream batcher of the model application."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-import httpx
-
 from serve_apps.model_app import FirstChunkBatcher
-from tests.conftest import DASHBOARD_PORT
-
-
-def test_engines_run_with_an_explicit_autoscaling_config(platform):
-    apps = httpx.get(f"http://127.0.0.1:{DASHBOARD_PORT}/api/serve/applications/", timeout=30).json()["applications"]
-    for app_name in ("tiny-chat", "all-minilm-l6-v2"):
-        deployment = apps[app_name]["deployments"][f"engine-{app_name}"]
-        autoscaling = deployment["deployment_config"]["autoscaling_config"]
-        assert autoscaling["target_ongoing_requests"] == 16  # never ray.serve.llm's 1e9
-        assert autoscaling["min_replicas"] >= 1 and autoscaling["max_replicas"] >= autoscaling["min_replicas"]
-        assert deployment["deployment_config"]["ray_actor_options"]["num_cpus"] == 0
 
 
 def test_first_chunks_leave_at_once_and_the_rest_in_batches():
