@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
-from sqlalchemy import select
 
 from cluster import accounting, keys
 from cluster.db import Project, ServedModel, migrate, now, session_scope
