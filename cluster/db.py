@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import JSON, ForeignKey, String, UniqueConstraint, create_engine, event
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, UniqueConstraint, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -64,6 +64,113 @@ class ServedModel(Base):
     deployment_name: Mapped[str] = mapped_column(String(128))
     card: Mapped[dict] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(default=now)
+
+
+class Service(Base):
+    """A model service ("my service"): the desired state the reconciler makes Ray Serve match."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    model_id: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[str] = mapped_column(String(32), default="1")
+    instances: Mapped[int] = mapped_column(default=1)
+    qps: Mapped[int | None] = mapped_column(nullable=True)
+    moderation: Mapped[bool] = mapped_column(Boolean, default=True)
+    auto_stop_s: Mapped[int | None] = mapped_column(nullable=True)
+    notify_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    notify_events: Mapped[list] = mapped_column(JSON, default=list)
+    desired: Mapped[str] = mapped_column(String(16), default="running")  # running | stopped
+    status: Mapped[str] = mapped_column(String(16), default="Pending")  # one of the 18 API values (spec 4.6.1)
+    status_reason: Mapped[str] = mapped_column(String(1024), default="")
+    generation: Mapped[int] = mapped_column(default=1)  # bumped by changes that need a new Serve application
+    app_name: Mapped[str] = mapped_column(String(128), default="")  # the Serve application now answering
+    running_since: Mapped[int | None] = mapped_column(nullable=True)
+    run_seconds: Mapped[int] = mapped_column(default=0)  # Running time before running_since (auto-stop)
+    created_at: Mapped[int] = mapped_column(default=now)
+    updated_at: Mapped[int] = mapped_column(default=now)
+
+
+class ServiceEvent(Base):
+    """A status change of a service; kept 30 days."""
+
+    __tablename__ = "service_events"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    service_id: Mapped[str] = mapped_column(String(32), index=True)
+    project_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[int] = mapped_column(default=now, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(String(1024), default="")
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Endpoint(Base):
+    """A custom endpoint: its own name, RPM and TPM in front of one service. Deleted rows stay (names are
+    never reused)."""
+
+    __tablename__ = "endpoints"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(256), default="")
+    target: Mapped[str] = mapped_column(String(128))  # a preset model id or a service id
+    rpm: Mapped[int] = mapped_column()
+    tpm: Mapped[int] = mapped_column()
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    deleted_at: Mapped[int | None] = mapped_column(nullable=True)
+    created_at: Mapped[int] = mapped_column(default=now)
+    updated_at: Mapped[int] = mapped_column(default=now)
+
+
+class Preset(Base):
+    """How a platform-served model is offered: free (expiry or claimable token quota) or commercial."""
+
+    __tablename__ = "presets"
+    model_id: Mapped[str] = mapped_column(ForeignKey("served_models.model_id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="free")  # free | commercial
+    expires_at: Mapped[int | None] = mapped_column(nullable=True)  # free mode 1
+    free_quota_tokens: Mapped[int | None] = mapped_column(nullable=True)  # free mode 2 (claim first)
+    rpm: Mapped[int] = mapped_column(default=600)  # model-level limits, per project
+    tpm: Mapped[int] = mapped_column(default=1_000_000)
+
+
+class PresetGrant(Base):
+    """A project's activation (commercial) or claim (free quota) of a preset, and whether it is frozen."""
+
+    __tablename__ = "preset_grants"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("presets.model_id"), primary_key=True)
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class UsageRecord(Base):
+    """One answered (or refused) call of a known caller. `request_id` makes re-sent records idempotent."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (Index("ix_usage_project_ts", "project_id", "ts"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    ts: Mapped[float] = mapped_column(Float)  # request start, epoch seconds
+    project_id: Mapped[str] = mapped_column(String(64))
+    key_id: Mapped[str] = mapped_column(String(32), default="")
+    service_type: Mapped[str] = mapped_column(String(16), default="")  # service | commercial | free | endpoint
+    service_id: Mapped[str] = mapped_column(String(128), default="")  # service id, preset model id
+    endpoint_id: Mapped[str] = mapped_column(String(32), default="")
+    model: Mapped[str] = mapped_column(String(128), default="")  # the name the caller used
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    status_code: Mapped[int] = mapped_column(default=200)
+    error_code: Mapped[str] = mapped_column(String(64), default="")
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # streams only
+    tpot_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # streams only
+    client_ip: Mapped[str] = mapped_column(String(64), default="")
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 @lru_cache(maxsize=4)
