@@ -12,13 +12,14 @@ import os
 from typing import Annotated
 
 import ray
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from cluster import accounting, keys
-from cluster.db import Project, ServedModel, migrate, now, session_scope
+from cluster import accounting, endpoints, keys, presets, projects
+from cluster.db import Preset, ServedModel, migrate, now, session_scope
+from cluster.deps import Admin, ProjectId, accounting_actor
 from cluster.settings import get_settings
 from serve_apps.catalog import BUILTIN_MODELS, CatalogModel, builtin
 from serve_apps.errors import PlatformError
@@ -39,23 +40,7 @@ async def _validation_error(_request: Request, exc: RequestValidationError):
     return JSONResponse(status_code=400, content=PlatformError("MaaS.0400", reason=reason).body())
 
 
-def require_admin(request: Request) -> None:
-    auth = request.headers.get("authorization", "")
-    if not auth.startswith("Bearer ") or not auth[7:].strip():
-        raise PlatformError("ModelArts.81002")
-    with session_scope(get_settings().database_url) as session:
-        if not keys.is_admin(session, auth[7:].strip()):
-            raise PlatformError("ModelArts.81003")
-
-
-Admin = Annotated[None, Depends(require_admin)]
 router = APIRouter(prefix="/v1")
-
-
-def _project(session, project_id: str) -> str:
-    if session.get(Project, project_id) is None:
-        raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
-    return project_id
 
 
 @router.get("/health")
@@ -69,33 +54,32 @@ async def catalog(_: Admin):
 
 
 @router.post("/{project_id}/keys", status_code=201, response_model=keys.KeyCreated)
-async def create_key(project_id: str, spec: keys.KeyCreate, _: Admin):
+async def create_key(project_id: ProjectId, spec: keys.KeyCreate):
     with session_scope(get_settings().database_url) as session:
-        created, key_hash = keys.create_key(session, _project(session, project_id), spec)
+        created, key_hash = keys.create_key(session, project_id, spec)
         # The key works once the actor knows it; commit only after that so both agree.
-        await _actor().add_key.remote(key_hash, created.id, project_id)
+        await accounting_actor().add_key.remote(key_hash, created.id, project_id)
     return created
 
 
 @router.get("/{project_id}/keys", response_model=list[keys.KeyView])
-async def list_keys(project_id: str, _: Admin):
+async def list_keys(project_id: ProjectId):
     with session_scope(get_settings().database_url) as session:
-        return keys.list_keys(session, _project(session, project_id))
+        return keys.list_keys(session, project_id)
 
 
 @router.delete("/{project_id}/keys/{key_id}", status_code=204)
-async def delete_key(project_id: str, key_id: str, _: Admin):
+async def delete_key(project_id: ProjectId, key_id: str):
     with session_scope(get_settings().database_url) as session:
-        key_hash = keys.delete_key(session, _project(session, project_id), key_id)
+        key_hash = keys.delete_key(session, project_id, key_id)
         # Revoke before the row goes: if the commit fails, the actor's reload brings the key back.
-        await _actor().revoke_key.remote(key_hash)
+        await accounting_actor().revoke_key.remote(key_hash)
 
 
 app.include_router(router)
-
-
-def _actor():
-    return ray.get_actor(accounting.ACCOUNTING_ACTOR, namespace=accounting.NAMESPACE)
+app.include_router(projects.router)
+app.include_router(presets.router)
+app.include_router(endpoints.router)
 
 
 def register_builtin_models(database_url: str, model_ids: list[str]) -> None:
@@ -109,8 +93,11 @@ def register_builtin_models(database_url: str, model_ids: list[str]) -> None:
             if row is None:
                 session.add(ServedModel(model_id=model_id, project_id=None, app_name=model_id,
                                         deployment_name=f"engine-{model_id}", card=payload, created_at=created))
+                session.flush()
             else:
                 row.card = payload
+            if session.get(Preset, model_id) is None:  # offered free and unlimited until an admin says otherwise
+                session.add(Preset(model_id=model_id, kind="free", rpm=presets.DEFAULT_RPM, tpm=presets.DEFAULT_TPM))
 
 
 def prepare(model_ids: list[str]) -> str | None:

@@ -10,7 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cluster.client import ApiError, ControlPlaneClient
+from cluster.cli_common import JsonOpt, ProjectOpt, console, err
+from cluster.cli_common import client as _client
+from cluster.cli_common import fail as _fail
+from cluster.cli_common import print_json as _print_json
+from cluster.client import ApiError
 from cluster.settings import get_settings
 
 app = typer.Typer(help="Model-as-a-Service on Ray.", no_args_is_help=True, add_completion=False)
@@ -18,26 +22,6 @@ keys_app = typer.Typer(help="API keys for the OpenAI-compatible API.", no_args_i
 models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
-console = Console()
-err = Console(stderr=True)
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document and nothing else.")
-ProjectOpt = typer.Option("default", "--project", "-p", help="Project (tenant) id.")
-
-
-def _client() -> ControlPlaneClient:
-    return ControlPlaneClient(get_settings())
-
-
-def _fail(exc: Exception) -> None:
-    body = exc.body if isinstance(exc, ApiError) else str(exc)
-    err.print(f"[red]error:[/red] {json.dumps(body) if isinstance(body, dict) else body}")
-    raise typer.Exit(1)
-
-
-def _print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
 # -- platform lifecycle ----------------------------------------------------------------------------
 @app.command()
 def up(

@@ -30,9 +30,11 @@ PLATFORM_ERRORS: dict[str, ErrorSpec] = {spec.code: spec for spec in [
     ErrorSpec(404, "ModelArts.81009", "Invalid model."),
     ErrorSpec(429, "ModelArts.81101", "Too many requests, exceeded rate limit is {rpm} times per minute."),
     ErrorSpec(429, "ModelArts.81103", "Too many requests. exceeded rate limit is {tpm} tokens per minute."),
+    ErrorSpec(429, "MaaS.0429", "Too many requests, exceeded the service's limit of {qps} requests per second."),
     ErrorSpec(413, "MaaS.0413", "Request body too large: the limit is {limit} bytes."),
     ErrorSpec(503, "MaaS.0503", "The platform is starting or the model is not ready: {reason}"),
     ErrorSpec(400, "MaaS.0400", "{reason}"),
+    ErrorSpec(403, "MaaS.0403", "{reason}"),
     ErrorSpec(404, "MaaS.0404", "{what} does not exist."),
     ErrorSpec(409, "MaaS.0409", "{reason}"),
 ]}

@@ -22,7 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RAY_PORT, DASHBOARD_PORT, SERVE_PORT = 6390, 8275, 8380
+# MAAS_TEST_SLOT=N moves every port of the tests' cluster, so two test sessions can run side by side.
+SLOT = int(os.environ.get("MAAS_TEST_SLOT", "0"))
+RAY_PORT, DASHBOARD_PORT, SERVE_PORT = 6390 + 10 * SLOT, 8275 + 10 * SLOT, 8380 + 10 * SLOT
 
 
 @dataclass
@@ -61,8 +63,9 @@ def start_ray_head(env: dict) -> None:
     """A Ray head of the tests' own (own ports and temp dir), beside any cluster a developer runs."""
     done = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={RAY_PORT}",
                            f"--dashboard-port={DASHBOARD_PORT}", f"--temp-dir={RAY_TEMP_DIR}",
-                           "--ray-client-server-port=6391", "--dashboard-agent-listen-port=52400",
-                           "--min-worker-port=30000", "--max-worker-port=39999", "--num-cpus=16", "--disable-usage-stats",
+                           f"--ray-client-server-port={RAY_PORT + 1}", f"--dashboard-agent-listen-port={52400 + SLOT}",
+                           f"--min-worker-port={30000 + 3000 * SLOT}", f"--max-worker-port={32999 + 3000 * SLOT}",
+                           "--num-cpus=16", "--disable-usage-stats",
                            "--dashboard-host=127.0.0.1"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
 

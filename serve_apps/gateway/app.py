@@ -9,7 +9,6 @@ Streams always ask the engine for usage; the usage chunk is removed again for cl
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 import uuid
@@ -27,8 +26,11 @@ from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from serve_apps.catalog import CatalogModel
 from serve_apps.errors import OpenAIError, PlatformError, model_not_found
+from serve_apps.gateway.calls import Call, Settler, client_ip, estimate_prompt_tokens, is_actor_error
 from serve_apps.gateway.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, RerankRequest
+from serve_apps.gateway.streams import StreamRelay
 from serve_apps.model_app import supports
+from serve_apps.moderation import load_moderator, request_text
 
 log = logging.getLogger("maas.gateway")
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -99,13 +101,21 @@ async def _empty():
 app.add_middleware(GatewayGuard)
 
 
+def _finish(request: Request, status: int, code: str) -> None:
+    call = getattr(request.state, "call", None)
+    if call is not None:
+        request.app.state.gateway.settler.submit(call, status, code)
+
+
 @app.exception_handler(PlatformError)
-async def _platform_error(_request: Request, exc: PlatformError):
+async def _platform_error(request: Request, exc: PlatformError):
+    _finish(request, exc.status, exc.spec.code)
     return _json(exc.status, exc.body())
 
 
 @app.exception_handler(OpenAIError)
-async def _openai_error(_request: Request, exc: OpenAIError):
+async def _openai_error(request: Request, exc: OpenAIError):
+    _finish(request, exc.status, exc.type)
     return _json(exc.status, exc.body())
 
 
@@ -113,8 +123,10 @@ async def _openai_error(_request: Request, exc: OpenAIError):
 async def _validation_error(request: Request, exc: RequestValidationError):
     # Authentication comes first: a caller with a bad key learns nothing about the body rules.
     gateway: Gateway = request.app.state.gateway
-    await gateway.caller(request.state.key_hash, None)
+    answer = await gateway.admit(request, None)
+    request.state.call = Call(answer["record"], client_ip(request.headers, request.client))
     errors = [{k: v for k, v in err.items() if k != "url"} for err in exc.errors()]
+    _finish(request, 400, "BadRequestError")
     return _json(400, OpenAIError(400, str(errors)).body())
 
 
@@ -131,8 +143,11 @@ class Gateway:
         app.state.gateway = self
         self._actor = None
         self._handles: dict[tuple[str, str], Any] = {}
+        self._cards: dict[str, CatalogModel] = {}
+        self.settler = Settler(self._accounting)
+        self.moderator = load_moderator()
 
-    # -- who is calling, and what serves the model --------------------------------------------------
+    # -- who is calling, may they, and what serves the model ----------------------------------------
     async def _accounting(self):
         if self._actor is None:
             try:
@@ -141,18 +156,25 @@ class Gateway:
                 raise PlatformError("MaaS.0503", reason="the accounting service is not up yet") from None
         return self._actor
 
-    async def caller(self, key_hash: str, model: str | None) -> dict:
+    async def admit(self, request: Request, model: str | None, prompt_tokens: int = 0,
+                    max_tokens: int | None = None) -> dict:
         actor = await self._accounting()
         try:
-            answer = await actor.authorize.remote(key_hash, model)
-        except ray.exceptions.RayActorError:
+            answer = await actor.admit.remote(request.state.key_hash, model, prompt_tokens, max_tokens)
+        except Exception as exc:
+            if not is_actor_error(exc):
+                raise
             self._actor = None
             raise PlatformError("MaaS.0503", reason="the accounting service is restarting") from None
         if answer.get("error") == "ModelArts.81003":
             raise PlatformError("ModelArts.81003")
-        if answer.get("error") == "model_not_found":
-            raise model_not_found(model)
         return answer
+
+    def _card(self, route: dict) -> CatalogModel:
+        card = self._cards.get(route["service_id"])
+        if card is None:
+            card = self._cards[route["service_id"]] = CatalogModel.model_validate(route["card"])
+        return card
 
     def _handle(self, route: dict):
         key = (route["app_name"], route["deployment_name"])
@@ -161,13 +183,25 @@ class Gateway:
             self._handles[key] = handle.options(stream=True)  # every engine method answers a generator
         return self._handles[key]
 
-    async def _route(self, request: Request, model: str, kind: str) -> tuple[dict, Any]:
-        answer = await self.caller(request.state.key_hash, model)
-        route = answer["route"]
-        card = CatalogModel.model_validate(route["card"])
+    async def _route(self, request: Request, body, kind: str, text: str = "") -> tuple[dict, Call, Any]:
+        """Admit the call (auth, access, limits, TPM reservation) and find the engine that answers it."""
+        answer = await self.admit(request, body.model, estimate_prompt_tokens(text),
+                                  getattr(body, "max_tokens", None))
+        route = answer.get("route")
+        call = Call(answer["record"], client_ip(request.headers, request.client), answer.get("reservation"),
+                    stream=bool(getattr(body, "stream", False)))
+        request.state.call = call
+        if answer.get("error") == "model_not_found":
+            raise model_not_found(body.model)
+        if answer.get("error"):
+            raise PlatformError(answer["error"], **answer.get("params", {}))
+        card = self._card(route)
         if not supports(card, kind):
-            raise OpenAIError(400, f"The model `{model}` does not support /v1/{kind}.")
-        return route | {"card_obj": card}, self._handle(route)
+            raise OpenAIError(400, f"The model `{body.model}` does not support /v1/{kind}.")
+        if route["moderation"] and text and self.moderator.flagged(text):
+            raise PlatformError("ModelArts.81011")
+        body.model = route["engine_model"]
+        return route | {"card_obj": card}, call, self._handle(route)
 
     # -- routes -------------------------------------------------------------------------------------
     @app.get("/v1/models")
@@ -176,26 +210,31 @@ class Gateway:
         answer = await actor.list_models.remote(request.state.key_hash)
         if answer.get("error"):
             raise PlatformError(answer["error"])
-        data = [{"id": r["model_id"], "object": "model", "created": r["card"].get("created", 0),
-                 "owned_by": r["card"].get("owned_by", "")} for r in answer["models"]]
+        data = [{"id": m["id"], "object": "model", "created": m["created"], "owned_by": m["owned_by"]}
+                for m in answer["models"]]
         return {"object": "list", "data": sorted(data, key=lambda m: m["id"])}
+
+    @app.get("/metrics")
+    async def metrics(self):
+        actor = await self._accounting()
+        return Response(await actor.metrics_text.remote(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request):
-        route, handle = await self._route(request, body.model, "chat")
+        route, call, handle = await self._route(request, body, "chat", request_text(body))
         card = route["card_obj"]
         if card.thinking_kwarg:
             kwargs = dict(body.chat_template_kwargs or {})
             kwargs.setdefault(card.thinking_kwarg, card.thinking_default)
             body.chat_template_kwargs = kwargs
-        return await self._generate(handle, "chat", _sanitize_chat_completion_request(body))
+        return await self._generate(route, call, handle, "chat", _sanitize_chat_completion_request(body))
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
-        _route, handle = await self._route(request, body.model, "completions")
-        return await self._generate(handle, "completions", body)
+        route, call, handle = await self._route(request, body, "completions", request_text(body))
+        return await self._generate(route, call, handle, "completions", body)
 
-    async def _generate(self, handle, method: str, body) -> Response:
+    async def _generate(self, route: dict, call: Call, handle, method: str, body) -> Response:
         client_wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:  # usage always comes back from the engine, for accounting
             body.stream_options = StreamOptions(include_usage=True)
@@ -205,59 +244,68 @@ class Gateway:
         head = batch[0]
         if isinstance(head, ErrorResponse):
             raise OpenAIError(head.error.code, head.error.message, head.error.type)
+        moderator = self.moderator if route["moderation"] else None
         if not body.stream:
             content = head.model_dump()
+            call.usage(content.get("usage"))
+            texts = []
             for choice in content.get("choices", []):
                 if "message" in choice:
                     _rename_reasoning(choice["message"])
+                    texts.append(choice["message"].get("content") or "")
+                texts.append(choice.get("text") or "")
+            if moderator is not None and moderator.flagged("\n".join(texts)):
+                raise PlatformError("ModelArts.81011")
+            self.settler.submit(call, 200)
             return _json(200, content)
-        return StreamingResponse(self._relay(batch, generator, client_wants_usage),
-                                 media_type="text/event-stream")
+        relay = StreamRelay(call, moderator, client_wants_usage)
+        return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
 
-    @staticmethod
-    async def _relay(first: list, rest, keep_usage: bool) -> AsyncIterator[str]:
-        batch = first
-        while True:
-            out = []
-            for chunk in batch:
-                if isinstance(chunk, ErrorResponse):
-                    out.append(f"data: {json.dumps(OpenAIError(chunk.error.code, chunk.error.message).body())}\n\n")
-                    continue
-                if '"choices":[]' in chunk and '"usage":{' in chunk and not keep_usage:
-                    continue
-                out.append(chunk.replace('"reasoning":', '"reasoning_content":'))
-            if out:
-                yield "".join(out)
-            try:
-                batch = await rest.__anext__()
-            except StopAsyncIteration:
-                return
+    async def _stream(self, relay: StreamRelay, call: Call, first: list, rest) -> AsyncIterator[str]:
+        try:
+            async for text in relay.run(first, rest):
+                yield text
+        finally:  # also when the client goes away: what was generated is still accounted for
+            self.settler.submit(call, 200)
 
     @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request):
-        _route, handle = await self._route(request, body.model, "embeddings")
+        _route, call, handle = await self._route(request, body, "embeddings", _input_text(body.input))
         result = await handle.embeddings.remote(body).__anext__()
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
+        call.usage(result.usage)
+        self.settler.submit(call, 200)
         return _json(200, result.model_dump())
 
     @app.post("/v1/rerank")
     async def rerank(self, body: RerankRequest, request: Request):
-        _route, handle = await self._route(request, body.model, "rerank")
+        name = body.model
+        _route, call, handle = await self._route(request, body, "rerank", _input_text([body.query, *body.documents]))
         score = ScoreRequest(model=body.model, text_1=body.query, text_2=body.documents)
         result = await handle.score.remote(score).__anext__()
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
+        call.prompt_tokens = result.usage.total_tokens
+        self.settler.submit(call, 200)
         ranked = sorted(result.data, key=lambda d: d.score, reverse=True)[: body.top_n or None]
         return {
             "id": f"rerank-{uuid.uuid4().hex}",
-            "model": body.model,
+            "model": name,
             "created": int(time.time()),
             "usage": {"total_tokens": result.usage.total_tokens},
             "results": [{"index": d.index, "relevance_score": d.score,
                          **({"document": {"text": body.documents[d.index]}} if body.return_documents else {})}
                         for d in ranked],
         }
+
+
+def _input_text(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(v for v in value if isinstance(v, str))
+    return ""
 
 
 def build_app(args: dict | None = None) -> serve.Application:

@@ -1,0 +1,106 @@
+"""One call's accounting on the gateway side: its timings and usage, and the settlement that makes its
+usage record durable in the accounting actor. A record is re-sent until the actor acknowledges it (the
+actor writes it to SQL first), so killing the actor loses nothing that was answered."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import ray
+
+log = logging.getLogger("maas.gateway")
+
+
+@dataclass
+class Call:
+    record: dict  # project, key id, service, endpoint, model: from the actor's admission answer
+    client_ip: str
+    reservation: str | None = None
+    stream: bool = False
+    started: float = field(default_factory=time.perf_counter)
+    ts: float = field(default_factory=time.time)
+    first_chunk_at: float | None = None
+    last_chunk_at: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    settled: bool = False
+
+    def usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        get = usage.get if isinstance(usage, dict) else lambda k, d=0: getattr(usage, k, d)
+        self.prompt_tokens = get("prompt_tokens", 0) or 0
+        self.completion_tokens = get("completion_tokens", 0) or 0
+
+    def chunk_seen(self) -> None:
+        now = time.perf_counter()
+        if self.first_chunk_at is None:
+            self.first_chunk_at = now
+        self.last_chunk_at = now
+
+    def result(self, status: int, error_code: str = "") -> dict:
+        ttft = tpot = None
+        if self.stream and self.first_chunk_at is not None:
+            ttft = (self.first_chunk_at - self.started) * 1000
+            if self.completion_tokens > 1:
+                tpot = (self.last_chunk_at - self.first_chunk_at) * 1000 / (self.completion_tokens - 1)
+        return self.record | {
+            "request_id": uuid.uuid4().hex, "ts": self.ts, "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens, "status_code": status, "error_code": error_code,
+            "latency_ms": (time.perf_counter() - self.started) * 1000, "ttft_ms": ttft, "tpot_ms": tpot,
+            "client_ip": self.client_ip, "stream": self.stream,
+        }
+
+
+class Settler:
+    """Sends settlements in the background and keeps re-sending each until the actor acknowledges it."""
+
+    def __init__(self, actor: Callable[[], Any]):
+        self._actor = actor
+        self._pending: set[asyncio.Task] = set()
+
+    def submit(self, call: Call, status: int, error_code: str = "") -> None:
+        if call.settled:
+            return
+        call.settled = True
+        task = asyncio.get_running_loop().create_task(self._send(call.reservation, call.result(status, error_code)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, reservation: str | None, record: dict) -> None:
+        delay = 0.2
+        while True:
+            try:
+                actor = await self._actor()
+                await actor.settle.remote(reservation, record)
+                return
+            except Exception as exc:  # the actor restarts (Ray re-creates it); the record waits here
+                log.warning("usage record %s not acknowledged yet (%s); re-sending", record["request_id"], exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def client_ip(headers, client) -> str:
+    """The first X-Forwarded-For value (spec §9.2), else the peer; `-` counts as unknown."""
+    forwarded = headers.get("x-forwarded-for", "")
+    ip = forwarded.split(",")[0].strip() if forwarded else (client.host if client else "")
+    return "" if ip == "-" else ip
+
+
+def estimate_prompt_tokens(text: str) -> int:
+    """Admission reserves this (≈ 1 token per 4 bytes) plus the completion the call may produce against
+    TPM; the engine's real usage replaces it when the call is settled."""
+    return len(text.encode()) // 4 + 1
+
+
+def is_actor_error(exc: Exception) -> bool:
+    return isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError))
