@@ -23,25 +23,27 @@ class JsonFormat:
 
     row: type[BaseModel]  # strict schema of one row
     to_sample: Callable[[Any], Sample]
-    problems: Callable[[Any], list[FieldProblem]] = field(default=lambda row: [])
+    problems: Callable[[Any], list[FieldProblem]] = field(default=lambda row: [])  # none beyond the schema
 
 
-def read_json_samples(path: Path, fmt: JsonFormat) -> Iterator[tuple[int, Sample | list[RowError]]]:
-    """Yield (line, sample) for a valid row and (line, errors) for an invalid one."""
+def read_json_dataset(path: Path, fmt: JsonFormat) -> tuple[list[Sample], list[RowError]]:
+    samples: list[Sample] = []
+    errors: list[RowError] = []
     for line, raw in _records(path):
         if isinstance(raw, RowError):
-            yield line, [raw]
+            errors.append(raw)
             continue
         try:
             row = fmt.row.model_validate_json(raw)
         except ValidationError as error:
-            yield line, [_within_line(e) for e in row_errors(error, line)]
+            errors += [_within_line(e) for e in row_errors(error, line)]
             continue
         problems = fmt.problems(row)
         if problems:
-            yield line, [RowError(line=line, field=f, reason=r) for f, r in problems]
+            errors += [RowError(line=line, field=f, reason=r) for f, r in problems]
         else:
-            yield line, fmt.to_sample(row)
+            samples.append(fmt.to_sample(row))
+    return samples, errors
 
 
 def _within_line(error: RowError) -> RowError:
@@ -51,7 +53,7 @@ def _within_line(error: RowError) -> RowError:
 
 def _records(path: Path) -> Iterator[tuple[int, bytes | str | RowError]]:
     with path.open("rb") as file:
-        head = file.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+        head = file.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
     if head.startswith(b"["):
         yield from _array_elements(path)
     else:

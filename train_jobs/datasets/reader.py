@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from .alpaca import ALPACA, ALPACA_PRETRAIN
-from .jsonl import JsonFormat, read_json_samples
+from .jsonl import read_json_dataset
+from .moss import MOSS
 from .schema import DatasetInvalid, RowError, Sample
+from .sharegpt import SHAREGPT
+from .tables import read_csv_dataset, read_xlsx_dataset
 
 FORMATS = ("moss", "alpaca", "sharegpt", "csv", "xlsx")
 KINDS = ("sft", "pretrain")
 
-_JSON_FORMATS: dict[tuple[str, str], JsonFormat] = {
-    ("alpaca", "sft"): ALPACA,
-    ("alpaca", "pretrain"): ALPACA_PRETRAIN,
+DatasetReader = Callable[[Path], tuple[list[Sample], list[RowError]]]
+
+# The manual (Table 7-3): continued pre-training reads Alpaca `{"text": ...}` rows only.
+_READERS: dict[tuple[str, str], DatasetReader] = {
+    ("moss", "sft"): partial(read_json_dataset, fmt=MOSS),
+    ("alpaca", "sft"): partial(read_json_dataset, fmt=ALPACA),
+    ("alpaca", "pretrain"): partial(read_json_dataset, fmt=ALPACA_PRETRAIN),
+    ("sharegpt", "sft"): partial(read_json_dataset, fmt=SHAREGPT),
+    ("csv", "sft"): read_csv_dataset,
+    ("xlsx", "sft"): read_xlsx_dataset,
 }
 
 
@@ -37,15 +49,9 @@ def _read(path: Path, fmt: str, kind: str) -> tuple[list[Sample], list[RowError]
         return [], [unsupported]
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
-    samples: list[Sample] = []
-    errors: list[RowError] = []
-    for _, result in read_json_samples(path, _JSON_FORMATS[(fmt, kind)]):
-        if isinstance(result, Sample):
-            samples.append(result)
-        else:
-            errors += result
+    samples, errors = _READERS[(fmt, kind)](path)
     if not samples and not errors:
-        errors.append(RowError(line=0, field="file", reason="the file is empty"))
+        errors.append(RowError(line=0, field="file", reason="the file has no samples"))
     return samples, errors
 
 
@@ -54,6 +60,6 @@ def _unsupported(fmt: str, kind: str) -> RowError | None:
         return RowError(line=0, field="format", reason=f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     if kind not in KINDS:
         return RowError(line=0, field="kind", reason=f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-    if (fmt, kind) not in _JSON_FORMATS:
-        return RowError(line=0, field="format", reason=f"format {fmt!r} is not supported for {kind!r} datasets")
+    if (fmt, kind) not in _READERS:
+        return RowError(line=0, field="format", reason=f"format {fmt!r} does not support {kind!r} datasets")
     return None

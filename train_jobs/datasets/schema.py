@@ -21,7 +21,10 @@ class DatasetInvalid(Exception):
 
     def __init__(self, errors: list[RowError]):
         self.errors = errors
-        super().__init__(report(errors))
+        super().__init__(_headline(errors))
+
+    def __str__(self) -> str:
+        return report(self.errors)  # built on demand: a broken 100k-row file has 100k lines of report
 
 
 class Sample(BaseModel):
@@ -33,13 +36,15 @@ class Sample(BaseModel):
 
 
 def report(errors: list[RowError]) -> str:
-    lines = [f"dataset is invalid ({len(errors)} error{'s' if len(errors) != 1 else ''}):"]
-    lines += [f"  line {e.line}, {e.field}: {e.reason}" for e in errors]
-    return "\n".join(lines)
+    return "\n".join([f"{_headline(errors)}:", *(f"  line {e.line}, {e.field}: {e.reason}" for e in errors)])
+
+
+def _headline(errors: list[RowError]) -> str:
+    return f"dataset is invalid ({len(errors)} error{'' if len(errors) == 1 else 's'})"
 
 
 def _reject_blank(value: str) -> str:
-    if not value.strip():
+    if not value or value.isspace():
         raise PydanticCustomError("blank", "must not be empty")
     return value
 
