@@ -6,7 +6,8 @@ is settled here and written to SQL before `settle` returns (group commit), so a 
 re-sending an unacknowledged record (Ray retries actor tasks across restarts) loses none.
 
 After a restart the windows are rebuilt from the last minute of usage records, so limits keep holding.
-The gateway depends only on the method names `admit`, `settle`, `list_models`, `metrics_text`.
+The gateway depends only on the method names `admit_many`, `settle_many`, `list_models`, `metrics_text`
+(`admit` and `settle` are the one-call forms).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections import deque
 
 import ray
 from sqlalchemy import func, select
@@ -29,6 +31,7 @@ from cluster.settings import ACCOUNTING_ACTOR, NAMESPACE
 
 log = logging.getLogger(__name__)
 FLUSH_DELAY_S = 0.002  # group commit: records arriving within this window share one transaction
+SETTLED_MEMORY = 200_000
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
                    "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
                    "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False}
@@ -50,6 +53,8 @@ class AccountingActor:
         self._reservations: dict[str, tuple[Reservation, dict]] = {}
         self._batch: list[dict] = []
         self._batch_done: asyncio.Future | None = None
+        self._settled: set[str] = set()  # recent request ids, so a re-sent settlement is not counted twice
+        self._settled_order: deque[str] = deque()
         self._metrics = UsageMetrics()
         self._load()
         self._rebuild_windows()
@@ -137,8 +142,15 @@ class AccountingActor:
 
     async def admit(self, key_hash: str, model: str | None, prompt_tokens: int = 0,
                     max_tokens: int | None = None) -> dict:
-        """One round trip per request: the caller, the route, and a reservation against TPM of the prompt
-        plus what the completion may use (`max_tokens`, else the rest of the model's context)."""
+        return self._admit(key_hash, model, prompt_tokens, max_tokens)
+
+    async def admit_many(self, requests: list[tuple]) -> list[dict]:
+        """Admissions a gateway replica gathered while its previous call was in flight, in arrival order."""
+        return [self._admit(*request) for request in requests]
+
+    def _admit(self, key_hash: str, model: str | None, prompt_tokens: int = 0, max_tokens: int | None = None) -> dict:
+        """The caller, the route, and a reservation against TPM of the prompt plus what the completion may
+        use (`max_tokens`, else the rest of the model's context). No await inside: admissions never interleave."""
         caller = self._caller(key_hash)
         if caller is None:
             return {"error": "ModelArts.81003"}
@@ -176,7 +188,28 @@ class AccountingActor:
 
     # -- settlement ---------------------------------------------------------------------------------
     async def settle(self, reservation_id: str | None, record: dict) -> None:
-        """Reconcile the reservation to the real usage and make the record durable; idempotent by request_id."""
+        await self.settle_many([(reservation_id, record)])
+
+    async def settle_many(self, settlements: list[tuple[str | None, dict]]) -> int:
+        """Reconcile reservations to the real usage and make the records durable (one transaction) before
+        answering; a re-sent record changes nothing (request_id)."""
+        fresh = [RECORD_DEFAULTS | record for reservation_id, record in settlements
+                 if self._settle(reservation_id, record)]
+        if fresh:
+            try:
+                await self._durable(fresh)
+            except Exception:
+                self._settled.difference_update(r["request_id"] for r in fresh)  # the re-send must count
+                raise
+        return len(fresh)
+
+    def _settle(self, reservation_id: str | None, record: dict) -> bool:
+        if record["request_id"] in self._settled:
+            return False
+        self._settled.add(record["request_id"])
+        self._settled_order.append(record["request_id"])
+        if len(self._settled_order) > SETTLED_MEMORY:
+            self._settled.discard(self._settled_order.popleft())
         tokens = record.get("prompt_tokens", 0) + record.get("completion_tokens", 0)
         held = self._reservations.pop(reservation_id, None) if reservation_id else None
         if held is not None:
@@ -190,13 +223,13 @@ class AccountingActor:
             key = (record["project_id"], record["service_id"])
             self._free_used[key] = self._free_used.get(key, 0) + tokens
         self._metrics.observe(record)
-        await self._durable(record)
+        return True
 
-    async def _durable(self, record: dict) -> None:
+    async def _durable(self, records: list[dict]) -> None:
         if self._batch_done is None:
             self._batch_done = asyncio.get_running_loop().create_future()
             asyncio.get_running_loop().call_later(FLUSH_DELAY_S, lambda: asyncio.ensure_future(self._flush()))
-        self._batch.append(RECORD_DEFAULTS | record)
+        self._batch.extend(records)
         await asyncio.shield(self._batch_done)
 
     async def _flush(self) -> None:

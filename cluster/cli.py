@@ -14,6 +14,7 @@ from cluster.cli_common import JsonOpt, ProjectOpt, console, err
 from cluster.cli_common import client as _client
 from cluster.cli_common import fail as _fail
 from cluster.cli_common import print_json as _print_json
+from cluster.cli_tenancy import endpoints_app, presets_app, projects_app
 from cluster.client import ApiError
 from cluster.settings import get_settings
 
@@ -22,6 +23,9 @@ keys_app = typer.Typer(help="API keys for the OpenAI-compatible API.", no_args_i
 models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+app.add_typer(projects_app, name="projects")
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(presets_app, name="presets")
 # -- platform lifecycle ----------------------------------------------------------------------------
 @app.command()
 def up(

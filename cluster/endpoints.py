@@ -9,7 +9,7 @@ import re
 import uuid
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, or_, select
 
 from cluster.db import Endpoint, Preset, PresetGrant, Service, now, session_scope
@@ -28,12 +28,14 @@ def _check_name(value: str) -> str:
 
 
 class EndpointUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # the service an endpoint fronts cannot be changed
     description: str | None = Field(None, max_length=256)
     rpm: int | None = Field(None, gt=0)
     tpm: int | None = Field(None, gt=0)
 
 
 class EndpointCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(description="1-64 letters, digits, _ or -; unique in the project, forever.")
     service: str = Field(description="A commercial preset the project activated, or a service id or name.")
     description: str = Field("", max_length=256)

@@ -1,7 +1,9 @@
 """Content moderation: a pluggable checker on the input and the output of text-generation calls.
 
 The built-in checker flags text that contains any term of a configurable list (case-insensitive):
-`MAAS_MODERATION_TERMS` (comma-separated) and/or `MAAS_MODERATION_TERMS_FILE` (one term per line).
+`MAAS_MODERATION_TERMS` (comma-separated) and/or `MAAS_MODERATION_TERMS_FILE` (default
+`$MAAS_HOME/moderation_terms.txt`; one term per line; re-read
+within a second of being changed, so operators update it without a restart).
 Another checker plugs in with `MAAS_MODERATOR=package.module:ClassName` (a no-argument class with
 `flagged(text) -> bool`).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,21 +22,41 @@ class Moderator(Protocol):
 
 
 class TermListModerator:
-    def __init__(self, terms: list[str]):
+    def __init__(self, terms: list[str], path: str | None = None):
+        self._fixed = [t for t in terms if t.strip()]
+        self._path = Path(path) if path else None
+        self._mtime: float | None = None
+        self._checked = 0.0
+        self._set(self._fixed)
+        self._refresh()
+
+    def _set(self, terms: list[str]) -> None:
         self.terms = sorted({t.strip().lower() for t in terms if t.strip()})
         self.longest = max((len(t) for t in self.terms), default=0)
 
+    def _refresh(self) -> None:
+        if self._path is None or time.monotonic() - self._checked < 1.0:
+            return
+        self._checked = time.monotonic()
+        try:
+            mtime = self._path.stat().st_mtime
+        except OSError:
+            mtime = None
+        if mtime != self._mtime:
+            self._mtime = mtime
+            lines = self._path.read_text(encoding="utf-8").splitlines() if mtime is not None else []
+            self._set(self._fixed + lines)
+
     def flagged(self, text: str) -> bool:
+        self._refresh()
         lowered = text.lower()
         return any(term in lowered for term in self.terms)
 
     @classmethod
     def from_env(cls) -> "TermListModerator":
-        terms = os.environ.get("MAAS_MODERATION_TERMS", "").split(",")
-        path = os.environ.get("MAAS_MODERATION_TERMS_FILE")
-        if path:
-            terms += Path(path).read_text(encoding="utf-8").splitlines()
-        return cls(terms)
+        home = Path(os.environ.get("MAAS_HOME", Path.home() / ".maas")).expanduser()
+        path = os.environ.get("MAAS_MODERATION_TERMS_FILE") or str(home / "moderation_terms.txt")
+        return cls(os.environ.get("MAAS_MODERATION_TERMS", "").split(","), path)
 
 
 def load_moderator() -> Moderator:

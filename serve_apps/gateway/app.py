@@ -26,7 +26,8 @@ from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from serve_apps.catalog import CatalogModel
 from serve_apps.errors import OpenAIError, PlatformError, model_not_found
-from serve_apps.gateway.calls import Call, Settler, client_ip, estimate_prompt_tokens, is_actor_error
+from serve_apps.gateway.calls import (Call, NaturalBatcher, Settler, client_ip, estimate_prompt_tokens,
+                                     is_actor_error)
 from serve_apps.gateway.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 from serve_apps.gateway.streams import StreamRelay
 from serve_apps.model_app import supports
@@ -130,6 +131,15 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     return _json(400, OpenAIError(400, str(errors)).body())
 
 
+def _input_text(value) -> str:
+    """The text of an embeddings/rerank input (strings only; token-id inputs have no text)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(v for v in value if isinstance(v, str))
+    return ""
+
+
 def _rename_reasoning(message: dict) -> None:
     """vLLM calls it `reasoning`; the product (and most clients) read `reasoning_content`."""
     if "reasoning" in message:
@@ -145,6 +155,7 @@ class Gateway:
         self._handles: dict[tuple[str, str], Any] = {}
         self._cards: dict[str, CatalogModel] = {}
         self.settler = Settler(self._accounting)
+        self._admissions = NaturalBatcher(self._admit_batch)
         self.moderator = load_moderator()
 
     # -- who is calling, may they, and what serves the model ----------------------------------------
@@ -158,9 +169,8 @@ class Gateway:
 
     async def admit(self, request: Request, model: str | None, prompt_tokens: int = 0,
                     max_tokens: int | None = None) -> dict:
-        actor = await self._accounting()
         try:
-            answer = await actor.admit.remote(request.state.key_hash, model, prompt_tokens, max_tokens)
+            answer = await self._admissions((request.state.key_hash, model, prompt_tokens, max_tokens))
         except Exception as exc:
             if not is_actor_error(exc):
                 raise
@@ -169,6 +179,10 @@ class Gateway:
         if answer.get("error") == "ModelArts.81003":
             raise PlatformError("ModelArts.81003")
         return answer
+
+    async def _admit_batch(self, requests: list[tuple]) -> list[dict]:
+        actor = await self._accounting()
+        return await actor.admit_many.remote(requests)
 
     def _card(self, route: dict) -> CatalogModel:
         card = self._cards.get(route["service_id"])
@@ -298,14 +312,6 @@ class Gateway:
                          **({"document": {"text": body.documents[d.index]}} if body.return_documents else {})}
                         for d in ranked],
         }
-
-
-def _input_text(value) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return "\n".join(v for v in value if isinstance(v, str))
-    return ""
 
 
 def build_app(args: dict | None = None) -> serve.Application:
