@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from cluster import accounting, endpoints, keys, presets, projects
+from cluster import accounting, endpoints, keys, presets, projects, usage_api
 from cluster.db import Preset, ServedModel, migrate, now, session_scope
 from cluster.deps import Admin, ProjectId, accounting_actor
 from cluster.settings import get_settings
@@ -80,6 +80,7 @@ app.include_router(router)
 app.include_router(projects.router)
 app.include_router(presets.router)
 app.include_router(endpoints.router)
+app.include_router(usage_api.router)
 
 
 def register_builtin_models(database_url: str, model_ids: list[str]) -> None:

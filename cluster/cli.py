@@ -16,6 +16,7 @@ from cluster.cli_common import fail as _fail
 from cluster.cli_common import print_json as _print_json
 from cluster.cli_tenancy import endpoints_app, presets_app, projects_app
 from cluster.client import ApiError
+from cluster.usage_cli import usage_app
 from cluster.settings import get_settings
 
 app = typer.Typer(help="Model-as-a-Service on Ray.", no_args_is_help=True, add_completion=False)
@@ -26,6 +27,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(projects_app, name="projects")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(presets_app, name="presets")
+app.add_typer(usage_app, name="usage")
 # -- platform lifecycle ----------------------------------------------------------------------------
 @app.command()
 def up(

@@ -1,4 +1,4 @@
-"""REST routes of call statistics (spec §9.2): `/v1/{project_id}/usage/summary|series|failures|export`. Admin-only."""
+"""REST routes of call statistics (spec §9.2): `/v1/{project_id}/usage/summary|series|failures|export`. The admin key, or an API key of the project."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from cluster import usage_stats
 from cluster.db import Project, session_scope
-from cluster.deps import Admin, database_url
+from cluster.deps import ProjectId, database_url
 from cluster.usage_stats import FailureReport, UsageFilter, UsageQuery, UsageSeries, UsageSummary
 from serve_apps.errors import PlatformError
 
@@ -35,26 +35,26 @@ def _query(session: Session, project_id: str, params: UsageFilter) -> UsageQuery
 
 # Plain `def` routes: FastAPI runs them in its thread pool, so a long scan does not block the event loop.
 @router.get("/{project_id}/usage/summary", response_model=UsageSummary)
-def usage_summary(project_id: str, params: Params, _: Admin):
+def usage_summary(project_id: ProjectId, params: Params):
     with session_scope(database_url()) as session:
         return usage_stats.summary(session, _query(session, project_id, params))
 
 
 @router.get("/{project_id}/usage/series", response_model=UsageSeries)
-def usage_series(project_id: str, params: Params, _: Admin):
+def usage_series(project_id: ProjectId, params: Params):
     with session_scope(database_url()) as session:
         return usage_stats.series(session, _query(session, project_id, params))
 
 
 @router.get("/{project_id}/usage/failures", response_model=FailureReport)
-def usage_failures(project_id: str, params: Params, _: Admin):
+def usage_failures(project_id: ProjectId, params: Params):
     with session_scope(database_url()) as session:
         return usage_stats.failures(session, _query(session, project_id, params))
 
 
 @router.get("/{project_id}/usage/export", response_class=Response,
             responses={200: {"content": {XLSX: {}}, "description": "One sheet per metric chart."}})
-def usage_export(project_id: str, params: Annotated[ExportParams, Query()], _: Admin):
+def usage_export(project_id: ProjectId, params: Annotated[ExportParams, Query()]):
     buffer = BytesIO()
     with session_scope(database_url()) as session:
         q = _query(session, project_id, params)

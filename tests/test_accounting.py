@@ -204,3 +204,22 @@ def test_kill_the_actor_under_load_loses_no_record_and_limits_hold(platform, ten
     tenant["admin"].patch(f"/{PROJECT}/endpoints/kill-load", json={"rpm": used + 3})
     codes = [_embed(platform, tenant["key"], "kill-load").status_code for _ in range(6)]
     assert codes.count(200) == 3 and codes.count(429) == 3, codes
+
+
+def test_usage_statistics_and_metrics_match_the_records(platform, tenant):
+    rows = _records(platform, "project_id = :p", p=PROJECT)
+    summary = tenant["admin"].get(f"/{PROJECT}/usage/summary", params={"range": "today"}).json()
+    totals = summary["totals"]
+    assert totals["calls"] == len(rows)
+    assert totals["failures"] == sum(1 for r in rows if r["status_code"] >= 400)
+    assert totals["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows)
+    # The project's own key may read its usage; the CLI prints the same document.
+    own = httpx.get(platform.base_url + f"/api/v1/{PROJECT}/usage/summary", params={"range": "today"},
+                    headers={"Authorization": f"Bearer {tenant['key']}"})
+    assert own.status_code == 200 and own.json()["totals"]["calls"] >= totals["calls"]
+    failures = platform.maas_json("usage", "failures", "--project", PROJECT, "--range", "today")
+    codes = {c["code"] for g in failures["groups"] for c in g["codes"]}
+    assert "ModelArts.81101" in codes and "ModelArts.81103" in codes
+    metrics = httpx.get(platform.base_url + "/metrics").text
+    assert f'maas_requests_total{{code="429",endpoint="' in metrics and f'project="{PROJECT}"' in metrics
+    assert "maas_ttft_seconds_bucket" in metrics and tenant["key"] not in metrics

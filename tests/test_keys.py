@@ -87,11 +87,18 @@ def test_delete_takes_effect_on_the_very_next_request(platform):
         or refused.value.response.json()["error_code"] == "ModelArts.81003"
 
 
-def test_admin_routes_need_the_admin_key(platform, api_key):
+def test_control_plane_auth_admin_or_own_project(platform, api_key):
     import httpx
 
     url = platform.base_url + "/api/v1/default/keys"
+    own = {"Authorization": f"Bearer {api_key}"}
     assert httpx.get(url).json()["error_code"] == "ModelArts.81002"
-    assert httpx.get(url, headers={"Authorization": f"Bearer {api_key}"}).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer sk-not-a-key"}).json()["error_code"] == "ModelArts.81003"
+    # A project's API key manages its own project, and nothing else; admin routes need the admin key.
+    assert httpx.get(url, headers=own).status_code == 200
+    platform.admin().post("/projects", json={"id": "keys-other"})
+    other = httpx.get(platform.base_url + "/api/v1/keys-other/keys", headers=own)
+    assert (other.status_code, other.json()["error_code"]) == (403, "MaaS.0403")
+    assert httpx.get(platform.base_url + "/api/v1/projects", headers=own).status_code == 401
     assert platform.admin().get("/default/keys").status_code == 200
     assert platform.admin().get("/no-such-project/keys").status_code == 404
