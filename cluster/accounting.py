@@ -37,6 +37,14 @@ RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint
                    "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False}
 
 
+def _row(record: dict) -> dict:
+    """A usage_records row: defaults filled, free text cut to its column (PostgreSQL refuses longer)."""
+    row = RECORD_DEFAULTS | record
+    for column, size in (("model", 128), ("client_ip", 64), ("error_code", 64), ("service_id", 128)):
+        row[column] = (row[column] or "")[:size]
+    return row
+
+
 class Denied(Exception):
     def __init__(self, code: str, **params):
         self.code, self.params = code, params
@@ -193,8 +201,7 @@ class AccountingActor:
     async def settle_many(self, settlements: list[tuple[str | None, dict]]) -> int:
         """Reconcile reservations to the real usage and make the records durable (one transaction) before
         answering; a re-sent record changes nothing (request_id)."""
-        fresh = [RECORD_DEFAULTS | record for reservation_id, record in settlements
-                 if self._settle(reservation_id, record)]
+        fresh = [_row(record) for reservation_id, record in settlements if self._settle(reservation_id, record)]
         if fresh:
             try:
                 await self._durable(fresh)

@@ -34,6 +34,7 @@ class Platform:
     base_url: str
     up_output: str
     admin_key: str
+    database_url: str
 
     def maas(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run([str(BIN / "maas"), *args], env=self.env, capture_output=True, text=True,
@@ -94,8 +95,14 @@ def platform() -> Platform:
     if not (home / "models").exists():
         (home / "models").symlink_to(cache)
     admin_key = "admin-test-" + os.urandom(8).hex()
+    database_url = f"sqlite:///{home / 'maas.db'}"
+    if os.environ.get("MAAS_TEST_DATABASE") == "postgres":  # the same tests on a real PostgreSQL server
+        from tests.pg import postgres_url
+
+        database_url = postgres_url(f"maas_slot{SLOT}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MAAS_"))} | {
         "MAAS_HOME": str(home), "MAAS_PORT": str(SERVE_PORT), "MAAS_ADMIN_KEY": admin_key,
+        "MAAS_DATABASE_URL": database_url,
         "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
     }
     stop_ray(env)
@@ -105,7 +112,7 @@ def platform() -> Platform:
         stop_ray(env)
         pytest.fail(f"maas up failed:\n{up.stdout[-5000:]}\n{up.stderr[-5000:]}")
     yield Platform(home=home, env=env, base_url=f"http://127.0.0.1:{SERVE_PORT}", up_output=up.stdout,
-                   admin_key=admin_key)
+                   admin_key=admin_key, database_url=database_url)
     stop_ray(env)
     if not os.environ.get("MAAS_TEST_HOME"):
         shutil.rmtree(home, ignore_errors=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import openai
 import pytest
@@ -29,9 +28,13 @@ def test_list_shows_only_the_first_and_last_four(platform):
 
 
 def test_secret_is_stored_only_as_a_hash(platform):
+    from sqlalchemy import create_engine, inspect, text
+
     created = platform.new_key("hashed")
-    with sqlite3.connect(platform.home / "maas.db") as db:
-        dump = "\n".join(db.iterdump())
+    engine = create_engine(platform.database_url)
+    with engine.connect() as conn:  # every value of every table, as text
+        dump = "\n".join(str(row) for table in inspect(engine).get_table_names()
+                         for row in conn.execute(text(f"SELECT * FROM {table}")))
     assert created["key"] not in dump
     import hashlib
 

@@ -98,7 +98,7 @@ def _valid_delivery_call(call) -> None:
 def test_forced_tool_choice_yields_a_valid_call(client, tool_choice):
     response = client.chat.completions.create(
         model=CHAT, messages=[{"role": "user", "content": "where is my package ?"}], tools=[DELIVERY],
-        tool_choice=tool_choice, max_tokens=64)
+        tool_choice=tool_choice, max_tokens=64, temperature=0)
     calls = response.choices[0].message.tool_calls
     assert calls and len(calls) >= 1
     _valid_delivery_call(calls[0])
