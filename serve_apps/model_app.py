@@ -22,7 +22,9 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     TokenizeCompletionRequest,
 )
 from ray.llm._internal.common.callbacks.base import CallbackBase
+from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
 from ray.llm._internal.serve.utils.batcher import Batcher
+from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from serve_apps.catalog import CatalogModel, ModelType, builtin
@@ -45,6 +47,8 @@ class ModelServiceSpec(BaseModel):
         50, ge=0, description="After the first chunk (sent at once), chunks travel in batches this often.")
     accelerator: Accelerator = "cpu"
     kv_cache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
+    max_lora_adapters: int = Field(0, ge=0, description="LoRA adapters served on this engine at once (0: none).")
+    max_lora_rank: int = Field(16, gt=0)
     engine_kwargs: dict[str, Any] = {}
 
     @property
@@ -81,9 +85,28 @@ class FirstChunkBatcher(Batcher):
             yield batch
 
 
+class LocalLoraLoader(LoraModelLoader):
+    """LoRA adapters served from local storage: the multiplexed model id is the adapter's directory under
+    the platform's models directory (where "my models" keeps every version)."""
+
+    async def load_model_from_config(self, lora_model_id: str, llm_config) -> DiskMultiplexConfig:
+        path = Path(lora_model_id).resolve()
+        if not path.is_relative_to(models_dir().resolve()) or not (path / "adapter_config.json").is_file():
+            raise ValueError(f"{lora_model_id} is not a LoRA adapter directory of this platform")
+        if lora_model_id not in self.disk_cache:
+            self.disk_cache[lora_model_id] = DiskMultiplexConfig(
+                model_id=lora_model_id, local_path=str(path), lora_assigned_int_id=len(self.disk_cache) + 1,
+                max_total_tokens=llm_config.engine_kwargs.get("max_model_len"))
+        return self.disk_cache[lora_model_id]
+
+
 class MaasLLMServer(LLMServer):
     """`LLMServer` with first-chunk-immediate stream batching, and the product's context-length rule:
     prompt + max_tokens over the context is refused (vLLM would silently shorten max_tokens)."""
+
+    def _init_multiplex_loader(self, model_downloader_cls=None):
+        # ray.serve.llm only downloads adapters from cloud storage; ours are local directories.
+        super()._init_multiplex_loader(LocalLoraLoader)
 
     async def start(self):
         await super().start()
@@ -144,6 +167,8 @@ def _engine_kwargs(spec: ModelServiceSpec) -> dict[str, Any]:
             kwargs["reasoning_parser"] = "qwen3"
     else:
         kwargs["runner"] = "pooling"
+    if spec.max_lora_adapters:
+        kwargs.update(enable_lora=True, max_loras=spec.max_lora_adapters, max_lora_rank=spec.max_lora_rank)
     kwargs.update(spec.engine_kwargs)
     return kwargs
 
@@ -184,6 +209,8 @@ def build_llm_config(spec: ModelServiceSpec) -> LLMConfig:
     )
     if "placement_group_config" in placement:
         config["placement_group_config"] = placement["placement_group_config"]
+    if spec.max_lora_adapters:
+        config["lora_config"] = {"max_num_adapters_per_replica": spec.max_lora_adapters}
     return LLMConfig(**config)
 
 

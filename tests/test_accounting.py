@@ -226,6 +226,8 @@ def test_usage_statistics_and_metrics_match_the_records(platform, tenant):
     failures = platform.maas_json("usage", "failures", "--project", PROJECT, "--range", "today")
     codes = {c["code"] for g in failures["groups"] for c in g["codes"]}
     assert "ModelArts.81101" in codes and "ModelArts.81103" in codes
+    # Counters restart with the actor (the kill test above restarted it): make one stream to observe.
+    list(platform.client(tenant["key"]).completions.create(model=CHAT, prompt="the sky", max_tokens=4, stream=True))
     metrics = httpx.get(platform.base_url + "/metrics").text
     assert f'maas_requests_total{{code="429",endpoint="' in metrics and f'project="{PROJECT}"' in metrics
     assert "maas_ttft_seconds_bucket" in metrics and tenant["key"] not in metrics

@@ -1,4 +1,4 @@
-"""Call statistics (spec §9.2) on a real database: SQLite always, PostgreSQL too when MAAS_TEST_POSTGRES_URL is set.
+"""Call statistics (spec §9.2) on real databases: SQLite and PostgreSQL (tests/pg.py, or MAAS_TEST_POSTGRES_URL).
 
 No Ray: the statistics are pure functions of a Session; the REST routes and the CLI run on a local uvicorn."""
 
@@ -62,9 +62,10 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'maas.db'}"
     else:
-        url = os.environ.get("MAAS_TEST_POSTGRES_URL")
-        if not url:
-            pytest.skip("MAAS_TEST_POSTGRES_URL is not set")
+        from tests.pg import postgres_url
+
+        # A new database on the tests' throwaway server (started, or apt-installed, on first use).
+        url = os.environ.get("MAAS_TEST_POSTGRES_URL") or postgres_url(f"usage_{uuid.uuid4().hex[:10]}")
     migrate(url)
     return url
 
