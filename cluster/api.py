@@ -16,8 +16,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from sqlalchemy.exc import IntegrityError
 
-from cluster import accounting, endpoints, keys, presets, projects, usage_api
+from cluster import accounting, endpoints, keys, presets, projects, reconciler, services, usage_api
 from cluster.db import Preset, ServedModel, migrate, now, session_scope
 from cluster.deps import Admin, ProjectId, accounting_actor
 from cluster.settings import get_settings
@@ -32,6 +33,13 @@ app = FastAPI(title="MaaS control plane", root_path="/api", docs_url="/docs", op
 @app.exception_handler(PlatformError)
 async def _platform_error(_request: Request, exc: PlatformError):
     return JSONResponse(status_code=exc.status, content=exc.body())
+
+
+@app.exception_handler(IntegrityError)
+async def _conflict(_request: Request, _exc: IntegrityError):
+    # Two concurrent creates can both pass the checks; the database's unique constraint decides.
+    reason = "The request conflicts with the current state (a name or id is already in use); retry."
+    return JSONResponse(status_code=409, content=PlatformError("MaaS.0409", reason=reason).body())
 
 
 @app.exception_handler(RequestValidationError)
@@ -80,6 +88,8 @@ app.include_router(router)
 app.include_router(projects.router)
 app.include_router(presets.router)
 app.include_router(endpoints.router)
+app.include_router(services.router)
+app.include_router(services.mirror_router)
 app.include_router(usage_api.router)
 
 
@@ -120,6 +130,7 @@ class ControlPlane:
             log.warning("Generated the admin key (shown once): %s", secret)
         actor = accounting.get_or_create(get_settings().database_url)
         ray.get(actor.reload.remote())
+        reconciler.start(get_settings().database_url)
 
 
 def build_app(args: dict | None = None) -> serve.Application:

@@ -213,3 +213,32 @@ def migrate(url: str) -> None:
     with session_scope(url) as session:
         if session.get(Project, DEFAULT_PROJECT) is None:
             session.add(Project(id=DEFAULT_PROJECT, name=DEFAULT_PROJECT))
+
+
+class MyModel(Base):
+    """A model of the project's own ("my model", spec §6.1): a base catalog model plus custom weights."""
+
+    __tablename__ = "my_models"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # mdl-<12 hex>
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(100), default="")
+    base_model: Mapped[str] = mapped_column(String(128))  # a catalog model id
+    created_at: Mapped[int] = mapped_column(default=now)
+
+
+class ModelVersion(Base):
+    """One version of a my-model: weights copied under $MAAS_HOME/models/my/<model id>/v<N>."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # mv-<12 hex>
+    model_id: Mapped[str] = mapped_column(ForeignKey("my_models.id"), index=True)
+    version: Mapped[int] = mapped_column()
+    description: Mapped[str] = mapped_column(String(100), default="")
+    path: Mapped[str] = mapped_column(String(1024))
+    kind: Mapped[str] = mapped_column(String(16), default="full")  # full | lora
+    source: Mapped[str] = mapped_column(String(128), default="upload")  # upload | finetune:<job id>
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    created_at: Mapped[int] = mapped_column(default=now)
