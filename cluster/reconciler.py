@@ -1,0 +1,432 @@
+"""The reconciler: makes Ray Serve match the services' desired state in SQL, and reports what Serve says.
+
+It runs as a thread inside the control plane's replica, every `INTERVAL_S` and whenever the API wakes it.
+Each pass reads Serve's state once (`serve_details`), decides per service with a pure function (`decide`),
+commits the new status only if the row did not change meanwhile (compare-and-set), then acts on Serve:
+
+- one Serve application per service generation, `svc-<id>-g<generation>`, engine deployment
+  `engine-<model>` with min = max replicas = instances. The deployment's code version is pinned to the
+  application name, so a new instance count is a lightweight update: existing replicas keep serving.
+- an upgrade bumps the generation: the new application deploys beside the old one, calls switch to it
+  (`Service.app_name`, then the accounting actor reloads) once it is RUNNING, and only then is the old
+  one deleted.
+- an application that is missing while the service should run (platform or Ray cluster restarted) is
+  deployed again; Serve itself replaces a replica that dies, and the service shows Concerning meanwhile.
+
+A thread rather than an asyncio task: every Serve and SQL call here blocks, and the API's event loop
+must not wait on them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+
+import httpx
+import ray
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from cluster.db import Service, ServiceEvent, now, session_scope
+from cluster.services import Status
+from cluster.settings import ACCOUNTING_ACTOR, NAMESPACE, get_settings
+
+log = logging.getLogger("maas.reconciler")
+INTERVAL_S = 2.0
+EVENT_RETENTION_S = 30 * 86400
+NOTIFY_TIMEOUT_S = 3.0
+APP_PREFIX = "svc-"
+# Statuses whose time counts toward auto-stop (queued or starting time does not).
+COUNTED = {Status.RUNNING.value, Status.CONCERNING.value, Status.SCALE.value, Status.UPGRADE.value}
+
+
+def app_name(service_id: str, generation: int) -> str:
+    return f"{APP_PREFIX}{service_id}-g{generation}"
+
+
+def service_id_of(name: str) -> str | None:
+    if not name.startswith(APP_PREFIX) or "-g" not in name:
+        return None
+    return name[len(APP_PREFIX):].rsplit("-g", 1)[0]
+
+
+# -- what Serve says ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AppState:
+    """One service application as Serve reports it (its single engine deployment)."""
+
+    name: str
+    status: str  # ApplicationStatus: NOT_STARTED, DEPLOYING, DEPLOY_FAILED, RUNNING, UNHEALTHY, DELETING
+    message: str = ""
+    deployment_status: str = ""  # DeploymentStatus: UPDATING, HEALTHY, UNHEALTHY, UPSCALING, ...
+    instances: int | None = None  # the replica count it is configured for
+    replicas: tuple[tuple[str, str], ...] = ()  # (replica id, ReplicaState)
+
+    @property
+    def running(self) -> int:
+        return sum(state == "RUNNING" for _id, state in self.replicas)
+
+
+def _value(enum_or_str) -> str:
+    return getattr(enum_or_str, "value", enum_or_str)
+
+
+def serve_details() -> dict[str, AppState]:
+    """Every service application Serve knows, with its engine replicas (one controller call)."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:
+        return {}
+    details = ServeInstanceDetails(**client.get_serve_details())
+    apps = {}
+    for name, app in details.applications.items():
+        if not name.startswith(APP_PREFIX):
+            continue
+        deployment = next(iter(app.deployments.values()), None)
+        instances, replicas, dep_status = None, (), ""
+        if deployment is not None:
+            dep_status = _value(deployment.status)
+            auto = deployment.deployment_config.autoscaling_config
+            auto = auto if isinstance(auto, dict) or auto is None else auto.model_dump()
+            instances = (auto or {}).get("min_replicas", deployment.target_num_replicas)
+            replicas = tuple((r.replica_id, _value(r.state)) for r in deployment.replicas)
+        apps[name] = AppState(name=name, status=_value(app.status), message=app.message or "",
+                              deployment_status=dep_status, instances=instances, replicas=replicas)
+    return apps
+
+
+# -- deciding ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Snapshot:
+    """The fields of a service row a decision reads; a commit applies only if they are unchanged."""
+
+    id: str
+    name: str
+    model_id: str
+    desired: str
+    status: str
+    generation: int
+    instances: int
+    app_name: str
+    running_since: int | None
+    run_seconds: int
+    auto_stop_s: int | None
+    status_reason: str = ""
+
+    @classmethod
+    def of(cls, row: Service) -> "Snapshot":
+        return cls(id=row.id, name=row.name, model_id=row.model_id, desired=row.desired, status=row.status,
+                   generation=row.generation, instances=row.instances, app_name=row.app_name,
+                   running_since=row.running_since, run_seconds=row.run_seconds, auto_stop_s=row.auto_stop_s,
+                   status_reason=row.status_reason)
+
+
+@dataclass
+class Decision:
+    status: str
+    reason: str | None  # None: keep the current one
+    changes: dict = field(default_factory=dict)  # other columns to write
+    deploy: str | None = None  # application to serve.run (new, or a new instance count)
+    delete: list[str] = field(default_factory=list)
+    remove_row: bool = False
+
+
+def _deletable(apps: dict[str, AppState], keep: set[str] = frozenset()) -> list[str]:
+    return sorted(n for n, a in apps.items() if n not in keep and a.status != "DELETING")
+
+
+def decide(snap: Snapshot, apps: dict[str, AppState], at: int) -> Decision:
+    """What the service's status is and what to do, from its desired state and its applications in Serve."""
+    if snap.desired == "deleted":
+        return Decision(Status.DELETING.value, "", delete=_deletable(apps), remove_row=not apps)
+    if snap.desired == "stopped" or snap.status == Status.FAILED.value:
+        status = snap.status if snap.status == Status.FAILED.value else (
+            Status.TERMINATING.value if apps else Status.TERMINATED.value)
+        decision = Decision(status, None, delete=_deletable(apps))  # None: keep the reason (of a failure)
+        if status == Status.TERMINATED.value:
+            decision.changes["app_name"] = ""
+        return _count_running(snap, decision, at)
+    decision = _decide_running(snap, apps)
+    decision = _count_running(snap, decision, at)
+    if snap.auto_stop_s and decision.changes.get("running_since", snap.running_since) is not None:
+        ran = decision.changes.get("run_seconds", snap.run_seconds) + at - decision.changes.get(
+            "running_since", snap.running_since)
+        if ran >= snap.auto_stop_s:
+            stopped = Decision(Status.TERMINATING.value, f"Auto-stopped after {ran} s of running time.",
+                               changes={"desired": "stopped"}, delete=_deletable(apps))
+            return _count_running(snap, stopped, at)
+    return decision
+
+
+def _decide_running(snap: Snapshot, apps: dict[str, AppState]) -> Decision:
+    target = app_name(snap.id, snap.generation)
+    serving = snap.app_name if snap.app_name in apps and snap.app_name != target else None
+    app = apps.get(target)
+    stale = _deletable(apps, keep={target, serving} if serving else {target})
+    if app is None:
+        if serving:
+            return Decision(Status.UPGRADE.value, "", deploy=target, delete=stale)
+        vanished = snap.status in COUNTED or snap.status == Status.RESTARTING.value
+        status = Status.RESTARTING if vanished else Status.DEPLOYING
+        reason = "The Serve application was gone; deploying it again." if vanished else ""
+        return Decision(status.value, reason, deploy=target, delete=stale)
+    if app.status == "DELETING":  # stopped and started again quickly: wait for the old one to go
+        return Decision(snap.status, None, delete=stale)
+    resize = target if app.instances != snap.instances and app.status != "DEPLOY_FAILED" else None
+    if app.status == "DEPLOY_FAILED":
+        if serving and apps[serving].status == "RUNNING":
+            old_generation = int(serving.rsplit("-g", 1)[1])
+            return Decision(Status.CONCERNING.value, f"Upgrade failed, the previous version keeps serving: "
+                                                     f"{app.message}"[:1024],
+                            changes={"generation": old_generation}, delete=[target, *stale])
+        return Decision(Status.FAILED.value, (app.message or "The deployment failed.")[:1024],
+                        delete=_deletable(apps))
+    if app.status == "RUNNING" and not resize:
+        if serving:  # upgrade done: switch calls to the new application, then retire the old one
+            return Decision(Status.RUNNING.value, "", changes={"app_name": target}, delete=[serving, *stale])
+        changes = {} if snap.app_name == target else {"app_name": target}
+        if snap.status == Status.SCALE.value and app.running != snap.instances:
+            return Decision(Status.SCALE.value, "", changes=changes, delete=stale)
+        if app.running < snap.instances:
+            return Decision(Status.CONCERNING.value, f"{app.running} of {snap.instances} instances running; "
+                                                     "replacing the others.", changes=changes, delete=stale)
+        return Decision(Status.RUNNING.value, "", changes=changes, delete=stale)
+    if serving:
+        return Decision(Status.UPGRADE.value, "", deploy=resize, delete=stale)
+    changes = {} if snap.app_name == target or not app.running else {"app_name": target}
+    if app.running:
+        if resize or snap.status == Status.SCALE.value or app.deployment_status in ("UPSCALING", "DOWNSCALING"):
+            return Decision(Status.SCALE.value, "", changes=changes, deploy=resize, delete=stale)
+        return Decision(Status.CONCERNING.value, (app.message or f"{app.running} of {snap.instances} instances "
+                                                 "running.")[:1024], changes=changes, deploy=resize, delete=stale)
+    if app.status == "UNHEALTHY":
+        return Decision(Status.CONCERNING.value, (app.message or "Unhealthy.")[:1024], deploy=resize, delete=stale)
+    status = Status.RESTARTING if snap.status == Status.RESTARTING.value else Status.DEPLOYING
+    return Decision(status.value, None, deploy=resize, delete=stale)
+
+
+def _count_running(snap: Snapshot, decision: Decision, at: int) -> Decision:
+    """Running time for auto-stop: from entering a counted status to leaving it."""
+    counted = decision.status in COUNTED
+    if counted and snap.running_since is None:
+        decision.changes["running_since"] = at
+    elif not counted and snap.running_since is not None:
+        decision.changes["running_since"] = None
+        decision.changes["run_seconds"] = snap.run_seconds + max(at - snap.running_since, 0)
+    return decision
+
+
+# -- events and notifications ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Notification:
+    event_id: int
+    url: str
+    payload: dict
+
+
+def record_event(session: Session, row: Service, status: str, message: str,
+                 status_changed: bool = True) -> Notification | None:
+    """Write a ServiceEvent; return the notification to send if the service asked for this status."""
+    event = ServiceEvent(service_id=row.id, project_id=row.project_id, status=status, message=message[:1024],
+                         at=now())
+    session.add(event)
+    session.flush()
+    if not (status_changed and row.notify_url and status in (row.notify_events or [])):
+        return None
+    return Notification(event.id, row.notify_url, {
+        "event_id": event.id, "service_id": row.id, "service_name": row.name, "project_id": row.project_id,
+        "status": status, "message": event.message, "at": event.at})
+
+
+def deliver(database_url: str, notifications: list[Notification]) -> None:
+    """POST each event to its webhook (short timeout); the outcome is written on the event, never raised."""
+    for note in notifications:
+        try:
+            response = httpx.post(note.url, json=note.payload, timeout=NOTIFY_TIMEOUT_S)
+            failure = None if response.status_code < 300 else f"HTTP {response.status_code}"
+        except httpx.HTTPError as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        with session_scope(database_url) as session:
+            event = session.get(ServiceEvent, note.event_id)
+            if event is not None:
+                event.notified = failure is None
+                if failure:
+                    event.message = f"{event.message} (notification failed: {failure})"[:1024]
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+class _Changed(Exception):
+    """The row changed between reading and writing: decide again on the next pass."""
+
+
+class Reconciler(threading.Thread):
+    def __init__(self, database_url: str):
+        super().__init__(name="maas-reconciler", daemon=True)
+        self.url = database_url
+        self.woken = threading.Event()
+        self.outbox: list[Notification] = []
+        self.replicas: dict[str, list[dict]] = {}
+        self._lock = threading.Lock()
+        self._pruned_at = 0.0
+
+    def run(self) -> None:
+        while True:
+            self.woken.clear()
+            try:
+                self.reconcile_once()
+            except Exception:  # a bad pass must not end the loop; the next one starts from fresh state
+                log.exception("reconcile pass failed")
+            with self._lock:
+                outbox, self.outbox = self.outbox, []
+            deliver(self.url, outbox)
+            self.woken.wait(INTERVAL_S)
+
+    def post(self, notifications: list[Notification]) -> None:
+        with self._lock:
+            self.outbox.extend(notifications)
+        self.woken.set()
+
+    def reconcile_once(self) -> None:
+        apps = serve_details()
+        self.replicas = {name: [{"id": rid, "state": state} for rid, state in app.replicas]
+                         for name, app in apps.items()}
+        by_service: dict[str, dict[str, AppState]] = {}
+        for name, app in apps.items():
+            by_service.setdefault(service_id_of(name) or "", {})[name] = app
+        at = now()
+        with session_scope(self.url) as session:
+            snapshots = [Snapshot.of(row) for row in session.scalars(select(Service))]
+        for snap in snapshots:
+            decision = decide(snap, by_service.pop(snap.id, {}), at)
+            if self._commit(snap, decision):
+                self._act(snap, decision)
+        for orphans in by_service.values():  # applications of services that no longer exist
+            for name in _deletable(orphans):
+                _delete_app(name)
+        if time.time() - self._pruned_at > 60:
+            with session_scope(self.url) as session:
+                session.execute(delete(ServiceEvent).where(ServiceEvent.at < at - EVENT_RETENTION_S))
+            self._pruned_at = time.time()
+
+    def _commit(self, snap: Snapshot, decision: Decision) -> bool:
+        """Write the decision if the row is as it was read; False if it changed meanwhile."""
+        values = dict(decision.changes)
+        if decision.status != snap.status:
+            values["status"] = decision.status
+        if decision.reason is not None and decision.reason != snap.status_reason:
+            values["status_reason"] = decision.reason
+        if not values and not decision.remove_row:
+            return True
+        unchanged = (Service.id == snap.id, Service.desired == snap.desired, Service.status == snap.status,
+                     Service.generation == snap.generation, Service.instances == snap.instances,
+                     Service.app_name == snap.app_name)
+        try:
+            with session_scope(self.url) as session:
+                row = session.get(Service, snap.id)
+                if row is None:
+                    raise _Changed
+                note = None
+                if decision.remove_row:
+                    note = record_event(session, row, Status.DELETED.value, "Deleted.")
+                elif "status" in values:
+                    reason = snap.status_reason if decision.reason is None else decision.reason
+                    note = record_event(session, row, decision.status,
+                                        reason or f"{snap.status} -> {decision.status}.")
+                statement = delete(Service) if decision.remove_row else update(Service).values(**values)
+                if session.execute(statement.where(*unchanged).execution_options(
+                        synchronize_session=False)).rowcount != 1:
+                    raise _Changed
+        except _Changed:
+            return False
+        if note:
+            self.post([note])
+        if decision.remove_row or {"status", "app_name"} & set(values):
+            _reload_accounting()  # before any application is retired, calls go to the one now serving
+        return True
+
+    def _act(self, snap: Snapshot, decision: Decision) -> None:
+        for name in decision.delete:
+            _delete_app(name)
+        if decision.deploy is None:
+            return
+        try:
+            _deploy(replace(snap, status=decision.status), decision.deploy)
+        except Exception as exc:
+            log.exception("deploying %s failed", decision.deploy)
+            with session_scope(self.url) as session:
+                session.execute(update(Service).where(Service.id == snap.id, Service.status == decision.status)
+                                .values(status=Status.FAILED.value, status_reason=f"Deploy failed: {exc}"[:1024]))
+                row = session.get(Service, snap.id)
+                note = row and record_event(session, row, Status.FAILED.value, f"Deploy failed: {exc}")
+            if note:
+                self.post([note])
+            _reload_accounting()
+
+
+def _deploy(snap: Snapshot, name: str) -> None:
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    from serve_apps.catalog import builtin
+    from serve_apps.model_app import ModelServiceSpec, build_model_app, ensure_built
+
+    settings = get_settings()
+    model = builtin(snap.model_id)
+    spec = ModelServiceSpec(model=model, model_path=str(ensure_built(model, settings.models_dir)), app_name=name,
+                            min_replicas=snap.instances, max_replicas=snap.instances,
+                            accelerator=settings.accelerator)
+    application = build_model_app(spec)
+    # Serve restarts every replica when the code version changes, and an imperative deploy without one gets
+    # a random version: pin it, so that a new instance count leaves the running replicas alone.
+    application._bound_deployment = application._bound_deployment.options(version=name, _internal=True)
+    serve.run_many([RunTarget(target=application, name=name, route_prefix=None)],
+                   wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+    log.info("deployed %s with %d instance(s)", name, snap.instances)
+
+
+def _delete_app(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name, _blocking=False)
+    log.info("deleting %s", name)
+
+
+def _reload_accounting() -> None:
+    try:
+        ray.get(ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE).reload.remote(), timeout=30)
+    except Exception:  # the actor restarts and reloads from SQL by itself
+        log.exception("reloading the accounting actor failed")
+
+
+# -- the process's reconciler ---------------------------------------------------------------------------
+_current: Reconciler | None = None
+
+
+def start(database_url: str) -> Reconciler:
+    """Start this process's reconciler (once); the control plane's replica calls it on start."""
+    global _current
+    if _current is None or not _current.is_alive():
+        _current = Reconciler(database_url)
+        _current.start()
+    return _current
+
+
+def wake() -> None:
+    if _current is not None:
+        _current.woken.set()
+
+
+def notify(notifications: list[Notification]) -> None:
+    if _current is not None and notifications:
+        _current.post(notifications)
+    elif notifications:
+        deliver(get_settings().database_url, notifications)
+
+
+def replicas(name: str) -> list[dict]:
+    """The engine replicas of a service application, as the last pass saw them."""
+    return list(_current.replicas.get(name, [])) if _current is not None and name else []

@@ -1,0 +1,399 @@
+"""Model services (spec §4.5, §4.6): the lifecycle rules as data, the reconciler's decisions, and one real
+service on the session's platform taken through deploy, calls, scale, QPS, upgrade, a lost Serve
+application, auto-stop with webhook notifications, the product's service API, and delete.
+
+Engine start-ups: deploy, scale-out (one more replica), upgrade (the new version), the lost application
+(deployed again): four. Later steps run on the same service, so the tests of this module run in order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import openai
+import pytest
+
+from cluster.reconciler import AppState, Snapshot, app_name, decide
+from cluster.services import ALLOWED_FROM, Action, ServiceCreate, Status, check_action, parse_auto_stop
+from serve_apps.errors import PlatformError
+
+NAME = "测试服务-A_1"  # a CJK name: what the product allows, used as `model` by callers
+
+
+# -- the rules as data (no platform) -------------------------------------------------------------------------
+def test_lifecycle_table_is_the_spec():
+    starting = {"Pending", "Waiting", "Creating", "Initing", "Deploying", "Restarting"}
+    assert {s.value for s in ALLOWED_FROM[Action.STOP]} == starting | {"Running", "Concerning"}
+    assert {s.value for s in ALLOWED_FROM[Action.START]} == {"Failed", "Terminated"}
+    for action in (Action.SCALE, Action.SET_QPS, Action.UPGRADE):
+        assert {s.value for s in ALLOWED_FROM[action]} == {"Running", "Concerning"}
+    assert {s.value for s in ALLOWED_FROM[Action.DELETE]} == {s.value for s in Status} - {"Deleting", "Deleted"}
+    assert len(Status) == 18
+    for status in Status:
+        for action in Action:
+            if status in ALLOWED_FROM[action]:
+                check_action("s", status.value, action)
+            else:
+                with pytest.raises(PlatformError) as refused:
+                    check_action("s", status.value, action)
+                assert refused.value.status == 409
+                assert refused.value.message.startswith(f"Cannot {action.value} the service 's' while it is "
+                                                        f"{status.value}: {action.value} is allowed only when ")
+
+
+@pytest.mark.parametrize("name", ["a", "服务", "A" * 64, "模型-服务_2", "x1-_"])
+def test_names_the_product_allows(name):
+    assert ServiceCreate(name=name, model="tiny-chat").name == name
+
+
+def test_auto_stop_values():
+    assert [parse_auto_stop(v) for v in ("1h", "2h", "4h", "6h", "90m", "12h")] == [
+        3600, 7200, 14400, 21600, 5400, 43200]
+    for bad in ("0m", "1d", "h", "1.5h", "-1h", "721h"):
+        with pytest.raises(ValueError):
+            parse_auto_stop(bad)
+
+
+def _snap(**fields) -> Snapshot:
+    base = dict(id="abc", name="s", model_id="tiny-chat", desired="running", status="Running", generation=1,
+                instances=1, app_name=app_name("abc", 1), running_since=1000, run_seconds=0, auto_stop_s=None)
+    return Snapshot(**(base | fields))
+
+
+def _app(name: str, status: str = "RUNNING", instances: int = 1, running: int = 1, **kw) -> AppState:
+    replicas = tuple((f"r{i}", "RUNNING") for i in range(running))
+    return AppState(name=name, status=status, instances=instances, replicas=replicas, **kw)
+
+
+G1, G2 = app_name("abc", 1), app_name("abc", 2)
+
+
+def test_reconciler_deploys_a_queued_service_and_reports_serve_status():
+    queued = decide(_snap(status="Pending", app_name="", running_since=None), {}, 2000)
+    assert (queued.status, queued.deploy, queued.delete) == ("Deploying", G1, [])
+    assert "running_since" not in queued.changes  # starting time is not counted toward auto-stop
+    starting = decide(_snap(status="Deploying", app_name="", running_since=None),
+                      {G1: _app(G1, "DEPLOYING", running=0)}, 2000)
+    assert (starting.status, starting.deploy) == ("Deploying", None)
+    running = decide(_snap(status="Deploying", app_name="", running_since=None), {G1: _app(G1)}, 2000)
+    assert running.status == "Running" and running.changes == {"app_name": G1, "running_since": 2000}
+    failed = decide(_snap(status="Deploying"), {G1: _app(G1, "DEPLOY_FAILED", running=0, message="boom")}, 2000)
+    assert (failed.status, failed.reason, failed.delete) == ("Failed", "boom", [G1])
+
+
+def test_reconciler_scales_in_place_and_upgrades_beside_the_serving_version():
+    scale = decide(_snap(status="Scale", instances=2), {G1: _app(G1, instances=1)}, 2000)
+    assert (scale.status, scale.deploy, scale.delete) == ("Scale", G1, [])  # same application, new count
+    upgrading = decide(_snap(status="Upgrade", generation=2), {G1: _app(G1), G2: _app(G2, "DEPLOYING", running=0)},
+                       2000)
+    assert (upgrading.status, upgrading.deploy, upgrading.delete) == ("Upgrade", None, [])
+    switched = decide(_snap(status="Upgrade", generation=2), {G1: _app(G1), G2: _app(G2)}, 2000)
+    assert (switched.status, switched.changes, switched.delete) == ("Running", {"app_name": G2}, [G1])
+    failed = decide(_snap(status="Upgrade", generation=2),
+                    {G1: _app(G1), G2: _app(G2, "DEPLOY_FAILED", running=0)}, 2000)
+    assert failed.status == "Concerning" and failed.changes["generation"] == 1 and failed.delete == [G2]
+
+
+def test_reconciler_brings_back_a_lost_application_and_auto_stops_on_running_time():
+    lost = decide(_snap(), {}, 2000)
+    assert (lost.status, lost.deploy) == ("Restarting", G1)
+    assert lost.changes == {"running_since": None, "run_seconds": 1000}  # time restarting is not counted
+    degraded = decide(_snap(instances=2), {G1: _app(G1, instances=2, running=1)}, 2000)
+    assert degraded.status == "Concerning" and "1 of 2" in degraded.reason
+    expired = decide(_snap(run_seconds=3000, running_since=1400, auto_stop_s=3600), {G1: _app(G1)}, 2000)
+    assert (expired.status, expired.changes["desired"], expired.delete) == ("Terminating", "stopped", [G1])
+    assert expired.changes["run_seconds"] == 3600
+    not_yet = decide(_snap(run_seconds=3000, running_since=1401, auto_stop_s=3600), {G1: _app(G1)}, 2000)
+    assert not_yet.status == "Running"
+
+
+# -- the API's validation (platform, no engine) ----------------------------------------------------------------
+@pytest.mark.parametrize("body,field", [
+    ({"name": "", "model": "tiny-chat"}, "name"),
+    ({"name": "1abc", "model": "tiny-chat"}, "name"),
+    ({"name": "_abc", "model": "tiny-chat"}, "name"),
+    ({"name": "a b", "model": "tiny-chat"}, "name"),
+    ({"name": "a.b", "model": "tiny-chat"}, "name"),
+    ({"name": "A" * 65, "model": "tiny-chat"}, "name"),
+    ({"name": "ok", "model": "tiny-chat", "description": "d" * 257}, "description"),
+    ({"name": "ok", "model": "tiny-chat", "instances": 0}, "instances"),
+    ({"name": "ok", "model": "tiny-chat", "instances": 17}, "instances"),
+    ({"name": "ok", "model": "tiny-chat", "qps": 0}, "qps"),
+    ({"name": "ok", "model": "tiny-chat", "auto_stop": "3d"}, "auto_stop"),
+    ({"name": "ok", "model": "tiny-chat", "auto_stop": "30s"}, "auto_stop"),
+    ({"name": "ok", "model": "tiny-chat", "notify_url": "http://x"}, "notify"),
+    ({"name": "ok", "model": "tiny-chat", "notify_events": ["Running"]}, "notify"),
+    ({"name": "ok", "model": "tiny-chat", "notify_url": "ftp://x", "notify_events": ["Running"]}, "notify_url"),
+    ({"name": "ok", "model": "tiny-chat", "notify_url": "http://x", "notify_events": ["Sleeping"]}, "notify_events"),
+    ({"name": "ok"}, "model"),
+    ({"name": "ok", "model": "tiny-chat", "replicas": 2}, "replicas"),
+])
+def test_create_refuses_what_the_form_refuses(platform, body, field):
+    response = platform.admin().post("/default/services", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "MaaS.0400" and field in response.json()["error_msg"]
+
+
+def test_unknown_model_and_unknown_service(platform):
+    admin = platform.admin()
+    response = admin.post("/default/services", json={"name": "ok", "model": "no-such-model"})
+    assert response.status_code == 404
+    assert response.json() == {"error_code": "MaaS.0404", "error_msg": "Model 'no-such-model' does not exist."}
+    response = admin.get("/default/services/nope")
+    assert response.status_code == 404
+    assert response.json() == {"error_code": "MaaS.0404", "error_msg": "Service 'nope' does not exist."}
+    assert admin.post("/default/maas/services/nope", json={"action_type": "terminate"}).status_code == 404
+    assert admin.get("/nowhere/services").status_code == 404
+
+
+# -- one real service ----------------------------------------------------------------------------------------
+class _Webhook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *_args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/events", _Webhook.received
+    server.shutdown()
+
+
+def wait_status(platform, service: str, statuses: set[str], timeout: float = 420, project: str = "default") -> dict:
+    deadline, view = time.time() + timeout, None
+    with platform.admin() as admin:
+        while time.time() < deadline:
+            response = admin.get(f"/{project}/services/{service}")
+            view = response.json()
+            if response.status_code == 200 and view["status"] in statuses:
+                return view
+            time.sleep(1)
+    pytest.fail(f"service {service} did not reach {statuses} in {timeout} s: {view}")
+
+
+@pytest.fixture(scope="module")
+def service(platform, webhook) -> dict:
+    url, _received = webhook
+    created = platform.maas_json("services", "deploy", NAME, "--model", "tiny-chat", "--description", "e2e",
+                                 "--notify-url", url, "--notify-events", "Running,Terminated")
+    assert created["status"] == "Pending" and created["desired"] == "running" and created["moderation"] is True
+    return wait_status(platform, created["id"], {"Running"})
+
+
+@pytest.fixture(scope="module")
+def caller(platform):
+    return platform.client(platform.new_key("services")["key"])
+
+
+def chat(client, **kwargs):
+    return client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}],
+                                          **({"max_tokens": 4} | kwargs))
+
+
+def test_deployed_service_runs_on_its_own_serve_application(platform, service, caller):
+    assert service["app_name"] == f"svc-{service['id']}-g1" and service["instances"] == 1
+    assert [r["state"] for r in service["replicas"]] == ["RUNNING"]
+    apps = platform.maas_json("status")["applications"]
+    assert apps[service["app_name"]]["status"] == "RUNNING"
+    assert "engine-tiny-chat" in apps[service["app_name"]]["deployments"]
+    answer = chat(caller)
+    assert answer.model == NAME or answer.model == "tiny-chat"
+    assert answer.choices[0].message.content is not None
+    assert NAME in {m.id for m in caller.models.list().data}
+    listed = platform.maas_json("services", "list")
+    assert [s["name"] for s in listed] == [NAME] and listed[0]["status"] == "Running"
+    assert platform.maas_json("services", "get", NAME)["id"] == service["id"]
+
+
+def test_duplicate_name_and_refused_start(platform, service):
+    admin = platform.admin()
+    again = admin.post("/default/services", json={"name": NAME, "model": "tiny-chat"})
+    assert again.status_code == 409 and again.json()["error_code"] == "MaaS.0409"
+    start = admin.post(f"/default/services/{NAME}/start")
+    assert start.status_code == 409
+    assert start.json()["error_msg"] == (f"Cannot start the service {NAME!r} while it is Running: start is "
+                                         "allowed only when Failed, Terminated.")
+    same = admin.post(f"/default/services/{NAME}/scale", json={"instances": 1})
+    assert same.status_code == 409 and "already has 1 instance" in same.json()["error_msg"]
+
+
+def test_another_project_cannot_call_the_name(platform, service):
+    admin = platform.admin()
+    assert admin.post("/projects", json={"id": "other"}).status_code in (201, 409)
+    key = admin.post("/other/keys", json={"label": "svc-other", "description": "other"}).json()["key"]
+    with pytest.raises(openai.NotFoundError) as missing:
+        chat(platform.client(key))
+    assert missing.value.status_code == 404
+    assert admin.get(f"/other/services/{service['id']}").status_code == 404
+    mine = platform.new_key("services-own")["key"]
+    assert httpx.get(platform.base_url + f"/api/v1/other/services/{service['id']}",
+                     headers={"Authorization": f"Bearer {mine}"}).status_code == 403
+
+
+def test_scale_out_keeps_the_running_replica_and_the_stream(platform, service, caller):
+    before = {r["id"] for r in wait_status(platform, NAME, {"Running"})["replicas"]}
+    stream = chat(caller, max_tokens=1500, stream=True, extra_body={"ignore_eos": True})
+    first = next(iter(stream))
+    scaled = platform.maas_json("services", "scale", NAME, "2")
+    assert scaled["status"] == "Scale" and scaled["instances"] == 2
+    during = chat(caller)  # Scale is a callable status
+    assert during.choices[0].message.content is not None
+    time.sleep(5)  # the reconciler has redeployed with the new count by now
+    chunks = [first, *stream]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    view = wait_status(platform, NAME, {"Running"})
+    after = {r["id"] for r in view["replicas"] if r["state"] == "RUNNING"}
+    assert len(after) == 2 and before <= after  # the first replica was never restarted
+
+
+def test_scale_in_needs_yes_and_drains_the_stream(platform, service, caller):
+    refused = platform.admin().post(f"/default/services/{NAME}/scale", json={"instances": 1})
+    assert refused.status_code == 400
+    assert refused.json() == {"error_code": "MaaS.0400",
+                              "error_msg": "Scaling in (fewer instances) needs the confirmation text YES."}
+    done = platform.maas("services", "scale", NAME, "1", check=False)
+    assert done.returncode == 1 and "YES" in done.stderr
+    stream = chat(caller, max_tokens=1000, stream=True, extra_body={"ignore_eos": True})
+    first = next(iter(stream))
+    assert platform.maas_json("services", "scale", NAME, "1", "--confirm", "YES")["instances"] == 1
+    time.sleep(3)  # whichever replica goes, it finishes what it is answering first
+    chunks = [first, *stream]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    deadline = time.time() + 120
+    while len(wait_status(platform, NAME, {"Running"})["replicas"]) != 1 and time.time() < deadline:
+        time.sleep(1)
+    assert len(wait_status(platform, NAME, {"Running"})["replicas"]) == 1
+
+
+def test_qps_limit_applies_to_the_next_requests(platform, service, caller):
+    assert platform.maas_json("services", "set-qps", NAME, "1")["qps"] == 1
+    time.sleep(1.1)
+
+    def one(_):
+        try:
+            chat(caller, max_tokens=1)
+            return 200, None
+        except openai.APIStatusError as exc:
+            return exc.status_code, exc.response.json()
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(one, range(6)))
+    codes = [code for code, _ in results]
+    assert 1 <= codes.count(200) <= 2 and codes.count(429) >= 4, results
+    body = next(body for code, body in results if code == 429)
+    assert body == {"error_code": "MaaS.0429",
+                    "error_msg": "Too many requests, exceeded the service's limit of 1 requests per second."}
+    assert platform.maas_json("services", "set-qps", NAME, "1000")["qps"] == 1000
+    time.sleep(1.1)
+    assert chat(caller).choices
+
+
+def test_upgrade_serves_throughout_then_retires_the_old_version(platform, service, caller):
+    view = platform.maas_json("services", "upgrade", NAME, "--version", "2")
+    assert (view["status"], view["model_version"], view["generation"]) == ("Upgrade", "2", 2)
+    assert view["app_name"] == f"svc-{service['id']}-g1"  # the old version answers until the new one is ready
+    answered = 0
+    deadline = time.time() + 420
+    while time.time() < deadline:
+        assert chat(caller).choices  # never refused or failed during the upgrade
+        answered += 1
+        current = platform.admin().get(f"/default/services/{NAME}").json()
+        if current["status"] == "Running":
+            break
+        assert current["status"] == "Upgrade", current
+        time.sleep(1)
+    assert current["app_name"] == f"svc-{service['id']}-g2" and answered > 5
+    assert chat(caller).choices
+    deadline = time.time() + 120
+    while f"svc-{service['id']}-g1" in platform.maas_json("status")["applications"] and time.time() < deadline:
+        time.sleep(2)
+    assert f"svc-{service['id']}-g1" not in platform.maas_json("status")["applications"]
+
+
+def test_a_lost_serve_application_is_deployed_again(platform, service, caller):
+    app = platform.admin().get(f"/default/services/{NAME}").json()["app_name"]
+    script = f"import ray; from ray import serve; ray.init(); serve.delete({app!r}, _blocking=False)"
+    done = subprocess.run([sys.executable, "-c", script], env=platform.env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    restarting = wait_status(platform, NAME, {"Restarting", "Deploying"}, timeout=60)
+    assert restarting["status"] == "Restarting"
+    view = wait_status(platform, NAME, {"Running"})
+    assert view["app_name"] == app
+    assert chat(caller).choices
+
+
+def test_auto_stop_notifies_and_refuses_what_a_stopped_service_cannot_do(platform, service, caller, webhook):
+    _url, received = webhook
+    running = platform.admin().get(f"/default/services/{NAME}").json()
+    with sqlite3.connect(platform.home / "maas.db") as db:  # as if deployed with an auto-stop this long
+        db.execute("UPDATE services SET auto_stop_s = ? WHERE id = ?", (running["running_seconds"] + 3, service["id"]))
+    view = wait_status(platform, NAME, {"Terminated"}, timeout=120)
+    assert view["status_reason"].startswith("Auto-stopped after") and view["app_name"] == ""
+    with pytest.raises(openai.APIStatusError) as stopped:
+        chat(caller)
+    assert stopped.value.status_code == 503
+    admin = platform.admin()
+    for path, body in [("stop", None), ("scale", {"instances": 2}), ("qps", {"qps": 5}),
+                       ("upgrade", {"model_version": "3"})]:
+        refused = admin.post(f"/default/services/{NAME}/{path}", json=body)
+        assert refused.status_code == 409 and "while it is Terminated" in refused.json()["error_msg"], path
+    deadline = time.time() + 10
+    while sum(e["status"] == "Terminated" for e in received) < 1 and time.time() < deadline:
+        time.sleep(0.5)
+    statuses = [e["status"] for e in received if e["service_id"] == service["id"]]
+    assert statuses.count("Running") >= 2 and statuses[-1] == "Terminated", received
+    assert "Auto-stopped" in received[-1]["message"] and received[-1]["service_name"] == NAME
+    deadline = time.time() + 10
+    while not (events := platform.maas_json("services", "events", NAME))[0]["notified"] and time.time() < deadline:
+        time.sleep(0.5)
+    assert events[0]["status"] == "Terminated" and events[0]["notified"] is True
+    assert {"Pending", "Deploying", "Running", "Scale", "Upgrade", "Restarting", "Terminating",
+            "Terminated"} <= {e["status"] for e in events}
+
+
+def test_the_products_service_api_starts_and_stops(platform, service):
+    admin = platform.admin()
+    mirror = f"/default/maas/services/{service['id']}"
+    assert admin.get(mirror).json()["status"] == "Terminated"
+    assert admin.post(mirror, json={"action_type": "pause"}).status_code == 400
+    assert admin.post(mirror, json={"action_type": "terminate"}).status_code == 409
+    restarted = admin.post(mirror, json={"action_type": "restart"})
+    assert restarted.status_code == 200 and restarted.json()["status"] == "Pending"
+    assert admin.get(mirror).json()["status"] in {"Pending", "Deploying"}
+    stopping = admin.post(mirror, json={"action_type": "terminate"})  # stop is allowed while queued/starting
+    assert stopping.status_code == 200 and stopping.json()["status"] == "Terminating"
+    assert wait_status(platform, service["id"], {"Terminated"}, timeout=120)["desired"] == "stopped"
+
+
+def test_delete_needs_the_word_and_keeps_the_events(platform, service, caller):
+    refused = platform.maas("services", "delete", NAME, check=False)
+    assert refused.returncode == 1 and "DELETE" in refused.stderr
+    deleting = platform.maas_json("services", "delete", NAME, "--confirm", "DELETE")
+    assert deleting["status"] == "Deleting"
+    deadline = time.time() + 120
+    while platform.admin().get(f"/default/services/{service['id']}").status_code != 404:
+        assert time.time() < deadline
+        time.sleep(1)
+    with pytest.raises(openai.NotFoundError):
+        chat(caller)
+    events = platform.admin().get(f"/default/services/{service['id']}/events").json()
+    assert events[0]["status"] == "Deleted" and events[-1]["status"] == "Pending"
+    assert NAME not in [s["name"] for s in platform.maas_json("services", "list")]
