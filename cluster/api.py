@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from sqlalchemy.exc import IntegrityError
 
-from cluster import accounting, endpoints, keys, presets, projects, reconciler, services, usage_api
+from cluster import accounting, endpoints, keys, my_models, presets, projects, reconciler, services, usage_api
 from cluster.db import Preset, ServedModel, migrate, now, session_scope
 from cluster.deps import Admin, ProjectId, accounting_actor
 from cluster.settings import get_settings
@@ -88,6 +88,7 @@ app.include_router(router)
 app.include_router(projects.router)
 app.include_router(presets.router)
 app.include_router(endpoints.router)
+app.include_router(my_models.router)
 app.include_router(services.router)
 app.include_router(services.mirror_router)
 app.include_router(usage_api.router)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cluster.cli_models import register_my_model_commands
 from cluster.cli_common import JsonOpt, ProjectOpt, console, err
 from cluster.cli_common import client as _client
 from cluster.cli_common import fail as _fail
@@ -25,6 +26,7 @@ keys_app = typer.Typer(help="API keys for the OpenAI-compatible API.", no_args_i
 models_app = typer.Typer(help="The model catalog.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
+register_my_model_commands(models_app)
 app.add_typer(projects_app, name="projects")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(presets_app, name="presets")

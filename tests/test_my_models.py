@@ -1,0 +1,341 @@
+"""My models (spec §6.1): a base catalog model plus a Hugging Face-format folder, copied into the platform;
+Modelarts.6206 for a config.json that does not describe the base's family; name and description rules;
+at most 10 automatically numbered versions; no deletion while a service uses a version; the CLI; project
+isolation. First without a platform (`resolve_version`, `register_version`), then on the session's one."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import delete
+
+from cluster.db import Service, migrate, session_scope
+from cluster.settings import get_settings
+from serve_apps.errors import PlatformError
+
+PROJECT, OTHER = "mym", "mym-other"
+STRUCTURE_ERROR = {"error_code": "Modelarts.6206",
+                   "error_msg": "Key fields describing the model structure are missing from config.json, or "
+                                "their values are inconsistent with standard open source"}
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 128}
+
+
+def _adapter(folder: Path, **changes) -> Path:
+    """A LoRA adapter folder as peft writes it (the checks read adapter_config.json only)."""
+    folder.mkdir(parents=True)
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
+              "base_model_name_or_path": "tiny-chat"} | changes
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    return folder
+
+
+# -- no platform: resolve_version and register_version on a database of their own -----------------------------
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A MAAS_HOME with a stand-in tiny-chat base (its config.json is all the checks read) and a database."""
+    monkeypatch.setenv("MAAS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MAAS_DATABASE_URL", f"sqlite:///{tmp_path / 'home' / 'maas.db'}")
+    get_settings.cache_clear()
+    base = tmp_path / "home" / "models" / "tiny-chat"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text(json.dumps(LLAMA))
+    migrate(get_settings().database_url)
+    yield tmp_path
+    get_settings.cache_clear()
+
+
+def _full(folder: Path, config: dict | None = None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(config or LLAMA))
+    (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_register_and_resolve_versions(store):
+    from cluster.my_models import register_version, resolve_version
+
+    url = get_settings().database_url
+    with session_scope(url) as session:
+        with pytest.raises(PlatformError) as unknown:  # a new model needs its base
+            register_version(session, "default", "ft-model", _full(store / "out0"), "full", "finetune:job-0")
+        assert unknown.value.body() == {"error_code": "MaaS.0404", "error_msg": "Model 'ft-model' does not exist."}
+    with session_scope(url) as session:
+        first = register_version(session, "default", "ft-model", _full(store / "out1"), "full", "finetune:job-1",
+                                 base_model="tiny-chat", description="first run")
+    with session_scope(url) as session:
+        second = register_version(session, "default", first.model_id, _adapter(store / "out2"), "lora",
+                                  "finetune:job-2")
+    assert (first.version, first.kind, first.source) == (1, "full", "finetune:job-1")
+    assert (second.version, second.kind, second.model_id) == (2, "lora", first.model_id)
+    # The outputs were copied: the job's folders may go.
+    shutil.rmtree(store / "out1")
+    shutil.rmtree(store / "out2")
+    my_dir = store / "home" / "models" / "my" / first.model_id
+    assert first.path == str(my_dir / "v1") and (my_dir / "v1" / "model.safetensors").is_file()
+    assert (my_dir / "v2" / "adapter_config.json").is_file()
+
+    with session_scope(url) as session:
+        latest = resolve_version(session, "default", "ft-model", None)
+        v1 = resolve_version(session, "default", first.model_id, "1")
+        assert resolve_version(session, "default", "ft-model", "v1").path == v1.path
+        with pytest.raises(PlatformError) as missing:
+            resolve_version(session, "default", "ft-model", "3")
+        with pytest.raises(PlatformError) as elsewhere:
+            resolve_version(session, "other", "ft-model", "1")
+    assert (latest.version, latest.kind, latest.path) == (2, "lora", my_dir / "v2")
+    assert latest.base_path == store / "home" / "models" / "tiny-chat"
+    assert (v1.card.id, v1.card.source, v1.card.series, v1.base_model) == (
+        "ft-model-v1", str(my_dir / "v1"), "maas-tiny", "tiny-chat")
+    assert v1.card.is_chat and v1.card.context_length == 2048
+    assert missing.value.message == "Version '3' of model 'ft-model' does not exist."
+    assert elsewhere.value.message == "Model 'ft-model' does not exist."
+
+    with session_scope(url) as session:
+        with pytest.raises(PlatformError) as other_base:
+            register_version(session, "default", "ft-model", _full(store / "out3"), "full", "finetune:job-3",
+                             base_model="all-minilm-l6-v2")
+        with pytest.raises(PlatformError) as wrong_family:
+            register_version(session, "default", "ft-model", _full(store / "out4", LLAMA | {"model_type": "bert"}),
+                             "full", "finetune:job-4")
+        with pytest.raises(PlatformError) as not_an_adapter:
+            register_version(session, "default", "ft-model", _full(store / "out5"), "lora", "finetune:job-5")
+    assert other_base.value.message == "The model 'ft-model' is based on 'tiny-chat', not 'all-minilm-l6-v2'."
+    assert wrong_family.value.body() == STRUCTURE_ERROR == not_an_adapter.value.body()
+    assert sorted(p.name for p in my_dir.iterdir()) == ["v1", "v2"]  # refused folders were not kept
+
+
+@pytest.mark.parametrize("changes", [{"r": 0}, {"r": "8"}, {"target_modules": []}, {"peft_type": None}])
+def test_lora_adapter_needs_rank_and_targets(store, changes):
+    from cluster.my_models import check_weights
+    from serve_apps.catalog import builtin
+
+    with pytest.raises(PlatformError) as refused:
+        check_weights(_adapter(store / "adapter", **changes), builtin("tiny-chat"))
+    assert refused.value.body() == STRUCTURE_ERROR
+
+
+# -- the platform ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mm(platform, tmp_path_factory):
+    admin = platform.admin()
+    for project in (PROJECT, OTHER):
+        assert admin.post("/projects", json={"id": project, "name": project}).status_code in (201, 409)
+    other_key = admin.post(f"/{OTHER}/keys", json={"label": "mm", "description": "my-model tests"}).json()["key"]
+    root = tmp_path_factory.mktemp("my-models")
+
+    def weights(name: str) -> Path:
+        """A fresh copy of the built tiny-chat folder, as a user would upload."""
+        folder = root / f"{name}-{uuid.uuid4().hex[:6]}"
+        shutil.copytree(platform.home / "models" / "tiny-chat", folder)
+        return folder
+
+    yield {"admin": admin, "weights": weights, "root": root,
+           "other": httpx.Client(base_url=platform.base_url + "/api/v1", timeout=60,
+                                 headers={"Authorization": f"Bearer {other_key}"})}
+
+
+def _create(mm, name: str, path: Path | str, **extra) -> httpx.Response:
+    return mm["admin"].post(f"/{PROJECT}/my-models", json={"name": name, "base_model": "tiny-chat",
+                                                           "path": str(path)} | extra)
+
+
+def _bad(response: httpx.Response, status: int, code: str, fragment: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error_code"] == code and fragment in body["error_msg"], body
+
+
+def test_create_copies_the_weights(platform, mm):
+    source = mm["weights"]("upload")
+    created = _create(mm, "我的模型-1.0", source, description="微调后的 tiny-chat")
+    assert created.status_code == 201, created.text
+    model = created.json()
+    assert model["id"].startswith("mdl-") and len(model["id"]) == 16
+    assert (model["name"], model["base_model"], model["description"]) == ("我的模型-1.0", "tiny-chat", "微调后的 tiny-chat")
+    [version] = model["versions"]
+    assert (version["version"], version["kind"], version["source"], version["status"]) == (1, "full", "upload",
+                                                                                            "created")
+    assert Path(version["path"]) == platform.home / "models" / "my" / model["id"] / "v1"
+    shutil.rmtree(source)  # the user's folder may go: the platform has its own copy
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in Path(version["path"]).iterdir()}
+    assert mm["admin"].get(f"/{PROJECT}/my-models/我的模型-1.0").json() == model
+    assert mm["admin"].get(f"/{PROJECT}/my-models/{model['id']}").json() == model
+    assert model in mm["admin"].get(f"/{PROJECT}/my-models").json()
+    _bad(_create(mm, "我的模型-1.0", mm["weights"]("dup")), 409, "MaaS.0409",
+         "A model named '我的模型-1.0' already exists in this project.")
+
+
+def _broken(folder: Path, how: str) -> Path:
+    config = folder / "config.json"
+    if how == "missing":
+        config.unlink()
+    elif how == "invalid-json":
+        config.write_text('{"model_type": "llama", "architectures": ["LlamaForCausalLM"]')
+    elif how == "no-model-type":
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "model_type"}))
+    else:
+        field, value = {"model-type": ("model_type", "qwen2"), "architectures": ("architectures", ["BertModel"])}[how]
+        config.write_text(json.dumps(json.loads(config.read_text()) | {field: value}))
+    return folder
+
+
+@pytest.mark.parametrize("how", ["missing", "invalid-json", "no-model-type", "model-type", "architectures"])
+def test_config_json_must_describe_the_base(mm, how):
+    response = _create(mm, f"bad-{how}", _broken(mm["weights"](how), how))
+    assert response.status_code == 400 and response.json() == STRUCTURE_ERROR
+    assert mm["admin"].get(f"/{PROJECT}/my-models/bad-{how}").status_code == 404
+    # Not the base's family either: the tiny-chat folder on the embedding model.
+    response = _create(mm, f"bad-base-{how}", mm["weights"]("ok"), base_model="all-minilm-l6-v2")
+    assert response.status_code == 400 and response.json() == STRUCTURE_ERROR
+
+
+@pytest.mark.parametrize("name", ["a", "模型", "A" * 64, "Qwen2.5-7B_ft", "é-model"])
+def test_names_the_product_allows(mm, name):
+    created = _create(mm, name, mm["weights"]("name"))
+    assert created.status_code == 201, created.text
+    assert mm["admin"].delete(f"/{PROJECT}/my-models/{created.json()['id']}",
+                              params={"confirm": "DELETE"}).status_code == 204
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"name": ""}, "name must be 1-64 characters, start with a letter (CJK included)"),
+    ({"name": "A" * 65}, "name must be 1-64 characters"),
+    ({"name": "1model"}, "name must be 1-64 characters"),
+    ({"name": "_model"}, "name must be 1-64 characters"),
+    ({"name": "-model"}, "name must be 1-64 characters"),
+    ({"name": "my model"}, "name must be 1-64 characters"),
+    ({"name": "my/model"}, "name must be 1-64 characters"),
+    ({"name": "tiny-chat"}, "name 'tiny-chat' is a catalog model's id; choose another"),
+    ({"description": "d" * 101}, "description: String should have at most 100 characters"),
+    ({"color": "red"}, "Extra inputs are not permitted"),
+])
+def test_name_and_description_rules(mm, body, fragment):
+    response = mm["admin"].post(f"/{PROJECT}/my-models", json={"name": "ok", "base_model": "tiny-chat",
+                                                               "path": "/nonexistent"} | body)
+    _bad(response, 400, "MaaS.0400", fragment)
+
+
+def test_folder_rules(mm):
+    folder = mm["weights"]("rules")
+    _bad(_create(mm, "rel", "models/tiny-chat"), 400, "MaaS.0400", "path must be an absolute path")
+    _bad(_create(mm, "file", folder / "config.json"), 400, "MaaS.0400", "is not a directory")
+    _bad(_create(mm, "gone", folder / "nope"), 400, "MaaS.0400", "is not a directory")
+    _bad(_create(mm, "nobase", folder, base_model="gpt-9"), 404, "MaaS.0404", "Base model 'gpt-9' does not exist.")
+    (folder / "model.safetensors").unlink()
+    _bad(_create(mm, "noweights", folder), 400, "MaaS.0400", "has no weight files (*.safetensors or *.bin)")
+
+
+def test_ten_versions_then_refused(platform, mm):
+    admin = mm["admin"]
+    model = _create(mm, "versioned", mm["weights"]("v")).json()
+    source = mm["weights"]("versions")
+    for number in range(2, 11):
+        added = admin.post(f"/{PROJECT}/my-models/versioned/versions", json={"path": str(source),
+                                                                            "description": f"run {number}"})
+        assert added.status_code == 201, added.text
+        assert (added.json()["version"], added.json()["description"]) == (number, f"run {number}")
+    listed = admin.get(f"/{PROJECT}/my-models/versioned/versions").json()
+    assert [v["version"] for v in listed] == list(range(1, 11))
+    assert sorted(p.name for p in (platform.home / "models" / "my" / model["id"]).iterdir()) == sorted(
+        f"v{n}" for n in range(1, 11))
+    _bad(admin.post(f"/{PROJECT}/my-models/versioned/versions", json={"path": str(source)}), 400, "MaaS.0400",
+         "The model 'versioned' already has 10 versions, the most a model can have; delete one to add another.")
+    response = admin.post(f"/{PROJECT}/my-models/versioned/versions", json={"path": str(_broken(
+        mm["weights"]("v11"), "missing"))})
+    assert response.status_code == 400  # the count is checked before the folder
+    _bad(admin.post(f"/{PROJECT}/my-models/versioned/versions", json={"path": str(source), "version": 3}),
+         400, "MaaS.0400", "Extra inputs are not permitted")  # numbers are not the caller's to choose
+    assert admin.delete(f"/{PROJECT}/my-models/versioned", params={"confirm": "DELETE"}).status_code == 204
+
+
+def test_a_new_version_is_checked_too(mm):
+    _create(mm, "checked", mm["weights"]("c"))
+    response = mm["admin"].post(f"/{PROJECT}/my-models/checked/versions",
+                                json={"path": str(_broken(mm["weights"]("c2"), "architectures"))})
+    assert response.status_code == 400 and response.json() == STRUCTURE_ERROR
+    adapter = mm["admin"].post(f"/{PROJECT}/my-models/checked/versions",
+                               json={"path": str(_adapter(mm["root"] / "adapter")), "description": "LoRA"})
+    assert adapter.status_code == 201, adapter.text
+    assert (adapter.json()["version"], adapter.json()["kind"]) == (2, "lora")
+
+
+def test_no_delete_while_a_service_uses_a_version(platform, mm):
+    admin = mm["admin"]
+    model = _create(mm, "served", mm["weights"]("s")).json()
+    for _ in range(2):
+        assert admin.post(f"/{PROJECT}/my-models/served/versions", json={"path": str(mm["weights"]("s"))}
+                          ).status_code == 201
+    # A service deployed from version 2 (stopped, so the reconciler leaves it be).
+    with session_scope(platform.database_url) as session:
+        session.add(Service(id=uuid.uuid4().hex, project_id=PROJECT, name="uses-served", model_id=model["id"],
+                            model_version="2", desired="stopped", status="Terminated"))
+    _bad(admin.delete(f"/{PROJECT}/my-models/served"), 400, "MaaS.0400",
+         "Deleting a model needs the confirmation text DELETE.")
+    _bad(admin.delete(f"/{PROJECT}/my-models/served", params={"confirm": "delete"}), 400, "MaaS.0400",
+         "confirmation text DELETE")
+    _bad(admin.delete(f"/{PROJECT}/my-models/served", params={"confirm": "DELETE"}), 409, "MaaS.0409",
+         "The model 'served' cannot be deleted while it is in use by service 'uses-served' (version 2); "
+         "delete those first.")
+    _bad(admin.delete(f"/{PROJECT}/my-models/served/versions/2", params={"confirm": "DELETE"}), 409, "MaaS.0409",
+         "Version 2 of model 'served' cannot be deleted while it is in use by service 'uses-served' (version 2)")
+    # Another version is free to go, and its weights with it.
+    version3 = admin.get(f"/{PROJECT}/my-models/served/versions/3").json()
+    assert admin.delete(f"/{PROJECT}/my-models/served/versions/3", params={"confirm": "DELETE"}).status_code == 204
+    assert not Path(version3["path"]).exists()
+    assert [v["version"] for v in admin.get(f"/{PROJECT}/my-models/served/versions").json()] == [1, 2]
+    with session_scope(platform.database_url) as session:
+        session.execute(delete(Service).where(Service.name == "uses-served"))
+    assert admin.delete(f"/{PROJECT}/my-models/served/versions/1", params={"confirm": "DELETE"}).status_code == 204
+    _bad(admin.delete(f"/{PROJECT}/my-models/served/versions/2", params={"confirm": "DELETE"}), 409, "MaaS.0409",
+         "Version 2 is the only version of model 'served'; delete the model instead.")
+    assert admin.delete(f"/{PROJECT}/my-models/served", params={"confirm": "DELETE"}).status_code == 204
+    _bad(admin.get(f"/{PROJECT}/my-models/served"), 404, "MaaS.0404", "Model 'served' does not exist.")
+    assert not (platform.home / "models" / "my" / model["id"]).exists()
+
+
+def test_projects_do_not_see_each_others_models(mm):
+    model = _create(mm, "private", mm["weights"]("p")).json()
+    other = mm["other"]
+    _bad(other.get(f"/{PROJECT}/my-models"), 403, "MaaS.0403", f"This key has no access to project '{PROJECT}'.")
+    for ref in (model["id"], "private"):
+        _bad(other.get(f"/{OTHER}/my-models/{ref}"), 404, "MaaS.0404", f"Model '{ref}' does not exist.")
+        _bad(other.delete(f"/{OTHER}/my-models/{ref}", params={"confirm": "DELETE"}), 404, "MaaS.0404",
+             "does not exist")
+        _bad(other.post(f"/{OTHER}/my-models/{ref}/versions", json={"path": str(mm["weights"]("p"))}), 404,
+             "MaaS.0404", "does not exist")
+    assert other.get(f"/{OTHER}/my-models").json() == []
+    # The same name is free in another project.
+    mine = other.post(f"/{OTHER}/my-models", json={"name": "private", "base_model": "tiny-chat",
+                                                   "path": str(mm["weights"]("p"))})
+    assert mine.status_code == 201 and mine.json()["id"] != model["id"]
+
+
+def test_cli(platform, mm):
+    source = mm["weights"]("cli")
+    created = platform.maas_json("models", "create", "cli-model", "--base", "tiny-chat", "--path", str(source),
+                                 "--description", "from the CLI", "-p", PROJECT)
+    assert (created["name"], created["description"], [v["version"] for v in created["versions"]]) == (
+        "cli-model", "from the CLI", [1])
+    added = platform.maas_json("models", "add-version", "cli-model", "--path", str(source), "-p", PROJECT)
+    assert added["version"] == 2 and added["model_id"] == created["id"]
+    assert [v["version"] for v in platform.maas_json("models", "versions", "cli-model", "-p", PROJECT)] == [1, 2]
+    got = platform.maas_json("models", "get", created["id"], "-p", PROJECT)
+    assert got["name"] == "cli-model" and len(got["versions"]) == 2
+    assert "cli-model" in [m["name"] for m in platform.maas_json("models", "mine", "-p", PROJECT)]
+    assert "tiny-chat" in [m["id"] for m in platform.maas_json("models", "list")]  # the catalog stays the catalog
+    refused = platform.maas("models", "create", "cli-bad", "--base", "tiny-chat", "--path",
+                            str(_broken(mm["weights"]("cli-bad"), "invalid-json")), "-p", PROJECT, check=False)
+    assert refused.returncode == 1 and "Modelarts.6206" in refused.stderr
+    table = platform.maas("models", "versions", "cli-model", "-p", PROJECT).stdout
+    assert "full" in table and "upload" in table
+    assert platform.maas("models", "delete", "cli-model", "-p", PROJECT, check=False).returncode == 1
+    assert "Deleted model cli-model." in platform.maas("models", "delete", "cli-model", "--confirm", "DELETE",
+                                                       "-p", PROJECT).stdout
+    assert platform.maas("models", "get", "cli-model", "-p", PROJECT, check=False).returncode == 1
