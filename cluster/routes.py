@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cluster.db import Endpoint, Preset, PresetGrant, ServedModel, Service
+from cluster.db import Endpoint, ModelVersion, MyModel, Preset, PresetGrant, ServedModel, Service
 from serve_apps.catalog import BUILTIN_MODELS
 
 CALLABLE_STATUSES = {"Running", "Concerning", "Upgrade", "Scale"}
@@ -23,6 +23,7 @@ class RouteTable:
     presets: dict[str, dict] = field(default_factory=dict)  # model id -> route
     services: dict[tuple[str, str], dict] = field(default_factory=dict)  # (project, name) -> route
     services_by_id: dict[str, dict] = field(default_factory=dict)
+    loras: dict[tuple[str, str], dict] = field(default_factory=dict)  # (project, name) -> my-model LoRA route
     endpoints: dict[tuple[str, str], dict] = field(default_factory=dict)  # (project, name) -> endpoint
     grants: dict[tuple[str, str], dict] = field(default_factory=dict)  # (project, model) -> grant
 
@@ -33,7 +34,8 @@ class RouteTable:
             target = endpoint["target"]
             route = self.services_by_id.get(target) or self.presets.get(target)
             return endpoint, route
-        return None, self.services.get((project_id, name)) or self.presets.get(name)
+        return None, (self.services.get((project_id, name)) or self.loras.get((project_id, name))
+                      or self.presets.get(name))
 
     def visible(self, project_id: str) -> list[dict]:
         """What GET /v1/models lists for a project: presets, its callable services, its enabled endpoints."""
@@ -42,6 +44,8 @@ class RouteTable:
                   for (p, _), r in self.services.items() if p == project_id and r["status"] in CALLABLE_STATUSES]
         names += [{"id": e["name"], "created": e["created"], "owned_by": project_id}
                   for (p, _), e in self.endpoints.items() if p == project_id and e["enabled"]]
+        names += [{"id": name, "created": r["created"], "owned_by": project_id}
+                  for (p, name), r in self.loras.items() if p == project_id]
         return names
 
 
@@ -68,6 +72,7 @@ def load_routes(session: Session) -> RouteTable:
         }
         table.services[(svc.project_id, svc.name)] = route
         table.services_by_id[svc.id] = route
+    _add_loras(session, table)
     for ep in session.scalars(select(Endpoint).where(Endpoint.deleted_at.is_(None))):
         table.endpoints[(ep.project_id, ep.name)] = {
             "name": ep.name, "endpoint_id": ep.id, "target": ep.target, "rpm": ep.rpm, "tpm": ep.tpm,
@@ -76,3 +81,19 @@ def load_routes(session: Session) -> RouteTable:
     for grant in session.scalars(select(PresetGrant)):
         table.grants[(grant.project_id, grant.model_id)] = {"frozen": grant.frozen, "since": grant.created_at}
     return table
+
+
+def _add_loras(session: Session, table: RouteTable) -> None:
+    """A LoRA version of a my-model is served on its base model's engine (vLLM multi-LoRA) as
+    `<model name>-v<N>`, and `<model name>` is its latest LoRA version."""
+    rows = session.execute(select(MyModel, ModelVersion).join(ModelVersion, ModelVersion.model_id == MyModel.id)
+                           .where(ModelVersion.kind == "lora").order_by(ModelVersion.version))
+    for model, version in rows:
+        base = table.presets.get(model.base_model)
+        if base is None:  # the base model is not served by this platform
+            continue
+        route = base | {"kind": "lora", "service_type": "service", "service_id": version.id, "preset": None,
+                        "lora": version.path, "engine_model": version.path, "project_id": model.project_id,
+                        "created": version.created_at, "owned_by": model.project_id}
+        for name in (f"{model.name}-v{version.version}", model.name):  # the later version wins the plain name
+            table.loras[(model.project_id, name)] = route | {"name": name}

@@ -9,6 +9,7 @@ Streams always ask the engine for usage; the usage chunk is removed again for cl
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -215,7 +216,10 @@ class Gateway:
         if route["moderation"] and text and self.moderator.flagged(text):
             raise PlatformError("ModelArts.81011")
         body.model = route["engine_model"]
-        return route | {"card_obj": card}, call, self._handle(route)
+        handle = self._handle(route)
+        if route.get("lora"):  # an adapter on the base model's engine, loaded there from local storage
+            handle = handle.options(multiplexed_model_id=route["lora"])
+        return route | {"card_obj": card, "called_as": answer["record"]["model"]}, call, handle
 
     # -- routes -------------------------------------------------------------------------------------
     @app.get("/v1/models")
@@ -270,9 +274,12 @@ class Gateway:
                 texts.append(choice.get("text") or "")
             if moderator is not None and moderator.flagged("\n".join(texts)):
                 raise PlatformError("ModelArts.81011")
+            if route.get("lora"):
+                content["model"] = route["called_as"]
             self.settler.submit(call, 200)
             return _json(200, content)
-        relay = StreamRelay(call, moderator, client_wants_usage)
+        renames = {f'"model":"{route["lora"]}"': f'"model":{json.dumps(route["called_as"])}'} if route.get("lora") else {}
+        relay = StreamRelay(call, moderator, client_wants_usage, renames)
         return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
 
     async def _stream(self, relay: StreamRelay, call: Call, first: list, rest) -> AsyncIterator[str]:

@@ -45,8 +45,10 @@ def _content_filter_chunk(payload: dict | None) -> str:
 
 
 class StreamRelay:
-    def __init__(self, call: Call, moderator: Moderator | None, keep_usage: bool):
+    def __init__(self, call: Call, moderator: Moderator | None, keep_usage: bool,
+                 renames: dict[str, str] | None = None):
         self.call = call
+        self.renames = {'"reasoning":': '"reasoning_content":', **(renames or {})}
         self.check = StreamCheck(moderator) if moderator is not None else None
         self.keep_usage = keep_usage
         self.chunks = 0
@@ -77,7 +79,9 @@ class StreamRelay:
                         yield "".join(out) + _content_filter_chunk(payload) + "data: [DONE]\n\n"
                         rest.cancel()
                         return
-                out.append(chunk.replace('"reasoning":', '"reasoning_content":'))
+                for old, new in self.renames.items():
+                    chunk = chunk.replace(old, new)
+                out.append(chunk)
             if out:
                 yield "".join(out)
             try:
