@@ -139,6 +139,9 @@ def mm(platform, tmp_path_factory):
     yield {"admin": admin, "weights": weights, "root": root,
            "other": httpx.Client(base_url=platform.base_url + "/api/v1", timeout=60,
                                  headers={"Authorization": f"Bearer {other_key}"})}
+    for project in (PROJECT, OTHER):  # the model store may be a cache shared between sessions
+        for model in admin.get(f"/{project}/my-models").json():
+            admin.delete(f"/{project}/my-models/{model['id']}", params={"confirm": "DELETE"})
 
 
 def _create(mm, name: str, path: Path | str, **extra) -> httpx.Response:
