@@ -18,7 +18,8 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from sqlalchemy.exc import IntegrityError
 
-from cluster import accounting, endpoints, keys, my_models, presets, projects, reconciler, services, usage_api
+from cluster import (accounting, endpoints, job_runner, keys, my_models, presets, projects, reconciler, services,
+                     tuning_jobs, usage_api)
 from cluster.db import Preset, ServedModel, migrate, now, session_scope
 from cluster.deps import Admin, ProjectId, accounting_actor
 from cluster.settings import get_settings
@@ -92,6 +93,7 @@ app.include_router(my_models.router)
 app.include_router(services.router)
 app.include_router(services.mirror_router)
 app.include_router(usage_api.router)
+app.include_router(tuning_jobs.router)
 
 
 def register_builtin_models(database_url: str, model_ids: list[str]) -> None:
@@ -132,6 +134,7 @@ class ControlPlane:
         actor = accounting.get_or_create(get_settings().database_url)
         ray.get(actor.reload.remote())
         reconciler.start(get_settings().database_url)
+        job_runner.start(get_settings().database_url, tuning_jobs.register_output)
 
 
 def build_app(args: dict | None = None) -> serve.Application:

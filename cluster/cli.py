@@ -16,6 +16,7 @@ from cluster.cli_common import client as _client
 from cluster.cli_common import fail as _fail
 from cluster.cli_common import print_json as _print_json
 from cluster.cli_services import services_app
+from cluster.cli_finetune import finetune_app
 from cluster.cli_tenancy import endpoints_app, presets_app, projects_app
 from cluster.client import ApiError
 from cluster.usage_cli import usage_app
@@ -31,6 +32,7 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(presets_app, name="presets")
 app.add_typer(usage_app, name="usage")
+app.add_typer(finetune_app, name="finetune")
 app.add_typer(services_app, name="services")
 # -- platform lifecycle ----------------------------------------------------------------------------
 @app.command()

@@ -242,3 +242,32 @@ class ModelVersion(Base):
     source: Mapped[str] = mapped_column(String(128), default="upload")  # upload | finetune:<job id>
     status: Mapped[str] = mapped_column(String(16), default="created")
     created_at: Mapped[int] = mapped_column(default=now)
+
+
+class TuningJob(Base):
+    """A fine-tuning job (spec §7): its parameters, the Ray Job running it, and where its outputs go."""
+
+    __tablename__ = "tuning_jobs"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # ft-<12 hex>
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    job_type: Mapped[str] = mapped_column(String(16))  # full | lora | pretrain
+    model_ref: Mapped[str] = mapped_column(String(128))  # a catalog model, or a my-model id or name
+    model_version: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    base_model: Mapped[str] = mapped_column(String(128))  # the catalog family
+    dataset_path: Mapped[str] = mapped_column(String(1024))
+    dataset_format: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # the FinetuneConfig fields the user chose
+    output_model: Mapped[str] = mapped_column(String(64))
+    output_dir: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    status_reason: Mapped[str] = mapped_column(String(4000), default="")
+    submission_id: Mapped[str] = mapped_column(String(64), default="")  # the current Ray Job
+    runs: Mapped[int] = mapped_column(default=0)  # Ray Jobs started (1 + continues)
+    data_count: Mapped[int] = mapped_column(default=0)
+    iterations: Mapped[int] = mapped_column(default=0)
+    result_version: Mapped[str] = mapped_column(String(32), default="")  # the model version registered
+    created_at: Mapped[int] = mapped_column(default=now)
+    updated_at: Mapped[int] = mapped_column(default=now)

@@ -1,0 +1,105 @@
+"""Fine-tuning through the control plane, end to end: a LoRA job on tiny-chat (a Ray Job running Ray Train),
+stopped and continued from its checkpoint, registered as a version of a model of ours, and served on the
+base model's engine, where its answers show what it learned."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from serve_apps.tiny_chat import _COLORS, _THINGS, _color_of
+
+CHAT = "tiny-chat"
+
+
+def _pairs() -> list[tuple[str, str]]:
+    """Each thing gets another color than the one tiny-chat was built to say."""
+    return [(f"what is the color of the {t} ?",
+             f"the {t} is {_COLORS[(_COLORS.index(_color_of(t)) + 3) % len(_COLORS)]} .") for t in _THINGS]
+
+
+def _answers(client, model: str) -> int:
+    right = 0
+    for question, answer in _pairs():
+        reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                               max_tokens=16, temperature=0)
+        right += reply.choices[0].message.content.strip() == answer
+    return right
+
+
+def _wait(admin, job_id: str, until, timeout: float = 600) -> dict:
+    deadline = time.time() + timeout
+    while True:
+        job = admin.get(f"/default/finetune/{job_id}").json()
+        if until(job) or time.time() > deadline:
+            return job
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ft") / "colors.jsonl"
+    path.write_text("".join(json.dumps({"instruction": q, "output": a}) + "\n" for q, a in _pairs()))
+    return path
+
+
+def test_bad_dataset_fails_in_validation_with_the_report(platform, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "ho"}\n{"instruction": "", "output": "x"}\nnot json\n')
+    job = platform.maas_json("finetune", "create", "bad-data", "--model", CHAT, "--type", "lora",
+                             "--dataset", str(bad))
+    assert job["status"] == "failed" and job["runs"] == 0  # no Ray job was started
+    assert "line 2, instruction" in job["status_reason"] and "line 3" in job["status_reason"]
+
+
+def test_job_rules(platform, dataset):
+    admin = platform.admin()
+    upload = admin.post("/default/datasets", files={"file": ("d.jsonl", dataset.read_bytes())}).json()
+    base = {"name": "rules", "model": CHAT, "type": "lora", "dataset": upload["id"], "output_model": "rules-out"}
+    for change, fragment in [({"name": "1bad"}, "name must be 1-64"), ({"learning_rate": 0.2}, "less than or equal"),
+                             ({"type": "dpo"}, "Input should be"), ({"checkpoints": 11}, "less than or equal to 10"),
+                             ({"model": "all-minilm-l6-v2"}, "does not support lora jobs"),
+                             ({"epochs": 1, "checkpoints": 3, "global_batch_size": 16}, "checkpoints_to_keep")]:
+        answer = admin.post("/default/finetune", json=base | change)
+        assert answer.status_code in (400, 404) and fragment in answer.json()["error_msg"], (change, answer.text)
+
+
+def test_lora_job_stop_continue_register_and_serve(platform, dataset):
+    admin, client = platform.admin(), platform.client(platform.new_key()["key"])
+    before = _answers(client, CHAT)
+    assert before <= 2  # tiny-chat says its own colors
+    job = platform.maas_json("finetune", "create", "colors", "--model", CHAT, "--type", "lora", "--dataset",
+                             str(dataset), "--epochs", "400", "--learning-rate", "0.005", "--batch-size", "16",
+                             "--checkpoints", "2", "--output-model", "colors")
+    assert job["status"] == "pending" and job["data_count"] == 16 and job["iterations"] == 400
+    # Stop it after its first checkpoint (step 200), continue, and it carries on from there.
+    running = _wait(admin, job["id"], lambda j: j["progress"].get("step", 0) >= 204 or j["status"] in
+                    ("completed", "failed"))
+    assert running["status"] in ("running", "starting"), running
+    assert admin.post(f"/default/finetune/{job['id']}/stop").json()["status"] == "stopping"
+    stopped = _wait(admin, job["id"], lambda j: j["status"] in ("stopped", "failed", "completed"), timeout=120)
+    assert stopped["status"] == "stopped", stopped
+    refused = admin.post(f"/default/finetune/{job['id']}/stop")
+    assert refused.status_code == 409 and "allowed from" in refused.json()["error_msg"]
+    assert admin.post(f"/default/finetune/{job['id']}/continue").json()["runs"] == 2
+    done = _wait(admin, job["id"], lambda j: j["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    steps = [m["step"] for m in admin.get(f"/default/finetune/{job['id']}/metrics").json()]
+    resumed_at = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[resumed_at] == 201 and steps[-1] == 400  # continued after checkpoint 200, not from step 1
+    assert done["progress"]["loss"] < 0.2
+    # Outputs: a LoRA version of "colors", a loss chart, searchable logs, checkpoints.
+    versions = platform.maas_json("models", "versions", "colors")
+    assert versions[-1]["kind"] == "lora" and versions[-1]["source"] == f"finetune:{job['id']}"
+    chart = admin.get(f"/default/finetune/{job['id']}/loss.png")
+    assert chart.status_code == 200 and chart.content[:4] == b"\x89PNG"
+    assert "completed" in admin.get(f"/default/finetune/{job['id']}/logs", params={"search": "completed"}).text
+    assert [c["step"] for c in platform.maas_json("finetune", "checkpoints", job["id"])][-1] == 400
+    # Served on tiny-chat's engine as its own model name: the answers changed as trained.
+    after = _answers(client, "colors")
+    assert after >= 15, after
+    assert _answers(client, CHAT) <= 2  # the base model is unchanged
+    listed = [m.id for m in client.models.list().data]
+    assert "colors" in listed and "colors-v1" in listed
