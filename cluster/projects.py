@@ -8,7 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import delete, func, select
 
-from cluster.db import DEFAULT_PROJECT, ApiKey, Endpoint, PresetGrant, Project, Service, session_scope
+from cluster.db import (DEFAULT_PROJECT, ApiKey, Endpoint, MyModel, PresetGrant, Project, Service, TuningJob,
+                        session_scope)
 from cluster.deps import Admin, database_url
 from serve_apps.errors import PlatformError
 
@@ -62,6 +63,7 @@ async def delete_project(project_id: str, _: Admin, confirm: str = ""):
         if session.get(Project, project_id) is None:
             raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
         live = {ApiKey: ApiKey.project_id == project_id, Service: Service.project_id == project_id,
+                MyModel: MyModel.project_id == project_id, TuningJob: TuningJob.project_id == project_id,
                 Endpoint: (Endpoint.project_id == project_id) & Endpoint.deleted_at.is_(None)}
         for table, owned_by in live.items():
             owned = session.scalar(select(func.count()).select_from(table).where(owned_by))
