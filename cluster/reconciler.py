@@ -116,13 +116,15 @@ class Snapshot:
     run_seconds: int
     auto_stop_s: int | None
     status_reason: str = ""
+    project_id: str = ""
+    model_version: str = "1"
 
     @classmethod
     def of(cls, row: Service) -> "Snapshot":
         return cls(id=row.id, name=row.name, model_id=row.model_id, desired=row.desired, status=row.status,
                    generation=row.generation, instances=row.instances, app_name=row.app_name,
                    running_since=row.running_since, run_seconds=row.run_seconds, auto_stop_s=row.auto_stop_s,
-                   status_reason=row.status_reason)
+                   status_reason=row.status_reason, project_id=row.project_id, model_version=row.model_version)
 
 
 @dataclass
@@ -375,8 +377,16 @@ def _deploy(snap: Snapshot, name: str) -> None:
     from serve_apps.model_app import ModelServiceSpec, build_model_app, ensure_built
 
     settings = get_settings()
-    model = builtin(snap.model_id)
-    spec = ModelServiceSpec(model=model, model_path=str(ensure_built(model, settings.models_dir)), app_name=name,
+    if snap.model_id.startswith("mdl-"):  # a version of one of the project's own models
+        from cluster import my_models
+
+        with session_scope(settings.database_url) as session:
+            resolved = my_models.resolve_version(session, snap.project_id, snap.model_id, snap.model_version)
+        model, path = resolved.card, resolved.path
+    else:
+        model = builtin(snap.model_id)
+        path = ensure_built(model, settings.models_dir)
+    spec = ModelServiceSpec(model=model, model_path=str(path), app_name=name,
                             min_replicas=snap.instances, max_replicas=snap.instances,
                             accelerator=settings.accelerator)
     application = build_model_app(spec)

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cluster.db import Endpoint, ModelVersion, MyModel, Preset, PresetGrant, ServedModel, Service
+from cluster.my_models import resolve_version
 from serve_apps.catalog import BUILTIN_MODELS
 
 CALLABLE_STATUSES = {"Running", "Concerning", "Upgrade", "Scale"}
@@ -63,10 +64,17 @@ def load_routes(session: Session) -> RouteTable:
                        "rpm": preset.rpm, "tpm": preset.tpm} if preset else None,
         }
     for svc in session.scalars(select(Service)):
+        engine_model, card = svc.model_id, _CARDS.get(svc.model_id)
+        if card is None:  # a version of one of the project's own models: the engine serves it by its card id
+            try:
+                resolved = resolve_version(session, svc.project_id, svc.model_id, svc.model_version)
+            except Exception:  # its model was removed: the service cannot answer anyway
+                continue
+            engine_model, card = resolved.card.id, resolved.card.model_dump(mode="json")
         route = {
             "kind": "service", "name": svc.name, "project_id": svc.project_id, "service_type": "service",
-            "service_id": svc.id, "app_name": svc.app_name, "deployment_name": f"engine-{svc.model_id}",
-            "engine_model": svc.model_id, "card": _CARDS.get(svc.model_id, {}), "moderation": svc.moderation,
+            "service_id": svc.id, "app_name": svc.app_name, "deployment_name": f"engine-{engine_model}",
+            "engine_model": engine_model, "card": card, "moderation": svc.moderation,
             "qps": svc.qps, "status": svc.status, "created": svc.created_at, "owned_by": svc.project_id,
             "preset": None,
         }

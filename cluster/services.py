@@ -296,11 +296,18 @@ router = APIRouter(prefix="/v1/{project_id}/services", tags=["services"])
 async def create_service(project_id: ProjectId, spec: ServiceCreate):
     from cluster import reconciler
 
-    try:
-        builtin(spec.model)
-    except KeyError:
-        raise PlatformError("MaaS.0404", what=f"Model {spec.model!r}") from None
     with session_scope(database_url()) as session:
+        try:
+            builtin(spec.model)
+        except KeyError:  # not in the catalog: one of the project's own models (name or id), or nothing
+            from cluster import my_models
+
+            resolved = my_models.resolve_version(session, project_id, spec.model, spec.model_version)
+            if resolved.kind != "full":
+                raise PlatformError("MaaS.0400", reason=(
+                    f"A LoRA version needs no service of its own: it is served on {resolved.base_model} as "
+                    f"{resolved.card.id!r} already.")) from None
+            spec = spec.model_copy(update={"model": resolved.model_id, "model_version": str(resolved.version)})
         if session.scalar(select(Service.id).where(Service.project_id == project_id, Service.name == spec.name)):
             raise PlatformError("MaaS.0409", reason=f"A service named {spec.name!r} already exists in this project.")
         row = Service(id=uuid.uuid4().hex, project_id=project_id, name=spec.name, description=spec.description,

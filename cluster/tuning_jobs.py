@@ -203,7 +203,8 @@ def create_job(project_id: ProjectId, spec: JobCreate):
                         job_type=spec.type.value, model_ref=spec.model, model_version=spec.model_version,
                         base_model=base_model, dataset_path=str(dataset), dataset_format=spec.format,
                         params=spec.model_dump(mode="json", exclude={"name", "description", "model", "type"}),
-                        output_model=spec.output_model, status="creating",
+                        output_model=spec.output_model, status="creating", status_reason="", runs=0,
+                        submission_id="", result_version="", data_count=0, iterations=0,
                         output_dir=str(get_settings().home / "finetune" / project_id / job_id))
         config = _config(row, base_path, spec)
         try:
