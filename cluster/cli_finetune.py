@@ -49,6 +49,10 @@ def create(name: str, model: str = typer.Option(..., "--model"), type_: str = ty
            workers: int = typer.Option(1), batch_size: int = typer.Option(32, help="Global batch size."),
            output_model: str = typer.Option(None, help="Default: <name>-model."),
            model_version: str = typer.Option(None), description: str = typer.Option(""),
+           max_failures: int = typer.Option(3, help="Automatic restarts from the latest checkpoint (1-128)."),
+           auto_stop: str = typer.Option(None, help="Stop after this much running time: 1h, 2h, 4h, 6h, 90m, ..."),
+           notify_url: str = typer.Option(None, help="Webhook for status changes (with --notify-events)."),
+           notify_events: str = typer.Option("", help="Comma-separated statuses, e.g. running,completed,failed."),
            follow: bool = typer.Option(False, "--follow", help="Show a progress bar until the job ends."),
            project: str = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Upload the dataset, create the job (validated before any compute), and run it as a Ray Job."""
@@ -62,7 +66,9 @@ def create(name: str, model: str = typer.Option(..., "--model"), type_: str = ty
     body = {"name": name, "model": model, "type": type_, "dataset": response.json()["id"], "format": format_,
             "epochs": epochs, "learning_rate": learning_rate, "checkpoints": checkpoints, "workers": workers,
             "global_batch_size": batch_size, "output_model": output_model or f"{name}-model",
-            "description": description, "model_version": model_version}
+            "description": description, "model_version": model_version, "max_failures": max_failures,
+            "auto_stop": auto_stop, "notify_url": notify_url,
+            "notify_events": [e.strip() for e in notify_events.split(",") if e.strip()]}
     job = call("POST", f"/{project}/finetune", json=body)
     if follow and job["status"] not in DONE:
         job = _follow(project, job["id"])

@@ -269,5 +269,10 @@ class TuningJob(Base):
     data_count: Mapped[int] = mapped_column(default=0)
     iterations: Mapped[int] = mapped_column(default=0)
     result_version: Mapped[str] = mapped_column(String(32), default="")  # the model version registered
+    auto_stop_s: Mapped[int | None] = mapped_column(nullable=True)  # stop after this much running time
+    running_since: Mapped[int | None] = mapped_column(nullable=True)  # set while the job is running
+    run_seconds: Mapped[int] = mapped_column(default=0, server_default="0")  # running time of earlier stretches
+    notify_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    notify_events: Mapped[list | None] = mapped_column(JSON, nullable=True)  # job statuses that are POSTed
     created_at: Mapped[int] = mapped_column(default=now)
     updated_at: Mapped[int] = mapped_column(default=now)

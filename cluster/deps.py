@@ -60,3 +60,12 @@ def accounting_actor():
 async def reload_accounting() -> None:
     """Every change a caller's admission depends on is committed first, then the actor reloads it."""
     await accounting_actor().reload.remote()
+
+
+def reload_accounting_blocking(log) -> None:
+    """The same from a background thread (reconciler, job sync): waits, and never raises (a restarting actor
+    reloads from SQL by itself)."""
+    try:
+        ray.get(accounting_actor().reload.remote(), timeout=30)
+    except Exception:  # noqa: BLE001
+        log.exception("reloading the accounting actor failed")

@@ -12,12 +12,15 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx
 from sqlalchemy import select
 
 from cluster.db import TuningJob, now, session_scope
+from cluster.deps import reload_accounting_blocking
 from train_jobs.progress import read_status
 
 log = logging.getLogger("maas.jobs")
+NOTIFY_TIMEOUT_S = 5.0
 ACTIVE = {"creating", "pending", "starting", "running", "alarm", "stopping"}
 
 
@@ -87,6 +90,8 @@ class JobSync(threading.Thread):
             self.woken.clear()
 
     def sync(self) -> None:
+        notes: list[tuple[str, dict]] = []
+        registered = False
         with session_scope(self.url) as session:
             jobs = session.scalars(select(TuningJob).where(TuningJob.status.in_(ACTIVE))).all()
             if not jobs:
@@ -95,27 +100,72 @@ class JobSync(threading.Thread):
             for job in jobs:
                 if not job.submission_id:
                     continue
+                before = job.status
                 try:
                     info = client.get_job_info(job.submission_id)
                 except RuntimeError:
                     job.status, job.status_reason = "failed", "the Ray job was lost (cluster restarted?)"
-                    continue
-                status_file = read_status(Path(job.output_dir))
-                new = _status_from(info.status.value, status_file.get("phase", ""), job.status)
-                if new == job.status:
-                    continue
-                job.status, job.updated_at = new, now()
-                if new == "failed":
-                    report = status_file.get("report")
-                    job.status_reason = (status_file.get("error") or info.message or "failed") + (
-                        "\n" + "\n".join(f"line {r['line']}, {r['field']}: {r['reason']}" for r in report)
-                        if report else "")
-                if new == "completed":
-                    try:
-                        job.result_version = self.on_completed(session, job, status_file.get("outputs", {}))
-                    except Exception as exc:  # the training worked; say why its model could not be kept
-                        log.exception("registering the output of %s failed", job.id)
-                        job.status, job.status_reason = "failed", f"registering the trained model failed: {exc}"
+                else:
+                    self._follow(session, job, info)
+                _count_running_time(job)
+                if job.status == "running" and job.auto_stop_s and running_seconds(job) >= job.auto_stop_s:
+                    stop(job.submission_id)
+                    job.status = "stopping"
+                    job.status_reason = f"Auto-stopped after {running_seconds(job)} s of running " \
+                                        f"(auto-stop {job.auto_stop_s} s); continue resumes from the latest checkpoint."
+                if job.status != before:
+                    job.updated_at = now()
+                    registered |= job.status == "completed"
+                    if job.notify_url and job.status in (job.notify_events or []):
+                        notes.append((job.notify_url, {
+                            "job_id": job.id, "job_name": job.name, "project_id": job.project_id,
+                            "status": job.status, "message": job.status_reason[:1024], "at": job.updated_at}))
+        if registered:  # the new version is callable (a LoRA on its base) once the accounting actor knows it
+            reload_accounting_blocking(log)
+        for url, payload in notes:
+            _post(url, payload)
+
+    def _follow(self, session, job: TuningJob, info) -> None:
+        """The job's status from Ray's and status.json's; on completion, register its output."""
+        status_file = read_status(Path(job.output_dir))
+        new = _status_from(info.status.value, status_file.get("phase", ""), job.status)
+        if new == job.status:
+            return
+        job.status = new
+        if new == "failed":
+            report = status_file.get("report")
+            job.status_reason = (status_file.get("error") or info.message or "failed") + (
+                "\n" + "\n".join(f"line {r['line']}, {r['field']}: {r['reason']}" for r in report)
+                if report else "")
+        if new == "completed":
+            try:
+                job.result_version = self.on_completed(session, job, status_file.get("outputs", {}))
+            except Exception as exc:  # the training worked; say why its model could not be kept
+                log.exception("registering the output of %s failed", job.id)
+                job.status, job.status_reason = "failed", f"registering the trained model failed: {exc}"
+
+
+def running_seconds(job: TuningJob) -> int:
+    """Time spent running (queued and starting time not counted), over every run of the job."""
+    return (job.run_seconds or 0) + (max(now() - job.running_since, 0) if job.running_since is not None else 0)
+
+
+def _count_running_time(job: TuningJob) -> None:
+    if job.status == "running" and job.running_since is None:
+        job.running_since = now()
+    elif job.status != "running" and job.running_since is not None:
+        job.run_seconds = running_seconds(job)
+        job.running_since = None
+
+
+def _post(url: str, payload: dict) -> None:
+    """Event notification: one JSON POST with a short timeout; a failure is logged, never raised."""
+    try:
+        response = httpx.post(url, json=payload, timeout=NOTIFY_TIMEOUT_S)
+        if response.status_code >= 300:
+            log.warning("notification of job %s to %s: HTTP %s", payload["job_id"], url, response.status_code)
+    except httpx.HTTPError as exc:
+        log.warning("notification of job %s to %s failed: %s", payload["job_id"], url, exc)
 
 
 _sync: JobSync | None = None

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cluster.db import ModelVersion, MyModel, Service, session_scope
-from cluster.deps import ProjectId, database_url
+from cluster.deps import ProjectId, database_url, reload_accounting
 from cluster.settings import get_settings
 from serve_apps.catalog import BUILTIN_MODELS, CatalogModel, builtin
 from serve_apps.errors import PlatformError
@@ -401,7 +401,9 @@ def _confirm(confirm: str, what: str) -> None:
 @router.post("", status_code=201, response_model=ModelView)
 async def create_model(project_id: ProjectId, spec: ModelCreate):
     """Create a model and its version 1 from a base catalog model and a directory of weights (copied)."""
-    return await asyncio.to_thread(_create, project_id, spec)
+    view = await asyncio.to_thread(_create, project_id, spec)
+    await reload_accounting()  # a LoRA version is callable at once
+    return view
 
 
 @router.get("", response_model=list[ModelView])
@@ -420,7 +422,9 @@ async def get_model(project_id: ProjectId, model: str):
 @router.post("/{model}/versions", status_code=201, response_model=VersionView)
 async def add_version(project_id: ProjectId, model: str, spec: VersionCreate):
     """The next version (numbered automatically; at most 10 per model)."""
-    return await asyncio.to_thread(_add_version, project_id, model, spec)
+    view = await asyncio.to_thread(_add_version, project_id, model, spec)
+    await reload_accounting()
+    return view
 
 
 @router.get("/{model}/versions", response_model=list[VersionView])
@@ -444,6 +448,7 @@ async def delete_model(project_id: ProjectId, model: str, confirm: str = ""):
         _refuse_if_used(session, row, None)
         session.execute(delete(ModelVersion).where(ModelVersion.model_id == row.id))
         session.delete(row)
+    await reload_accounting()  # its names stop being callable before the files go
     await asyncio.to_thread(shutil.rmtree, model_dir(row.id), True)
 
 
@@ -459,4 +464,5 @@ async def delete_version(project_id: ProjectId, model: str, version: str, confir
             raise PlatformError("MaaS.0409", reason=f"Version {row.version} is the only version of model "
                                                     f"{parent.name!r}; delete the model instead.")
         session.delete(row)
+    await reload_accounting()
     await asyncio.to_thread(shutil.rmtree, row.path, True)

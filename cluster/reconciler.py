@@ -25,13 +25,13 @@ import time
 from dataclasses import dataclass, field, replace
 
 import httpx
-import ray
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from cluster.db import Service, ServiceEvent, now, session_scope
+from cluster.deps import reload_accounting_blocking
 from cluster.services import Status
-from cluster.settings import ACCOUNTING_ACTOR, NAMESPACE, get_settings
+from cluster.settings import get_settings
 
 log = logging.getLogger("maas.reconciler")
 INTERVAL_S = 2.0
@@ -406,10 +406,7 @@ def _delete_app(name: str) -> None:
 
 
 def _reload_accounting() -> None:
-    try:
-        ray.get(ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE).reload.remote(), timeout=30)
-    except Exception:  # the actor restarts and reloads from SQL by itself
-        log.exception("reloading the accounting actor failed")
+    reload_accounting_blocking(log)
 
 
 # -- the process's reconciler ---------------------------------------------------------------------------

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from fastapi import APIRouter, UploadFile
 from fastapi.responses import FileResponse, PlainTextResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import or_, select
 
 from cluster import job_runner, my_models
 from cluster.db import TuningJob, now, session_scope
-from cluster.deps import ProjectId, database_url
+from cluster.deps import ProjectId, database_url, reload_accounting_blocking
+from cluster.services import format_duration, parse_auto_stop
 from cluster.settings import get_settings
 from serve_apps.catalog import BUILTIN_MODELS
 from serve_apps.errors import PlatformError
@@ -36,6 +37,7 @@ JOB_SUPPORT = {"full": "finetune-full", "lora": "finetune-lora", "pretrain": "pr
 # What each state allows (spec §7.5); everything else is refused.
 ALLOWED = {"stop": {"creating", "pending", "starting", "running", "alarm"}, "continue": {"stopped"},
            "delete": {"stopped", "completed", "failed"}}
+NOTIFIABLE = ("pending", "starting", "running", "stopping", "stopped", "completed", "failed")
 
 
 class JobKind(str, Enum):
@@ -63,6 +65,34 @@ class JobCreate(BaseModel):
     max_failures: int = Field(3, ge=1, le=128, description="Automatic restarts from the latest checkpoint.")
     lora: LoraSettings = LoraSettings()
     merge_lora: bool = False
+    auto_stop: str | None = Field(None, description="Stop after this much running time: 1h, 2h, 4h, 6h or a custom "
+                                                     "duration (90m, 12h). Queued or starting time is not counted.")
+    notify_url: str | None = Field(None, max_length=1024, description="Webhook that receives a JSON POST when the "
+                                                                       "job enters one of notify_events.")
+    notify_events: list[str] = Field([], description=f"Job statuses to notify: {', '.join(NOTIFIABLE)}.")
+
+    @field_validator("auto_stop")
+    @classmethod
+    def _auto_stop(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_auto_stop(value)
+        return value
+
+    @field_validator("notify_events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(NOTIFIABLE))
+        if unknown:
+            raise ValueError(f"unknown job statuses {unknown}; choose from {', '.join(NOTIFIABLE)}")
+        return value
+
+    @model_validator(mode="after")
+    def _notification(self) -> "JobCreate":
+        if self.notify_url is not None and not re.match(r"^https?://[^\s/]+", self.notify_url):
+            raise ValueError("notify_url must be an http:// or https:// URL")
+        if bool(self.notify_url) != bool(self.notify_events):
+            raise ValueError("event notification needs both notify_url and at least one of notify_events")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -97,6 +127,10 @@ class JobView(BaseModel):
     progress: dict = Field(description="step, total_steps, percent, elapsed_s, eta_s, loss, learning_rate, "
                                        "tokens_per_s of the latest step")
     params: dict
+    resumes: list[dict] = Field(description="Each continue or automatic restart: the checkpoint step it resumed "
+                                            "from, and when.")
+    auto_stop: str | None
+    running_seconds: int = Field(description="Running time so far (what auto-stop counts).")
     created_at: int
     updated_at: int
 
@@ -107,7 +141,10 @@ class JobView(BaseModel):
                    dataset_format=row.dataset_format, output_model=row.output_model, status=row.status,
                    status_reason=row.status_reason, data_count=row.data_count, iterations=row.iterations,
                    runs=row.runs, result_version=row.result_version, progress=_latest_metrics(row),
-                   params=row.params, created_at=row.created_at, updated_at=row.updated_at)
+                   params=row.params, resumes=read_status(Path(row.output_dir)).get("resumes", []),
+                   auto_stop=format_duration(row.auto_stop_s),
+                   running_seconds=job_runner.running_seconds(row), created_at=row.created_at,
+                   updated_at=row.updated_at)
 
 
 def _metrics(row: TuningJob) -> list[dict]:
@@ -202,7 +239,10 @@ def create_job(project_id: ProjectId, spec: JobCreate):
         row = TuningJob(id=job_id, project_id=project_id, name=spec.name, description=spec.description,
                         job_type=spec.type.value, model_ref=spec.model, model_version=spec.model_version,
                         base_model=base_model, dataset_path=str(dataset), dataset_format=spec.format,
-                        params=spec.model_dump(mode="json", exclude={"name", "description", "model", "type"}),
+                        params=spec.model_dump(mode="json", exclude={"name", "description", "model", "type",
+                                                                      "notify_url", "notify_events"}),
+                        auto_stop_s=parse_auto_stop(spec.auto_stop) if spec.auto_stop else None,
+                        notify_url=spec.notify_url, notify_events=spec.notify_events,
                         output_model=spec.output_model, status="creating", status_reason="", runs=0,
                         submission_id="", result_version="", data_count=0, iterations=0,
                         output_dir=str(get_settings().home / "finetune" / project_id / job_id))
@@ -337,7 +377,8 @@ def promote_checkpoint(project_id: ProjectId, job: str, checkpoint: str, spec: P
         version = my_models.register_version(session, project_id, spec.output_model or row.output_model, weights,
                                              "lora" if row.job_type == "lora" else "full",
                                              source=f"finetune:{row.id}", base_model=row.base_model)
-        return version.model_dump()
+    reload_accounting_blocking(job_runner.log)  # committed: a LoRA version is callable at once
+    return version.model_dump()
 
 
 def register_output(session, row: TuningJob, outputs: dict) -> str:

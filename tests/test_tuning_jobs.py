@@ -5,7 +5,10 @@ base model's engine, where its answers show what it learned."""
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -86,9 +89,11 @@ def test_lora_job_stop_continue_register_and_serve(platform, dataset):
     assert admin.post(f"/default/finetune/{job['id']}/continue").json()["runs"] == 2
     done = _wait(admin, job["id"], lambda j: j["status"] in ("completed", "failed"))
     assert done["status"] == "completed", done
+    # It continued from the checkpoint of step 200, not from step 1; the steps it ran after that checkpoint
+    # before the stop ran again, and the curve holds each step once.
+    assert [r["step"] for r in done["resumes"]] == [200]
     steps = [m["step"] for m in admin.get(f"/default/finetune/{job['id']}/metrics").json()]
-    resumed_at = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[resumed_at] == 201 and steps[-1] == 400  # continued after checkpoint 200, not from step 1
+    assert steps == list(range(1, 401))
     assert done["progress"]["loss"] < 0.2
     # Outputs: a LoRA version of "colors", a loss chart, searchable logs, checkpoints.
     versions = platform.maas_json("models", "versions", "colors")
@@ -103,3 +108,73 @@ def test_lora_job_stop_continue_register_and_serve(platform, dataset):
     assert _answers(client, CHAT) <= 2  # the base model is unchanged
     listed = [m.id for m in client.models.list().data]
     assert "colors" in listed and "colors-v1" in listed
+
+
+def test_full_job_registered_and_deployed_as_its_own_service(platform, dataset):
+    """A full fine-tune becomes a full version of a model of ours; deployed as a service (its own Serve app and
+    engine), it answers as trained, while tiny-chat keeps its own answers."""
+    from tests.test_services import wait_status
+
+    admin, client = platform.admin(), platform.client(platform.new_key()["key"])
+    job = platform.maas_json("finetune", "create", "colors-full", "--model", CHAT, "--type", "full", "--dataset",
+                             str(dataset), "--epochs", "150", "--learning-rate", "0.003", "--batch-size", "16",
+                             "--output-model", "colors-full")
+    done = _wait(admin, job["id"], lambda j: j["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    versions = platform.maas_json("models", "versions", "colors-full")
+    assert versions[-1]["kind"] == "full" and versions[-1]["source"] == f"finetune:{job['id']}"
+    service = platform.maas_json("services", "deploy", "colors-svc", "--model", "colors-full")
+    try:
+        running = wait_status(platform, service["id"], {"Running"})
+        assert running["model_version"] == str(versions[-1]["version"])
+        assert _answers(client, "colors-svc") >= 15
+        assert _answers(client, CHAT) <= 2
+    finally:
+        platform.maas("services", "stop", "colors-svc", check=False)
+        wait_status(platform, service["id"], {"Terminated", "Failed"}, timeout=180)
+        platform.maas("services", "delete", "colors-svc", "--confirm", "DELETE")
+
+
+@pytest.fixture
+def webhook():
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/jobs", received
+    server.shutdown()
+
+
+def test_auto_stop_counts_running_time_only_and_notifies(platform, dataset, webhook):
+    url, received = webhook
+    admin = platform.admin()
+    job = platform.maas_json("finetune", "create", "auto-stop", "--model", CHAT, "--type", "lora", "--dataset",
+                             str(dataset), "--epochs", "400", "--batch-size", "16", "--output-model", "auto-stop",
+                             "--auto-stop", "1h", "--notify-url", url, "--notify-events", "running,stopped")
+    assert job["auto_stop"] == "1h" and job["running_seconds"] == 0
+    running = _wait(admin, job["id"], lambda j: j["status"] in ("running", "completed", "failed"), timeout=300)
+    assert running["status"] == "running", running
+    assert running["running_seconds"] < time.time() - job["created_at"] - 2  # queued/starting time not counted
+    with sqlite3.connect(platform.home / "maas.db") as db:  # as if created with an auto-stop this long
+        db.execute("UPDATE tuning_jobs SET auto_stop_s = ? WHERE id = ?", (running["running_seconds"] + 3, job["id"]))
+    stopped = _wait(admin, job["id"], lambda j: j["status"] in ("stopped", "completed", "failed"), timeout=120)
+    assert stopped["status"] == "stopped" and stopped["status_reason"].startswith("Auto-stopped after"), stopped
+    assert stopped["progress"].get("step", 0) < 400
+    deadline = time.time() + 10
+    while len(received) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    assert [(e["job_id"], e["status"]) for e in received] == [(job["id"], "running"), (job["id"], "stopped")]
+    assert "Auto-stopped" in received[-1]["message"]
+    refused = admin.post("/default/finetune", json={"name": "x", "model": CHAT, "type": "lora", "dataset": "ds-0",
+                                                   "output_model": "x", "auto_stop": "3d"})
+    assert refused.status_code == 400 and "auto_stop must be" in refused.json()["error_msg"]
+    assert admin.delete(f"/default/finetune/{job['id']}", params={"confirm": "DELETE"}).status_code == 204

@@ -186,9 +186,10 @@ class Gateway:
         return await actor.admit_many.remote(requests)
 
     def _card(self, route: dict) -> CatalogModel:
-        card = self._cards.get(route["service_id"])
+        key = f'{route["service_id"]}/{route["app_name"]}'  # an upgrade deploys a new app: a new card
+        card = self._cards.get(key)
         if card is None:
-            card = self._cards[route["service_id"]] = CatalogModel.model_validate(route["card"])
+            card = self._cards[key] = CatalogModel.model_validate(route["card"])
         return card
 
     def _handle(self, route: dict):
