@@ -78,9 +78,11 @@ def is_complete(directory: Path, weights_dir: str) -> bool:
     return has_weights and all((directory / f"rng_rank{r}.pt").exists() for r in range(state["world_size"]))
 
 
+def step_of(directory: Path) -> int:
+    return json.loads((Path(directory) / TRAIN_STATE).read_text())["step"]
+
+
 def latest(run_dir: Path, weights_dir: str) -> Path | None:
     """The complete checkpoint with the highest step under a run directory, if any."""
     found = [d for d in Path(run_dir).glob("checkpoint_*") if is_complete(d, weights_dir)]
-    if not found:
-        return None
-    return max(found, key=lambda d: json.loads((d / TRAIN_STATE).read_text())["step"])
+    return max(found, key=step_of) if found else None

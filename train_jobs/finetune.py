@@ -103,6 +103,8 @@ def train(config: FinetuneConfig, encoded: list, total_steps: int, resume_from: 
     from train_jobs.train_loop import train_loop_per_worker
 
     ray.init(ignore_reinit_error=True, log_to_driver=True)
+    # Again: ray.init installs its own SIGTERM handler, which ends the job without saying "stopped".
+    signal.signal(signal.SIGTERM, _on_stop(config.output_dir))
     data = ray.put([(e.input_ids, e.labels) for e in encoded])
     trainer = TorchTrainer(
         train_loop_per_worker,

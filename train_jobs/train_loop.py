@@ -8,6 +8,7 @@ update is the same whatever the worker count or micro-batching.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
@@ -66,14 +67,13 @@ def _seed(seed: int) -> None:
 
 @contextmanager
 def _resume_dir(resume_from: str | None):
-    """The checkpoint to start from: Ray's (after an automatic restart or a continued run) or the one the
-    driver found in output_dir."""
+    """The checkpoint to start from: the newer of Ray's (after an automatic restart) and the one the driver
+    found in output_dir. Continuing a stopped job, Ray restores its own record of the run, which can lag the
+    files by a checkpoint or two (its controller takes reports in one at a time)."""
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as path:
-            yield Path(path)
-    else:
-        yield Path(resume_from) if resume_from else None
+    with checkpoint.as_directory() if checkpoint is not None else nullcontext(None) as ray_dir:
+        found = [Path(d) for d in (ray_dir, resume_from) if d]
+        yield max(found, key=checkpointing.step_of) if found else None
 
 
 def _collate(samples: list[tuple[list[int], list[int]]], pad_id: int, device):
@@ -100,7 +100,9 @@ def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _deepspeed_engine(config: FinetuneConfig, model, optimizer, scheduler, per_worker: int, micro: int):
+def _deepspeed_engine(config: FinetuneConfig, model, optimizer, scheduler, per_worker: int, micro: int, device):
+    # DeepSpeed guesses its accelerator from what is installed; the job's device decides (cpu, cuda or npu).
+    os.environ["DS_ACCELERATOR"] = device.type
     import deepspeed
 
     ds_config = {
@@ -139,7 +141,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, total_steps))
         if use_ds:
-            model = engine = _deepspeed_engine(config, model.to(device), optimizer, scheduler, per_worker, micro)
+            model = engine = _deepspeed_engine(config, model.to(device), optimizer, scheduler, per_worker, micro,
+                                                device)
             unwrapped = engine.module
         else:
             model = ray.train.torch.prepare_model(model, move_to_device=device)
