@@ -55,6 +55,19 @@ def _device(config: FinetuneConfig) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_threads(config: FinetuneConfig, local_workers: int) -> int:
+    """Torch threads of one CPU worker: its share of the node's cores, or fewer if the job asked for fewer CPUs.
+
+    Left alone, a worker runs OMP_NUM_THREADS threads, which Ray sets to the worker's *logical* CPUs: 1 by
+    default (the control plane sets no resources_per_worker), so a 1-worker job used one core of the node
+    (56-61% of a plain PyTorch loop on 2 cores, benchmarks/finetune_throughput.py); and the platform declares
+    16 logical CPUs on any head (cluster/platform.py), so a CPU request says nothing about the cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = max(1, cores // max(1, local_workers))
+    requested = (config.resources_per_worker or {}).get("CPU")
+    return min(share, max(1, int(requested))) if requested else share
+
+
 def _seed(seed: int) -> None:
     import random
 
@@ -127,6 +140,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = _device(config)
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads(config, context.get_local_world_size()))
     use_ds = config.deepspeed is not None
     per_worker = config.global_batch_size // world
     micro = config.micro_batch_size or per_worker
@@ -163,6 +178,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             resumes = read_status(config.output_dir).get("resumes", []) + [{"step": start_step, "at": time.time()}]
             update_status(config.output_dir, resumed_from_step=start_step, resumes=resumes)
             print(f"resumed from the checkpoint of step {start_step}", flush=True)
+        print(f"{world} worker(s); torch threads of rank 0: {torch.get_num_threads()}", flush=True)
 
     interval = config.checkpoint_interval(total_steps)
     dummy = ([tokenizer.pad_token_id], [IGNORE_INDEX])  # keeps every rank's backward count equal
