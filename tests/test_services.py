@@ -3,7 +3,8 @@ service on the session's platform taken through deploy, calls, scale, QPS, upgra
 application, auto-stop with webhook notifications, the product's service API, and delete.
 
 Engine start-ups: deploy, scale-out (one more replica), upgrade (the new version), the lost application
-(deployed again): four. Later steps run on the same service, so the tests of this module run in order.
+(deployed again), the replica killed with kill -9 (replaced): five. Later steps run on the same service, so
+the tests of this module run in order.
 """
 
 from __future__ import annotations
@@ -337,6 +338,28 @@ def test_a_lost_serve_application_is_deployed_again(platform, service, caller):
     assert restarting["status"] == "Restarting"
     view = wait_status(platform, NAME, {"Running"})
     assert view["app_name"] == app
+    assert chat(caller).choices
+
+
+def test_a_dead_replica_is_replaced(platform, service, caller):
+    import psutil
+
+    view = wait_status(platform, NAME, {"Running"})
+    app, before = view["app_name"], {r["id"] for r in view["replicas"]}
+    victims = [p for p in psutil.process_iter(["cmdline"])
+               if any(f"ServeReplica:{app}:" in part for part in p.info["cmdline"] or [])]
+    assert victims, f"no replica process of {app}"
+    for victim in victims:
+        victim.kill()  # kill -9: the engine replica dies without any goodbye
+    deadline, current = time.time() + 420, view
+    while time.time() < deadline:
+        current = platform.admin().get(f"/default/services/{NAME}").json()
+        running = {r["id"] for r in current["replicas"] if r["state"] == "RUNNING"}
+        if current["status"] == "Running" and running and not running & before:
+            break
+        time.sleep(1)
+    assert current["status"] == "Running" and current["app_name"] == app, current
+    assert {r["id"] for r in current["replicas"]}.isdisjoint(before), current  # a new replica took its place
     assert chat(caller).choices
 
 
