@@ -8,11 +8,18 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Index, String, UniqueConstraint, create_engine, event
+from sqlalchemy import (JSON, BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, UniqueConstraint,
+                        create_engine, event)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 DEFAULT_PROJECT = "default"
+
+# 64-bit columns for row ids that grow with traffic and for limits/quotas a user sets. PostgreSQL's INTEGER is
+# 32-bit (a usage_records id would overflow after 2**31 calls); SQLite's INTEGER is already 64-bit, and only
+# "INTEGER PRIMARY KEY" is its auto-incrementing rowid, so SQLite keeps INTEGER.
+BigInt = BigInteger().with_variant(Integer(), "sqlite")
+MAX_BIGINT = 2**63 - 1  # the largest limit or quota an API accepts
 
 
 def now() -> int:
@@ -98,7 +105,7 @@ class ServiceEvent(Base):
     """A status change of a service; kept 30 days."""
 
     __tablename__ = "service_events"
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     service_id: Mapped[str] = mapped_column(String(32), index=True)
     project_id: Mapped[str] = mapped_column(String(64))
     at: Mapped[int] = mapped_column(default=now, index=True)
@@ -118,8 +125,8 @@ class Endpoint(Base):
     name: Mapped[str] = mapped_column(String(64))
     description: Mapped[str] = mapped_column(String(256), default="")
     target: Mapped[str] = mapped_column(String(128))  # a preset model id or a service id
-    rpm: Mapped[int] = mapped_column()
-    tpm: Mapped[int] = mapped_column()
+    rpm: Mapped[int] = mapped_column(BigInt)
+    tpm: Mapped[int] = mapped_column(BigInt)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     deleted_at: Mapped[int | None] = mapped_column(nullable=True)
     created_at: Mapped[int] = mapped_column(default=now)
@@ -133,9 +140,9 @@ class Preset(Base):
     model_id: Mapped[str] = mapped_column(ForeignKey("served_models.model_id"), primary_key=True)
     kind: Mapped[str] = mapped_column(String(16), default="free")  # free | commercial
     expires_at: Mapped[int | None] = mapped_column(nullable=True)  # free mode 1
-    free_quota_tokens: Mapped[int | None] = mapped_column(nullable=True)  # free mode 2 (claim first)
-    rpm: Mapped[int] = mapped_column(default=600)  # model-level limits, per project
-    tpm: Mapped[int] = mapped_column(default=1_000_000)
+    free_quota_tokens: Mapped[int | None] = mapped_column(BigInt, nullable=True)  # free mode 2 (claim first)
+    rpm: Mapped[int] = mapped_column(BigInt, default=600)  # model-level limits, per project
+    tpm: Mapped[int] = mapped_column(BigInt, default=1_000_000)
 
 
 class PresetGrant(Base):
@@ -153,7 +160,7 @@ class UsageRecord(Base):
 
     __tablename__ = "usage_records"
     __table_args__ = (Index("ix_usage_project_ts", "project_id", "ts"),)
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(String(64), unique=True)
     ts: Mapped[float] = mapped_column(Float)  # request start, epoch seconds
     project_id: Mapped[str] = mapped_column(String(64))

@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, or_, select
 
-from cluster.db import Endpoint, Preset, PresetGrant, Service, now, session_scope
+from cluster.db import MAX_BIGINT, Endpoint, Preset, PresetGrant, Service, now, session_scope
 from cluster.deps import ProjectId, database_url, reload_accounting
 from serve_apps.errors import PlatformError
 
@@ -30,8 +30,8 @@ def _check_name(value: str) -> str:
 class EndpointUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")  # the service an endpoint fronts cannot be changed
     description: str | None = Field(None, max_length=256)
-    rpm: int | None = Field(None, gt=0)
-    tpm: int | None = Field(None, gt=0)
+    rpm: int | None = Field(None, gt=0, le=MAX_BIGINT)
+    tpm: int | None = Field(None, gt=0, le=MAX_BIGINT)
 
 
 class EndpointCreate(BaseModel):
@@ -39,8 +39,8 @@ class EndpointCreate(BaseModel):
     name: str = Field(description="1-64 letters, digits, _ or -; unique in the project, forever.")
     service: str = Field(description="A commercial preset the project activated, or a service id or name.")
     description: str = Field("", max_length=256)
-    rpm: int | None = Field(None, gt=0, description="Default: the model's limit for the project.")
-    tpm: int | None = Field(None, gt=0, description="Default: the model's limit for the project.")
+    rpm: int | None = Field(None, gt=0, le=MAX_BIGINT, description="Default: the model's limit for the project.")
+    tpm: int | None = Field(None, gt=0, le=MAX_BIGINT, description="Default: the model's limit for the project.")
 
     @field_validator("name")
     @classmethod

@@ -11,7 +11,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import select
 
-from cluster.db import Preset, PresetGrant, ServedModel, session_scope
+from cluster.db import MAX_BIGINT, Preset, PresetGrant, ServedModel, session_scope
 from cluster.deps import Admin, ProjectId, database_url, reload_accounting
 from serve_apps.errors import PlatformError
 
@@ -23,9 +23,10 @@ router = APIRouter(prefix="/v1", tags=["presets"])
 class PresetSpec(BaseModel):
     kind: Literal["free", "commercial"]
     expires_at: int | None = Field(None, description="Free mode 1: free until this time (epoch seconds).")
-    free_quota_tokens: int | None = Field(None, gt=0, description="Free mode 2: tokens a project may claim.")
-    rpm: int = Field(DEFAULT_RPM, gt=0, description="Model-level requests per minute, per project.")
-    tpm: int = Field(DEFAULT_TPM, gt=0, description="Model-level tokens per minute, per project.")
+    free_quota_tokens: int | None = Field(None, gt=0, le=MAX_BIGINT,
+                                          description="Free mode 2: tokens a project may claim.")
+    rpm: int = Field(DEFAULT_RPM, gt=0, le=MAX_BIGINT, description="Model-level requests per minute, per project.")
+    tpm: int = Field(DEFAULT_TPM, gt=0, le=MAX_BIGINT, description="Model-level tokens per minute, per project.")
 
     @model_validator(mode="after")
     def _modes(self) -> "PresetSpec":

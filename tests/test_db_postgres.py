@@ -197,3 +197,33 @@ def test_served_model_card_json_round_trip(db):
             (ServedModel.project_id.is_(None)) | (ServedModel.project_id == DEFAULT_PROJECT))
             .order_by(ServedModel.model_id)).all()
         assert visible == ["own", "tiny-chat"]
+
+
+def test_ids_limits_and_quotas_past_32_bits(db):
+    """A usage record id past 2**31 (PostgreSQL's INTEGER ends there) and limits/quotas above it are stored
+    and read back; the id sequence keeps counting from there."""
+    from cluster.db import MAX_BIGINT, Endpoint, Preset, ServiceEvent, UsageRecord
+
+    big = 5_000_000_000
+    with session_scope(db) as session:
+        session.add(ServedModel(model_id="m64", app_name="a", deployment_name="d", card={}))
+        session.flush()
+        session.add(Preset(model_id="m64", kind="free", free_quota_tokens=big, rpm=big, tpm=MAX_BIGINT))
+        session.add(Endpoint(id="ep64", project_id=DEFAULT_PROJECT, name="ep64", target="m64", rpm=big, tpm=big))
+        session.add(UsageRecord(id=2**31 + 5, request_id="r-big", ts=1.0, project_id=DEFAULT_PROJECT))
+        session.add(ServiceEvent(id=2**31 + 5, service_id="s", project_id=DEFAULT_PROJECT, status="Running"))
+    if db.startswith("postgresql"):  # explicit ids do not move a sequence: take it past 2**31 as a long run would
+        with get_engine(db).begin() as conn:
+            for table in ("usage_records", "service_events"):
+                conn.execute(sa.text(f"SELECT setval('{table}_id_seq', {2**31 + 5})"))
+    with session_scope(db) as session:
+        session.add(UsageRecord(request_id="r-next", ts=2.0, project_id=DEFAULT_PROJECT))
+        session.add(ServiceEvent(service_id="s", project_id=DEFAULT_PROJECT, status="Stopped"))
+    with session_scope(db) as session:
+        preset, endpoint = session.get(Preset, "m64"), session.get(Endpoint, "ep64")
+        assert (preset.free_quota_tokens, preset.rpm, preset.tpm) == (big, big, MAX_BIGINT)
+        assert (endpoint.rpm, endpoint.tpm) == (big, big)
+        ids = session.scalars(sa.select(UsageRecord.id).order_by(UsageRecord.id)).all()
+        assert ids == [2**31 + 5, 2**31 + 6]
+        events = session.scalars(sa.select(ServiceEvent.id).order_by(ServiceEvent.id)).all()
+        assert events == [2**31 + 5, 2**31 + 6]
