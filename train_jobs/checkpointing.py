@@ -6,8 +6,11 @@
       deepspeed/                engine state instead of the two above under ZeRO              every rank its shard
       rng_rank<r>.pt            python, numpy, torch (and accelerator) RNG states            every rank
       train_state.json          step, epoch, index in epoch, elapsed time, world size        rank 0
+      files_rank<r>.json        every file the rank wrote, with its size (written last)     every rank
 
-Every rank writes its files into its own directory and reports it; Ray Train merges them into one.
+Every rank writes its files into its own directory and reports it; Ray Train merges them into one. A
+checkpoint is complete when every rank's file list is there and every file in it has its full size: a copy
+cut off half-way (a killed run, a full disk) is never taken for a checkpoint to resume from.
 """
 
 from __future__ import annotations
@@ -44,13 +47,16 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(directory: Path, *, rank: int, train_state: dict, optimizer=None, scheduler=None) -> None:
-    """This rank's share of the resumable state (the recipe writes the weights)."""
+    """This rank's share of the resumable state (the recipe writes the weights), then its file list."""
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
     if rank == 0:
         if optimizer is not None:
             torch.save(optimizer.state_dict(), directory / "optimizer.pt")
             torch.save(scheduler.state_dict(), directory / "scheduler.pt")
-        (directory / TRAIN_STATE).write_text(json.dumps(train_state))
+        (directory / TRAIN_STATE).write_text(json.dumps(train_state | {"file_lists": True}))
+    files = {str(path.relative_to(directory)): path.stat().st_size for path in sorted(directory.rglob("*"))
+             if path.is_file() and not path.name.startswith("files_rank")}
+    (directory / f"files_rank{rank}.json").write_text(json.dumps(files))
 
 
 def load(directory: Path, *, rank: int, optimizer=None, scheduler=None) -> dict:
@@ -72,8 +78,15 @@ def restore_rng(directory: Path, rank: int) -> None:
 def is_complete(directory: Path, weights_dir: str) -> bool:
     try:
         state = json.loads((directory / TRAIN_STATE).read_text())
-    except (OSError, ValueError):
+        if state.get("file_lists"):
+            for rank in range(state["world_size"]):
+                files = json.loads((directory / f"files_rank{rank}.json").read_text())
+                if any((directory / name).stat().st_size != size for name, size in files.items()):
+                    return False
+            return True
+    except (OSError, ValueError, KeyError):
         return False
+    # Checkpoints written before file lists existed: the files are there, sizes unknown.
     has_weights = (directory / weights_dir).is_dir() or (directory / DEEPSPEED_DIR).is_dir()
     return has_weights and all((directory / f"rng_rank{r}.pt").exists() for r in range(state["world_size"]))
 

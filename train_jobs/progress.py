@@ -5,6 +5,7 @@ Files are replaced atomically so the control plane never reads half a status.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
@@ -41,9 +42,13 @@ def update_status(output_dir: Path, **fields) -> dict:
     """Merge `fields` into status.json (phase, step, percent, eta_s, error, report, ...)."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    status = read_status(output_dir) | {k: (v.value if isinstance(v, Enum) else v) for k, v in fields.items()}
-    status["updated_at"] = time.time()
-    write_json_atomic(output_dir / STATUS_FILE, status)
+    # Two processes write it (the driver: phases, a stop; rank 0: progress): without the lock, one's
+    # read-merge-write could put back what the other had just replaced (a "stopped" turned "running" again).
+    with open(output_dir / ".status.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = read_status(output_dir) | {k: (v.value if isinstance(v, Enum) else v) for k, v in fields.items()}
+        status["updated_at"] = time.time()
+        write_json_atomic(output_dir / STATUS_FILE, status)
     return status
 
 
