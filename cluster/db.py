@@ -84,6 +84,7 @@ class Service(Base):
     description: Mapped[str] = mapped_column(String(256), default="")
     model_id: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(32), default="1")
+    previous_version: Mapped[str | None] = mapped_column(String(32), nullable=True)  # before the last upgrade
     instances: Mapped[int] = mapped_column(default=1)
     qps: Mapped[int | None] = mapped_column(nullable=True)
     moderation: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -118,13 +118,15 @@ class Snapshot:
     status_reason: str = ""
     project_id: str = ""
     model_version: str = "1"
+    previous_version: str | None = None
 
     @classmethod
     def of(cls, row: Service) -> "Snapshot":
         return cls(id=row.id, name=row.name, model_id=row.model_id, desired=row.desired, status=row.status,
                    generation=row.generation, instances=row.instances, app_name=row.app_name,
                    running_since=row.running_since, run_seconds=row.run_seconds, auto_stop_s=row.auto_stop_s,
-                   status_reason=row.status_reason, project_id=row.project_id, model_version=row.model_version)
+                   status_reason=row.status_reason, project_id=row.project_id, model_version=row.model_version,
+                   previous_version=row.previous_version)
 
 
 @dataclass
@@ -181,10 +183,14 @@ def _decide_running(snap: Snapshot, apps: dict[str, AppState]) -> Decision:
     resize = target if app.instances != snap.instances and app.status != "DEPLOY_FAILED" else None
     if app.status == "DEPLOY_FAILED":
         if serving and apps[serving].status == "RUNNING":
+            # Back to the generation and the version still serving: a later restart of the service (or
+            # of a lost application) deploys what serves now, and the upgrade can be tried again.
             old_generation = int(serving.rsplit("-g", 1)[1])
             return Decision(Status.CONCERNING.value, f"Upgrade failed, the previous version keeps serving: "
                                                      f"{app.message}"[:1024],
-                            changes={"generation": old_generation}, delete=[target, *stale])
+                            changes={"generation": old_generation,
+                                     "model_version": snap.previous_version or snap.model_version},
+                            delete=[target, *stale])
         return Decision(Status.FAILED.value, (app.message or "The deployment failed.")[:1024],
                         delete=_deletable(apps))
     if app.status == "RUNNING" and not resize:

@@ -382,7 +382,8 @@ async def upgrade_service(project_id: ProjectId, service: str, spec: UpgradeRequ
         if spec.model_version == row.model_version:
             raise PlatformError("MaaS.0409", reason=f"The service {row.name!r} already runs version "
                                                     f"{row.model_version!r}.")
-        return {"model_version": spec.model_version, "generation": row.generation + 1,
+        return {"model_version": spec.model_version, "previous_version": row.model_version,
+                "generation": row.generation + 1,
                 "status": Status.UPGRADE.value, "status_reason": ""}
 
     return await _transition(project_id, service, Action.UPGRADE, changes,

@@ -98,9 +98,11 @@ def test_reconciler_scales_in_place_and_upgrades_beside_the_serving_version():
     assert (upgrading.status, upgrading.deploy, upgrading.delete) == ("Upgrade", None, [])
     switched = decide(_snap(status="Upgrade", generation=2), {G1: _app(G1), G2: _app(G2)}, 2000)
     assert (switched.status, switched.changes, switched.delete) == ("Running", {"app_name": G2}, [G1])
-    failed = decide(_snap(status="Upgrade", generation=2),
+    failed = decide(_snap(status="Upgrade", generation=2, model_version="2", previous_version="1"),
                     {G1: _app(G1), G2: _app(G2, "DEPLOY_FAILED", running=0)}, 2000)
-    assert failed.status == "Concerning" and failed.changes["generation"] == 1 and failed.delete == [G2]
+    assert failed.status == "Concerning" and failed.delete == [G2]
+    # back to what still serves: generation 1 with version 1 (a restart must not deploy the failed version)
+    assert (failed.changes["generation"], failed.changes["model_version"]) == (1, "1")
 
 
 def test_reconciler_brings_back_a_lost_application_and_auto_stops_on_running_time():
