@@ -379,10 +379,20 @@ async def set_service_qps(project_id: ProjectId, service: str, spec: QpsRequest)
 @router.post("/{service}/upgrade", response_model=ServiceView)
 async def upgrade_service(project_id: ProjectId, service: str, spec: UpgradeRequest):
     def changes(row: Service) -> dict:
-        if spec.model_version == row.model_version:
+        version = spec.model_version
+        if row.model_id.startswith("mdl-"):  # one of the project's models: the version must exist and be full
+            from cluster import my_models
+
+            with session_scope(database_url()) as session:
+                resolved = my_models.resolve_version(session, project_id, row.model_id, version)
+            if resolved.kind != "full":
+                raise PlatformError("MaaS.0400", reason=f"Version {version!r} is a LoRA adapter: it is served on "
+                                                        f"{resolved.base_model} as {resolved.card.id!r}.")
+            version = str(resolved.version)
+        if version == row.model_version:
             raise PlatformError("MaaS.0409", reason=f"The service {row.name!r} already runs version "
                                                     f"{row.model_version!r}.")
-        return {"model_version": spec.model_version, "previous_version": row.model_version,
+        return {"model_version": version, "previous_version": row.model_version,
                 "generation": row.generation + 1,
                 "status": Status.UPGRADE.value, "status_reason": ""}
 

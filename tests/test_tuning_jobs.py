@@ -127,6 +127,10 @@ def test_full_job_registered_and_deployed_as_its_own_service(platform, dataset):
     try:
         running = wait_status(platform, service["id"], {"Running"})
         assert running["model_version"] == str(versions[-1]["version"])
+        # an upgrade to a version the model does not have is refused before anything changes
+        missing = platform.admin().post(f"/default/services/{service['id']}/upgrade", json={"model_version": "9"})
+        assert missing.status_code == 404 and missing.json()["error_code"] == "MaaS.0404", missing.text
+        assert "Version '9' of model 'colors-full'" in missing.json()["error_msg"]
         assert _answers(client, "colors-svc") >= 15
         assert _answers(client, CHAT) <= 2
     finally:
