@@ -365,11 +365,19 @@ class Reconciler(threading.Thread):
             _deploy(replace(snap, status=decision.status), decision.deploy)
         except Exception as exc:
             log.exception("deploying %s failed", decision.deploy)
+            values = {"status": Status.FAILED.value, "status_reason": f"Deploy failed: {exc}"[:1024]}
+            if decision.status == Status.UPGRADE.value and snap.app_name and snap.app_name != decision.deploy:
+                # The new version cannot even be deployed while the old one serves: go back to it, as
+                # when Serve reports the new application DEPLOY_FAILED.
+                values = {"status": Status.CONCERNING.value,
+                          "status_reason": f"Upgrade failed, the previous version keeps serving: {exc}"[:1024],
+                          "generation": int(snap.app_name.rsplit("-g", 1)[1]),
+                          "model_version": snap.previous_version or snap.model_version}
             with session_scope(self.url) as session:
                 session.execute(update(Service).where(Service.id == snap.id, Service.status == decision.status)
-                                .values(status=Status.FAILED.value, status_reason=f"Deploy failed: {exc}"[:1024]))
+                                .values(**values))
                 row = session.get(Service, snap.id)
-                note = row and record_event(session, row, Status.FAILED.value, f"Deploy failed: {exc}")
+                note = row and record_event(session, row, values["status"], values["status_reason"])
             if note:
                 self.post([note])
             _reload_accounting()
@@ -389,6 +397,8 @@ def _deploy(snap: Snapshot, name: str) -> None:
         with session_scope(settings.database_url) as session:
             resolved = my_models.resolve_version(session, snap.project_id, snap.model_id, snap.model_version)
         model, path = resolved.card, resolved.path
+        if not (path / "config.json").is_file():  # removed, or storage not mounted: no engine could load it
+            raise FileNotFoundError(f"The weights of version {resolved.version} are missing from {path}.")
     else:
         model = builtin(snap.model_id)
         path = ensure_built(model, settings.models_dir)

@@ -5,6 +5,7 @@ base model's engine, where its answers show what it learned."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -131,6 +132,17 @@ def test_full_job_registered_and_deployed_as_its_own_service(platform, dataset):
         missing = platform.admin().post(f"/default/services/{service['id']}/upgrade", json={"model_version": "9"})
         assert missing.status_code == 404 and missing.json()["error_code"] == "MaaS.0404", missing.text
         assert "Version '9' of model 'colors-full'" in missing.json()["error_msg"]
+        # a version whose weights are gone cannot deploy: the service goes back to the version still serving
+        broken = platform.maas_json("models", "add-version", "colors-full", "--path", versions[-1]["path"])
+        shutil.rmtree(broken["path"])
+        upgrading = platform.maas_json("services", "upgrade", "colors-svc", "--version", str(broken["version"]))
+        assert (upgrading["status"], upgrading["model_version"]) == ("Upgrade", str(broken["version"]))
+        back = wait_status(platform, service["id"], {"Running", "Concerning", "Failed"}, timeout=120)
+        assert back["status"] != "Failed" and back["model_version"] == running["model_version"], back
+        assert back["generation"] == running["generation"] and back["app_name"] == running["app_name"], back
+        events = platform.admin().get(f"/default/services/{service['id']}/events").json()
+        assert any(e["status"] == "Concerning" and "Upgrade failed" in e["message"] for e in events), events
+        assert _answers(client, "colors-svc") >= 15
         assert _answers(client, "colors-svc") >= 15
         assert _answers(client, CHAT) <= 2
     finally:
