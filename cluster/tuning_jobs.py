@@ -191,6 +191,12 @@ def _base(session, project_id: str, spec: JobCreate) -> tuple[str, Path]:
     return resolved.base_model, resolved.path
 
 
+def _template_kwargs(family: str) -> dict:
+    """What the gateway puts in chat_template_kwargs when the caller does not: train with the same."""
+    card = _CATALOG.get(family)
+    return {card.thinking_kwarg: card.thinking_default} if card is not None and card.thinking_kwarg else {}
+
+
 def _config(row: TuningJob, base_path: Path, spec: JobCreate) -> FinetuneConfig:
     try:
         return FinetuneConfig(
@@ -198,7 +204,8 @@ def _config(row: TuningJob, base_path: Path, spec: JobCreate) -> FinetuneConfig:
             dataset_format=spec.format, output_dir=row.output_dir, epochs=spec.epochs,
             learning_rate=spec.learning_rate, global_batch_size=spec.global_batch_size,
             max_seq_len=spec.max_seq_len, checkpoints_to_keep=spec.checkpoints, num_workers=spec.workers,
-            max_failures=spec.max_failures, lora=spec.lora, merge_lora=spec.merge_lora)
+            max_failures=spec.max_failures, lora=spec.lora, merge_lora=spec.merge_lora,
+            chat_template_kwargs=_template_kwargs(row.base_model))
     except ValidationError as exc:
         reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in exc.errors())
         raise PlatformError("MaaS.0400", reason=reason) from None

@@ -92,3 +92,52 @@ def test_status_keeps_what_two_processes_write_at_once(tmp_path):
         assert writer.exitcode == 0
     status = read_status(tmp_path)
     assert {f"driver{i}" for i in range(n)} | {f"rank{i}" for i in range(n)} <= set(status)
+
+
+def _chat_tokenizer():
+    """A small byte-level tokenizer with tiny-chat's chat template (Qwen3-style thinking switch)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from serve_apps.tiny_chat import CHAT_TEMPLATE
+
+    inner = Tokenizer(models.BPE())
+    inner.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    inner.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+    inner.train_from_iterator(["what is the color of the sea ? the sea is blue . and the sky ?"],
+                              trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<|im_end|>", pad_token="<pad>")
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def test_conversations_are_trained_as_the_engine_renders_them():
+    """With thinking off (the served default), the engine's prompt ends with an empty think block that the
+    template leaves out of history turns: the last assistant turn is trained after exactly that prompt."""
+    from train_jobs.encoding import IGNORE_INDEX, encode_conversation
+
+    tokenizer = _chat_tokenizer()
+    one = [{"role": "user", "content": "what is the color of the sea ?"},
+           {"role": "assistant", "content": "the sea is blue ."}]
+    two = one + [{"role": "user", "content": "and the sky ?"}, {"role": "assistant", "content": "blue ."}]
+    served = {"enable_thinking": False}
+    for messages in (one, two):
+        encoded = encode_conversation(tokenizer, messages, 1024, template_kwargs=served)
+        text = tokenizer.decode(encoded.input_ids)
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True, **served)
+        assert prompt.endswith("<think>\n\n</think>\n\n")
+        assert text == prompt + messages[-1]["content"] + "<|im_end|>\n"  # what the engine sees, then the answer
+        trained = tokenizer.decode([t for t in encoded.labels if t != IGNORE_INDEX])
+        assert trained == "".join(m["content"] + "<|im_end|>\n" for m in messages if m["role"] == "assistant")
+    # The template's own default (thinking on) has no such block: nothing is added.
+    plain = encode_conversation(tokenizer, one, 1024)
+    assert "<think>" not in tokenizer.decode(plain.input_ids)
+
+
+def test_the_control_plane_trains_with_the_served_template_arguments():
+    from cluster.tuning_jobs import _template_kwargs
+
+    assert _template_kwargs("tiny-chat") == {"enable_thinking": False}  # the gateway's default for callers
+    assert _template_kwargs("all-minilm-l6-v2") == {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -77,6 +77,9 @@ class FinetuneConfig(BaseModel):
     micro_batch_size: int | None = Field(None, ge=1, description="Samples per forward pass on one worker; "
                                                                  "the rest of a worker's share is accumulated.")
     max_seq_len: int = Field(1024, ge=8)
+    chat_template_kwargs: dict[str, Any] = Field(
+        {}, description='Chat template arguments the served model gets by default, e.g. {"enable_thinking": '
+                        'false}: conversations are rendered for training exactly as the engine renders them.')
     seed: int = 42
 
     checkpoints_to_keep: int = Field(1, ge=1, le=MAX_CHECKPOINTS)

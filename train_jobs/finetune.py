@@ -63,7 +63,8 @@ def prepare(config: FinetuneConfig) -> tuple[FinetuneConfig, list, int, Path | N
                           for e in error.errors(include_url=False)]) from None
     tokenizer = load_tokenizer(config)
     try:
-        encoded = encode_samples(tokenizer, samples, config.dataset_kind, config.max_seq_len)
+        encoded = encode_samples(tokenizer, samples, config.dataset_kind, config.max_seq_len,
+                                 config.chat_template_kwargs)
     except ValueError as error:
         raise JobInvalid([RowError(line=0, field="base_model_path", reason=str(error))]) from None
     untrained = [i + 1 for i, e in enumerate(encoded) if not e.trained_tokens]
