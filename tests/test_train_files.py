@@ -1,6 +1,6 @@
-"""The files a running fine-tune leaves for the control plane and for its own resume: a checkpoint counts
-only when every rank's files are there in full, and status.json keeps what two writing processes put in it.
-No Ray, no engine: these are the rules the resume and the job status rely on."""
+"""What a fine-tune reads and leaves, without Ray or an engine: a checkpoint counts only when every rank's
+files are there in full; status.json keeps what two writing processes put in it; conversations are encoded
+exactly as the serving engine renders them (train as served)."""
 
 from __future__ import annotations
 
