@@ -53,6 +53,8 @@ def create(name: str, model: str = typer.Option(..., "--model"), type_: str = ty
            auto_stop: str = typer.Option(None, help="Stop after this much running time: 1h, 2h, 4h, 6h, 90m, ..."),
            notify_url: str = typer.Option(None, help="Webhook for status changes (with --notify-events)."),
            notify_events: str = typer.Option("", help="Comma-separated statuses, e.g. running,completed,failed."),
+           merge: bool = typer.Option(False, "--merge", help="LoRA: register the base model with the adapter "
+                                                             "merged in (a full version) instead of the adapter."),
            follow: bool = typer.Option(False, "--follow", help="Show a progress bar until the job ends."),
            project: str = ProjectOpt, as_json: bool = JsonOpt) -> None:
     """Upload the dataset, create the job (validated before any compute), and run it as a Ray Job."""
@@ -67,7 +69,7 @@ def create(name: str, model: str = typer.Option(..., "--model"), type_: str = ty
             "epochs": epochs, "learning_rate": learning_rate, "checkpoints": checkpoints, "workers": workers,
             "global_batch_size": batch_size, "output_model": output_model or f"{name}-model",
             "description": description, "model_version": model_version, "max_failures": max_failures,
-            "auto_stop": auto_stop, "notify_url": notify_url,
+            "auto_stop": auto_stop, "notify_url": notify_url, "merge_lora": merge,
             "notify_events": [e.strip() for e in notify_events.split(",") if e.strip()]}
     job = call("POST", f"/{project}/finetune", json=body)
     if follow and job["status"] not in DONE:

@@ -64,7 +64,8 @@ class JobCreate(BaseModel):
     workers: int = Field(1, ge=1, description="Ray Train workers (compute nodes).")
     max_failures: int = Field(3, ge=1, le=128, description="Automatic restarts from the latest checkpoint.")
     lora: LoraSettings = LoraSettings()
-    merge_lora: bool = False
+    merge_lora: bool = Field(False, description="LoRA only: the output version is the base model with the adapter "
+                                                "merged in (a full model, deployable as its own service).")
     auto_stop: str | None = Field(None, description="Stop after this much running time: 1h, 2h, 4h, 6h or a custom "
                                                      "duration (90m, 12h). Queued or starting time is not counted.")
     notify_url: str | None = Field(None, max_length=1024, description="Webhook that receives a JSON POST when the "
@@ -92,6 +93,8 @@ class JobCreate(BaseModel):
             raise ValueError("notify_url must be an http:// or https:// URL")
         if bool(self.notify_url) != bool(self.notify_events):
             raise ValueError("event notification needs both notify_url and at least one of notify_events")
+        if self.merge_lora and self.type.value != "lora":
+            raise ValueError("merge_lora applies to LoRA jobs only")
         return self
 
     @field_validator("name")
@@ -389,9 +392,9 @@ def promote_checkpoint(project_id: ProjectId, job: str, checkpoint: str, spec: P
 
 
 def register_output(session, row: TuningJob, outputs: dict) -> str:
-    """The job completed: its adapter (LoRA) or model (full, pretrain) becomes the next version of its output
-    model. Returns the version id."""
-    kind = "lora" if row.job_type == "lora" else "full"
+    """The job completed: its adapter (LoRA) or model (full, pretrain; LoRA with merge_lora: the merged model,
+    deployable as its own service) becomes the next version of its output model. Returns the version id."""
+    kind = "lora" if row.job_type == "lora" and not outputs.get("model") else "full"
     path = outputs.get("adapter") if kind == "lora" else outputs.get("model")
     if not path:
         raise RuntimeError(f"the job wrote no {'adapter' if kind == 'lora' else 'model'}: {outputs}")

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 import yaml
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from serve_apps.tiny_chat import _COLORS, _THINGS, _color_of
 from tests.conftest import BIN, DASHBOARD_PORT, RAY_TEMP_DIR
@@ -109,7 +112,7 @@ def _assert_resumed(output_dir: Path, logs: str, reference: Path, resumed_from: 
 def reference(platform, jobs, base_model, dataset, tmp_path_factory) -> tuple[Path, str, subprocess.CompletedProcess]:
     """An uninterrupted LoRA run, submitted the way an operator does: `ray job submit -- python -m ...`."""
     work = tmp_path_factory.mktemp("ft-reference")
-    config = _write(_lora_job(base_model, dataset, work / "out"), work / "job.yaml")
+    config = _write(_lora_job(base_model, dataset, work / "out", merge_lora=True), work / "job.yaml")
     submission_id = f"ft-ref-{uuid.uuid4().hex[:8]}"
     done = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", DASHBOARD, "--submission-id",
                            submission_id, "--runtime-env-json", json.dumps(JOB_ENV), "--",
@@ -118,7 +121,7 @@ def reference(platform, jobs, base_model, dataset, tmp_path_factory) -> tuple[Pa
     return work / "out", submission_id, done
 
 
-def test_lora_job_by_ray_job_submit(jobs, reference):
+def test_lora_job_by_ray_job_submit(jobs, reference, base_model):
     out, submission_id, done = reference
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
     assert jobs.get_job_status(submission_id).value == "SUCCEEDED"
@@ -137,6 +140,15 @@ def test_lora_job_by_ray_job_submit(jobs, reference):
     assert [m["learning_rate"] for m in metrics[:5]] == pytest.approx([0.001, 0.002, 0.003, 0.004, 0.005])
     assert metrics[5]["learning_rate"] == pytest.approx(0.005) and metrics[-1]["learning_rate"] < 0.0002
     assert metrics[-1]["loss"] < 0.5 * metrics[0]["loss"]  # it learned
+    # merge_lora: the base model with the adapter folded in, a plain transformers model with the same logits
+    assert status["outputs"]["model"] == str(out / "model")
+    merged = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_model), out / "adapter").eval()
+    tokens = torch.tensor([[5, 17, 29, 41, 53, 65]])
+    with torch.no_grad():
+        assert torch.allclose(merged(tokens).logits, adapted(tokens).logits, atol=1e-4)
+        with adapted.disable_adapter():  # and the adapter did change the base model
+            assert not torch.allclose(merged(tokens).logits, adapted(tokens).logits, atol=1e-3)
 
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter["r"] == 8 and set(adapter["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj",

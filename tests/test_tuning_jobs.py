@@ -65,7 +65,8 @@ def test_job_rules(platform, dataset):
     for change, fragment in [({"name": "1bad"}, "name must be 1-64"), ({"learning_rate": 0.2}, "less than or equal"),
                              ({"type": "dpo"}, "Input should be"), ({"checkpoints": 11}, "less than or equal to 10"),
                              ({"model": "all-minilm-l6-v2"}, "does not support lora jobs"),
-                             ({"epochs": 1, "checkpoints": 3, "global_batch_size": 16}, "checkpoints_to_keep")]:
+                             ({"epochs": 1, "checkpoints": 3, "global_batch_size": 16}, "checkpoints_to_keep"),
+                             ({"type": "full", "merge_lora": True}, "merge_lora applies to LoRA jobs only")]:
         answer = admin.post("/default/finetune", json=base | change)
         assert answer.status_code in (400, 404) and fragment in answer.json()["error_msg"], (change, answer.text)
 
