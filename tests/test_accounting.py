@@ -228,6 +228,9 @@ def test_usage_statistics_and_metrics_match_the_records(platform, tenant):
     assert "ModelArts.81101" in codes and "ModelArts.81103" in codes
     # Counters restart with the actor (the kill test above restarted it): make one stream to observe.
     list(platform.client(tenant["key"]).completions.create(model=CHAT, prompt="the sky", max_tokens=4, stream=True))
-    metrics = httpx.get(platform.base_url + "/metrics").text
+    deadline = time.time() + 30  # the stream is settled just after its last chunk, not before
+    while "maas_ttft_seconds_bucket" not in (metrics := httpx.get(platform.base_url + "/metrics").text):
+        assert time.time() < deadline, metrics
+        time.sleep(0.2)
     assert f'maas_requests_total{{code="429",endpoint="' in metrics and f'project="{PROJECT}"' in metrics
     assert "maas_ttft_seconds_bucket" in metrics and tenant["key"] not in metrics
