@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from cluster.reconciler import AppState, Snapshot, app_name, decide
+from cluster.service_decisions import AppState, Snapshot, app_name, decide
 from cluster.services import ALLOWED_FROM, Action, ServiceCreate, Status, check_action, parse_auto_stop
 from serve_apps.errors import PlatformError
 
