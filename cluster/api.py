@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
 
 import ray
 from fastapi import APIRouter, FastAPI, Request

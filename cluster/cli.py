@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from cluster.cli_models import register_my_model_commands
-from cluster.cli_common import JsonOpt, ProjectOpt, console, err
+from cluster.cli_common import JsonOpt, ProjectOpt, console
 from cluster.cli_common import client as _client
 from cluster.cli_common import fail as _fail
 from cluster.cli_common import print_json as _print_json
