@@ -47,12 +47,12 @@ def up(
     console.print()
     console.print(f"[bold green]MaaS is up[/bold green] in {result.seconds:.0f} s")
     console.print(f"  OpenAI API     {result.base_url}/v1")
-    console.print(f"  Control plane  {result.base_url}/api/v1   (docs: {result.base_url}/api/docs)")
+    console.print(f"  Control plane  {result.base_url}/api/v1   (docs: {result.base_url}/api/docs)", soft_wrap=True)
     console.print(f"  Ray dashboard  {result.dashboard_url}")
     console.print(f"  Models         {', '.join(result.models)}")
     if result.new_admin_key:
         console.print(f"  [bold]Admin key (shown once, also saved to {get_settings().credentials_file}):[/bold] "
-                      f"{result.new_admin_key}")
+                      f"{result.new_admin_key}", soft_wrap=True)  # one line, to copy
     console.print("Next: [bold]maas keys create --label demo[/bold], then call the API with the key.")
 
 

@@ -143,11 +143,28 @@ def _probe_models(base_url: str, models: list[str], deadline: float) -> None:
         client.call("DELETE", f"/default/keys/{created['id']}")
 
 
+def _quiet_driver_logs() -> None:
+    """`maas up` shows its own progress. Importing ray.serve.llm points the root logger at Ray's JSON formatter
+    at INFO, so every httpx request, Alembic step and vLLM notice of this process reached the console: keep
+    warnings only, as plain text (the platform's own processes log as before)."""
+    import logging
+
+    logging.getLogger("vllm").setLevel(logging.ERROR)  # import-time notices (no Triton on CPU, ...)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the "Deployment Options" dumps
+
+
 def up(console: Console, timeout_s: int = 600) -> UpResult:
+    _quiet_driver_logs()
     from cluster.api import prepare
     from serve_apps.catalog import builtin
     from serve_apps.model_app import ensure_built
 
+    _quiet_driver_logs()  # again: the imports above configured the root logger
     start = time.time()
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -161,6 +178,7 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
         settings.credentials_file.write_text(new_admin_key + "\n")
         settings.credentials_file.chmod(0o600)
     dashboard = _connect(console)
+    _quiet_driver_logs()
     deploy(console)
     deadline = start + timeout_s
     _wait_running(console, names, deadline)

@@ -35,6 +35,7 @@ class Platform:
     up_output: str
     admin_key: str
     database_url: str
+    up_stderr: str = ""
 
     def maas(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run([str(BIN / "maas"), *args], env=self.env, capture_output=True, text=True,
@@ -112,7 +113,7 @@ def platform() -> Platform:
         stop_ray(env)
         pytest.fail(f"maas up failed:\n{up.stdout[-5000:]}\n{up.stderr[-5000:]}")
     yield Platform(home=home, env=env, base_url=f"http://127.0.0.1:{SERVE_PORT}", up_output=up.stdout,
-                   admin_key=admin_key, database_url=database_url)
+                   admin_key=admin_key, database_url=database_url, up_stderr=up.stderr)
     stop_ray(env)
     if not os.environ.get("MAAS_TEST_HOME"):
         shutil.rmtree(home, ignore_errors=True)
