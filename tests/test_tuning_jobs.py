@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -144,12 +145,25 @@ def test_full_job_registered_and_deployed_as_its_own_service(platform, dataset):
         events = platform.admin().get(f"/default/services/{service['id']}/events").json()
         assert any(e["status"] == "Concerning" and "Upgrade failed" in e["message"] for e in events), events
         assert _answers(client, "colors-svc") >= 15
-        assert _answers(client, "colors-svc") >= 15
         assert _answers(client, CHAT) <= 2
     finally:
         platform.maas("services", "stop", "colors-svc", check=False)
         wait_status(platform, service["id"], {"Terminated", "Failed"}, timeout=180)
         platform.maas("services", "delete", "colors-svc", "--confirm", "DELETE")
+
+
+def test_lora_job_with_merge_registers_a_full_version(platform, dataset):
+    """--merge: the output version is the base model with the adapter folded in, a full model (deployable as
+    its own service), not the adapter."""
+    job = platform.maas_json("finetune", "create", "colors-merged", "--model", CHAT, "--type", "lora", "--dataset",
+                             str(dataset), "--epochs", "20", "--learning-rate", "0.005", "--batch-size", "16",
+                             "--output-model", "colors-merged", "--merge")
+    done = _wait(platform.admin(), job["id"], lambda j: j["status"] in ("completed", "failed"))
+    assert done["status"] == "completed", done
+    version = platform.maas_json("models", "versions", "colors-merged")[-1]
+    assert version["kind"] == "full" and version["source"] == f"finetune:{job['id']}", version
+    weights = Path(version["path"])
+    assert (weights / "config.json").is_file() and not (weights / "adapter_config.json").exists()
 
 
 @pytest.fixture
