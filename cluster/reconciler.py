@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from cluster.db import Service, ServiceEvent, now, session_scope
 from cluster.deps import reload_accounting_blocking
 from cluster.service_decisions import (APP_PREFIX, AppState, Decision, Snapshot, decide, deletable,
-                                       service_id_of)
+                                       service_id_of, upgrade_failed)
 from cluster.services import Status
 from cluster.settings import get_settings
 
@@ -211,12 +211,8 @@ class Reconciler(threading.Thread):
             log.exception("deploying %s failed", decision.deploy)
             values = {"status": Status.FAILED.value, "status_reason": f"Deploy failed: {exc}"[:1024]}
             if decision.status == Status.UPGRADE.value and snap.app_name and snap.app_name != decision.deploy:
-                # The new version cannot even be deployed while the old one serves: go back to it, as
-                # when Serve reports the new application DEPLOY_FAILED.
-                values = {"status": Status.CONCERNING.value,
-                          "status_reason": f"Upgrade failed, the previous version keeps serving: {exc}"[:1024],
-                          "generation": int(snap.app_name.rsplit("-g", 1)[1]),
-                          "model_version": snap.previous_version or snap.model_version}
+                back = upgrade_failed(snap, snap.app_name, str(exc))  # the old version still serves
+                values = {"status": back.status, "status_reason": back.reason, **back.changes}
             with session_scope(self.url) as session:
                 session.execute(update(Service).where(Service.id == snap.id, Service.status == decision.status)
                                 .values(**values))

@@ -127,14 +127,9 @@ def _decide_running(snap: Snapshot, apps: dict[str, AppState]) -> Decision:
     resize = target if app.instances != snap.instances and app.status != "DEPLOY_FAILED" else None
     if app.status == "DEPLOY_FAILED":
         if serving and apps[serving].status == "RUNNING":
-            # Back to the generation and the version still serving: a later restart of the service (or
-            # of a lost application) deploys what serves now, and the upgrade can be tried again.
-            old_generation = int(serving.rsplit("-g", 1)[1])
-            return Decision(Status.CONCERNING.value, f"Upgrade failed, the previous version keeps serving: "
-                                                     f"{app.message}"[:1024],
-                            changes={"generation": old_generation,
-                                     "model_version": snap.previous_version or snap.model_version},
-                            delete=[target, *stale])
+            decision = upgrade_failed(snap, serving, app.message)
+            decision.delete = [target, *stale]
+            return decision
         return Decision(Status.FAILED.value, (app.message or "The deployment failed.")[:1024],
                         delete=deletable(apps))
     if app.status == "RUNNING" and not resize:
@@ -159,6 +154,15 @@ def _decide_running(snap: Snapshot, apps: dict[str, AppState]) -> Decision:
         return Decision(Status.CONCERNING.value, (app.message or "Unhealthy.")[:1024], deploy=resize, delete=stale)
     status = Status.RESTARTING if snap.status == Status.RESTARTING.value else Status.DEPLOYING
     return Decision(status.value, None, deploy=resize, delete=stale)
+
+
+def upgrade_failed(snap: Snapshot, serving: str, why: str) -> Decision:
+    """The new version failed (Serve reports DEPLOY_FAILED, or it could not even be deployed) while `serving`
+    still answers: back to that generation and its version, so that a later restart (of the service or of a
+    lost application) deploys what serves now and the upgrade can be tried again."""
+    return Decision(Status.CONCERNING.value, f"Upgrade failed, the previous version keeps serving: {why}"[:1024],
+                    changes={"generation": int(serving.rsplit("-g", 1)[1]),
+                             "model_version": snap.previous_version or snap.model_version})
 
 
 def _count_running(snap: Snapshot, decision: Decision, at: int) -> Decision:
