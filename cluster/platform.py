@@ -178,7 +178,6 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
         settings.credentials_file.write_text(new_admin_key + "\n")
         settings.credentials_file.chmod(0o600)
     dashboard = _connect(console)
-    _quiet_driver_logs()
     deploy(console)
     deadline = start + timeout_s
     _wait_running(console, names, deadline)
