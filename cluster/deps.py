@@ -1,25 +1,25 @@
 """What every control-plane router needs: who is calling (admin or a project's API key), the project it
-may act on, and the accounting actor to tell about changes."""
+may act on, and the confirmation word an irreversible action needs. (A project's resource by id or name:
+`cluster.state.lookup.owned`, which the rules use too.)"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-import ray
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from sqlalchemy import select
 
-from cluster import keys
-from cluster.db import ApiKey, Project, session_scope
-from cluster.settings import ACCOUNTING_ACTOR, NAMESPACE, get_settings
+from cluster.keys import service as keys
+from cluster.settings import get_settings
+from cluster.state.db import ApiKey, Project, session_scope
+from serve_apps.contract import bearer_token, hash_key
 from serve_apps.errors import PlatformError
 
-
 def _bearer(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    if not auth.startswith("Bearer ") or not auth[7:].strip():
+    secret = bearer_token(request.headers.get("authorization", ""))
+    if not secret:
         raise PlatformError("ModelArts.81002")
-    return auth[7:].strip()
+    return secret
 
 
 def require_admin(request: Request) -> None:
@@ -37,7 +37,7 @@ def require_project(project_id: str, request: Request) -> str:
             if session.get(Project, project_id) is None:
                 raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
             return project_id
-        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == keys.hash_key(secret)))
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
         if row is None:
             raise PlatformError("ModelArts.81003")
         if row.project_id != project_id:
@@ -53,19 +53,19 @@ def database_url() -> str:
     return get_settings().database_url
 
 
-def accounting_actor():
-    return ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE)
+def confirmation(word: str, what: str) -> None:
+    """Refuse an irreversible action unless the caller typed the confirmation word (400)."""
+    def check(confirm: str) -> None:
+        if confirm != word:
+            raise PlatformError("MaaS.0400", reason=f"{what} needs the confirmation text {word}.")
+    return check
 
 
-async def reload_accounting() -> None:
-    """Every change a caller's admission depends on is committed first, then the actor reloads it."""
-    await accounting_actor().reload.remote()
+def Confirmed(word: str, what: str):  # noqa: N802 - used like a type: `_: Confirmed("DELETE", "Deleting x")`
+    """A route dependency: the query parameter `confirm` must be `word`."""
+    check = confirmation(word, what)
 
+    def dependency(confirm: Annotated[str, Query(description=f"The confirmation text {word}.")] = "") -> None:
+        check(confirm)
 
-def reload_accounting_blocking(log) -> None:
-    """The same from a background thread (reconciler, job sync): waits, and never raises (a restarting actor
-    reloads from SQL by itself)."""
-    try:
-        ray.get(accounting_actor().reload.remote(), timeout=30)
-    except Exception:  # noqa: BLE001
-        log.exception("reloading the accounting actor failed")
+    return Annotated[None, Depends(dependency)]

@@ -1,30 +1,38 @@
-"""Platform settings, read from the environment once: where state lives and how to reach things."""
+"""The control plane's settings: one pydantic-settings `Settings`, read from the environment once.
+
+It extends the settings the data plane reads too (`serve_apps.settings.PlaneSettings`: MAAS_HOME,
+MAAS_ACCELERATOR, moderation), so both planes derive every path the same way.
+"""
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, Field, model_validator
 
-NAMESPACE = "maas"  # Ray namespace of the platform's named actors
-ACCOUNTING_ACTOR = "maas-accounting"
+from serve_apps.settings import PlaneSettings
+
 GATEWAY_APP = "maas-gateway"
 CONTROL_APP = "maas-control"
 
 
-class Settings(BaseModel):
-    home: Path
-    database_url: str
-    host: str = "127.0.0.1"
+class Settings(PlaneSettings):
+    database_url: str = Field("", description="Any SQLAlchemy URL; default: SQLite in MAAS_HOME.")
+    host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens (maas up).")
     port: int = 8000
-    accelerator: str = "cpu"
-    ray_address: str | None = None
+    url: str | None = Field(None, description="The platform's base URL for the CLI (default http://host:port).")
+    admin_key: str | None = Field(None, description="The admin key to create on first start.")
+    ray_address: str | None = Field(None, validation_alias=AliasChoices("RAY_ADDRESS", "MAAS_RAY_ADDRESS"),
+                                    description="Join this Ray cluster instead of starting one.")
 
-    @property
-    def models_dir(self) -> Path:
-        return self.home / "models"
+    @model_validator(mode="after")
+    def _defaults(self) -> "Settings":
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.home / 'maas.db'}"
+        self.ray_address = self.ray_address or None
+        self.admin_key = self.admin_key or None
+        return self
 
     @property
     def logs_dir(self) -> Path:
@@ -36,17 +44,9 @@ class Settings(BaseModel):
 
     @property
     def base_url(self) -> str:
-        return os.environ.get("MAAS_URL", f"http://{self.host}:{self.port}")
+        return self.url or f"http://{self.host}:{self.port}"
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    home = Path(os.environ.get("MAAS_HOME", Path.home() / ".maas")).expanduser().resolve()
-    return Settings(
-        home=home,
-        database_url=os.environ.get("MAAS_DATABASE_URL", f"sqlite:///{home / 'maas.db'}"),
-        host=os.environ.get("MAAS_HOST", "127.0.0.1"),
-        port=int(os.environ.get("MAAS_PORT", "8000")),
-        accelerator=os.environ.get("MAAS_ACCELERATOR", "cpu"),
-        ray_address=os.environ.get("RAY_ADDRESS") or None,
-    )
+    return Settings()

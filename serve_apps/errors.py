@@ -79,6 +79,17 @@ def model_not_found(model: str) -> OpenAIError:
     return OpenAIError(404, f"The model `{model}` does not exist.")
 
 
+# Codes the accounting actor may answer that render in the OpenAI shape rather than as a platform error.
+OPENAI_ERRORS = {"model_not_found": model_not_found}
+
+
+def error_for(code: str, model: str = "", **params: Any) -> PlatformError | OpenAIError:
+    """The exception for an error code of either catalogue (an admission answer's `error`)."""
+    if code in OPENAI_ERRORS:
+        return OPENAI_ERRORS[code](model)
+    return PlatformError(code, **params)
+
+
 def context_length_exceeded(limit: int, prompt_tokens: int, max_tokens: int, unit: str = "messages") -> OpenAIError:
     return OpenAIError(400, (
         f"This model's maximum context length is {limit} tokens. However, you requested "

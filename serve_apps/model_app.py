@@ -9,28 +9,18 @@ parsers the catalog asks for, no prompt logging, and stream batching that never 
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
-from typing import Any, AsyncGenerator, Literal
+from typing import Any, AsyncGenerator
 
 from pydantic import BaseModel, Field
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ErrorInfo,
-    ErrorResponse,
-    TokenizeChatRequest,
-    TokenizeCompletionRequest,
-)
-from ray.llm._internal.common.callbacks.base import CallbackBase
-from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig
-from ray.llm._internal.serve.utils.batcher import Batcher
-from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
 from serve_apps.catalog import CatalogModel, ModelType, builtin
 from serve_apps.errors import context_length_exceeded
-
-Accelerator = Literal["cpu", "cuda", "npu"]
+from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
+                                   LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest)
+from serve_apps.settings import Accelerator, plane_settings
 
 
 class ModelServiceSpec(BaseModel):
@@ -220,7 +210,7 @@ def build_model_app(spec: ModelServiceSpec) -> serve.Application:
 
 
 def models_dir() -> Path:
-    return Path(os.environ.get("MAAS_HOME", Path.home() / ".maas")).expanduser() / "models"
+    return plane_settings().models_dir
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -229,7 +219,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     model = builtin(args.pop("model"))
     args.setdefault("app_name", model.id)
     args.setdefault("model_path", str(ensure_built(model, models_dir())))
-    args.setdefault("accelerator", os.environ.get("MAAS_ACCELERATOR", "cpu"))
+    args.setdefault("accelerator", plane_settings().accelerator)
     return build_model_app(ModelServiceSpec(model=model, **args))
 
 

@@ -11,10 +11,11 @@ Another checker plugs in with `MAAS_MODERATOR=package.module:ClassName` (a no-ar
 from __future__ import annotations
 
 import importlib
-import os
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from serve_apps.settings import plane_settings
 
 
 class Moderator(Protocol):
@@ -54,13 +55,13 @@ class TermListModerator:
 
     @classmethod
     def from_env(cls) -> "TermListModerator":
-        home = Path(os.environ.get("MAAS_HOME", Path.home() / ".maas")).expanduser()
-        path = os.environ.get("MAAS_MODERATION_TERMS_FILE") or str(home / "moderation_terms.txt")
-        return cls(os.environ.get("MAAS_MODERATION_TERMS", "").split(","), path)
+        settings = plane_settings()
+        path = settings.moderation_terms_file or settings.home / "moderation_terms.txt"
+        return cls(settings.moderation_terms.split(","), str(path))
 
 
 def load_moderator() -> Moderator:
-    spec = os.environ.get("MAAS_MODERATOR")
+    spec = plane_settings().moderator
     if not spec:
         return TermListModerator.from_env()
     module, _, name = spec.partition(":")

@@ -8,11 +8,11 @@ Streams always ask the engine for usage; the usage chunk is removed again for cl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import ray
@@ -20,24 +20,21 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse, ScoreRequest
-
-from ray.llm._internal.serve.core.ingress.utils import _sanitize_chat_completion_request
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from serve_apps.catalog import CatalogModel
-from serve_apps.errors import OpenAIError, PlatformError, model_not_found
-from serve_apps.gateway.calls import (Call, NaturalBatcher, Settler, client_ip, estimate_prompt_tokens,
-                                     is_actor_error)
+from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Route
+from serve_apps.errors import OpenAIError, PlatformError, error_for
+from serve_apps.gateway.admission import (Call, NaturalBatcher, Settler, client_ip, estimate_prompt_tokens,
+                                          is_actor_error)
+from serve_apps.gateway.guard import GatewayGuard
 from serve_apps.gateway.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, RerankRequest
 from serve_apps.gateway.streams import StreamRelay
 from serve_apps.model_app import supports
 from serve_apps.moderation import load_moderator, request_text
+from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_request
 
 log = logging.getLogger("maas.gateway")
-MAX_BODY_BYTES = 8 * 1024 * 1024
-ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/models"}
-ACCOUNTING_ACTOR, NAMESPACE = "maas-accounting", "maas"  # the control plane's actor, found by name
 
 app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -46,58 +43,17 @@ def _json(status: int, body: dict) -> JSONResponse:
     return JSONResponse(status_code=status, content=body)
 
 
-class GatewayGuard:
-    """ASGI middleware: no request to a /v1 route passes without a Bearer header and a body ≤ 8 MB."""
+@dataclass(frozen=True)
+class Routed:
+    """An admitted call's route, with the parsed model card and the name the caller used."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    route: Route
+    card: CatalogModel
+    called_as: str
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in ROUTES:
-            return await self.inner(scope, receive, send)
-        headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        token = auth[7:].strip() if auth.startswith("Bearer ") else ""
-        if not token:
-            return await _json(400, PlatformError("ModelArts.81002").body())(scope, receive, send)
-        length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, receive, send)
-        scope.setdefault("state", {})["key_hash"] = hashlib.sha256(token.encode()).hexdigest()
-        if length is None and scope["method"] == "POST":
-            # No Content-Length (chunked): read the body here, counting, and replay it to the app.
-            receive = await _buffered(receive)
-            if receive is None:
-                return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, _empty, send)
-        await self.inner(scope, receive, send)
-
-
-async def _buffered(receive):
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        size += len(chunks[-1])
-        if size > MAX_BODY_BYTES:
-            return None
-        if not message.get("more_body"):
-            break
-    body, sent = b"".join(chunks), False
-
-    async def replay():
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
-
-
-async def _empty():
-    return {"type": "http.request", "body": b"", "more_body": False}
+    @property
+    def lora(self) -> str | None:
+        return self.route.get("lora")
 
 
 app.add_middleware(GatewayGuard)
@@ -169,9 +125,10 @@ class Gateway:
         return self._actor
 
     async def admit(self, request: Request, model: str | None, prompt_tokens: int = 0,
-                    max_tokens: int | None = None) -> dict:
+                    max_tokens: int | None = None) -> Admission:
         try:
-            answer = await self._admissions((request.state.key_hash, model, prompt_tokens, max_tokens))
+            answer = await self._admissions(AdmissionRequest(request.state.key_hash, model, prompt_tokens,
+                                                             max_tokens))
         except Exception as exc:
             if not is_actor_error(exc):
                 raise
@@ -181,25 +138,25 @@ class Gateway:
             raise PlatformError("ModelArts.81003")
         return answer
 
-    async def _admit_batch(self, requests: list[tuple]) -> list[dict]:
+    async def _admit_batch(self, requests: list[AdmissionRequest]) -> list[Admission]:
         actor = await self._accounting()
         return await actor.admit_many.remote(requests)
 
-    def _card(self, route: dict) -> CatalogModel:
+    def _card(self, route: Route) -> CatalogModel:
         key = f'{route["service_id"]}/{route["app_name"]}'  # an upgrade deploys a new app: a new card
         card = self._cards.get(key)
         if card is None:
             card = self._cards[key] = CatalogModel.model_validate(route["card"])
         return card
 
-    def _handle(self, route: dict):
+    def _handle(self, route: Route):
         key = (route["app_name"], route["deployment_name"])
         if key not in self._handles:
             handle = serve.get_deployment_handle(route["deployment_name"], route["app_name"])
             self._handles[key] = handle.options(stream=True)  # every engine method answers a generator
         return self._handles[key]
 
-    async def _route(self, request: Request, body, kind: str, text: str = "") -> tuple[dict, Call, Any]:
+    async def _route(self, request: Request, body, kind: str, text: str = "") -> tuple[Routed, Call, Any]:
         """Admit the call (auth, access, limits, TPM reservation) and find the engine that answers it."""
         answer = await self.admit(request, body.model, estimate_prompt_tokens(text),
                                   getattr(body, "max_tokens", None))
@@ -207,10 +164,8 @@ class Gateway:
         call = Call(answer["record"], client_ip(request.headers, request.client), answer.get("reservation"),
                     stream=bool(getattr(body, "stream", False)))
         request.state.call = call
-        if answer.get("error") == "model_not_found":
-            raise model_not_found(body.model)
         if answer.get("error"):
-            raise PlatformError(answer["error"], **answer.get("params", {}))
+            raise error_for(answer["error"], model=body.model, **answer.get("params", {}))
         card = self._card(route)
         if not supports(card, kind):
             raise OpenAIError(400, f"The model `{body.model}` does not support /v1/{kind}.")
@@ -220,7 +175,7 @@ class Gateway:
         handle = self._handle(route)
         if route.get("lora"):  # an adapter on the base model's engine, loaded there from local storage
             handle = handle.options(multiplexed_model_id=route["lora"])
-        return route | {"card_obj": card, "called_as": answer["record"]["model"]}, call, handle
+        return Routed(route, card, answer["record"]["model"]), call, handle
 
     # -- routes -------------------------------------------------------------------------------------
     @app.get("/v1/models")
@@ -240,20 +195,20 @@ class Gateway:
 
     @app.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request):
-        route, call, handle = await self._route(request, body, "chat", request_text(body))
-        card = route["card_obj"]
+        routed, call, handle = await self._route(request, body, "chat", request_text(body))
+        card = routed.card
         if card.thinking_kwarg:
             kwargs = dict(body.chat_template_kwargs or {})
             kwargs.setdefault(card.thinking_kwarg, card.thinking_default)
             body.chat_template_kwargs = kwargs
-        return await self._generate(route, call, handle, "chat", _sanitize_chat_completion_request(body))
+        return await self._generate(routed, call, handle, "chat", sanitize_chat_request(body))
 
     @app.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request):
-        route, call, handle = await self._route(request, body, "completions", request_text(body))
-        return await self._generate(route, call, handle, "completions", body)
+        routed, call, handle = await self._route(request, body, "completions", request_text(body))
+        return await self._generate(routed, call, handle, "completions", body)
 
-    async def _generate(self, route: dict, call: Call, handle, method: str, body) -> Response:
+    async def _generate(self, routed: Routed, call: Call, handle, method: str, body) -> Response:
         client_wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:  # usage always comes back from the engine, for accounting
             body.stream_options = StreamOptions(include_usage=True)
@@ -263,7 +218,7 @@ class Gateway:
         head = batch[0]
         if isinstance(head, ErrorResponse):
             raise OpenAIError(head.error.code, head.error.message, head.error.type)
-        moderator = self.moderator if route["moderation"] else None
+        moderator = self.moderator if routed.route["moderation"] else None
         if not body.stream:
             content = head.model_dump()
             call.usage(content.get("usage"))
@@ -275,11 +230,11 @@ class Gateway:
                 texts.append(choice.get("text") or "")
             if moderator is not None and moderator.flagged("\n".join(texts)):
                 raise PlatformError("ModelArts.81011")
-            if route.get("lora"):
-                content["model"] = route["called_as"]
+            if routed.lora:
+                content["model"] = routed.called_as
             self.settler.submit(call, 200)
             return _json(200, content)
-        renames = {f'"model":"{route["lora"]}"': f'"model":{json.dumps(route["called_as"])}'} if route.get("lora") else {}
+        renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
         relay = StreamRelay(call, moderator, client_wants_usage, renames)
         return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
 

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest as _Chat,
-    CompletionRequest as _Completion,
-    EmbeddingCompletionRequest as _Embedding,
-)
+from serve_apps.ray_compat import ChatCompletionRequest as _Chat
+from serve_apps.ray_compat import CompletionRequest as _Completion
+from serve_apps.ray_compat import EmbeddingCompletionRequest as _Embedding
 
 _STRICT = ConfigDict(extra="forbid")
 

@@ -11,11 +11,10 @@ import json
 import time
 from typing import AsyncIterator
 
-from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
-
 from serve_apps.errors import OpenAIError
-from serve_apps.gateway.calls import Call
+from serve_apps.gateway.admission import Call
 from serve_apps.moderation import Moderator, StreamCheck
+from serve_apps.ray_compat import ErrorResponse
 
 
 def _payload(chunk: str) -> dict | None:

@@ -1,0 +1,278 @@
+"""The shared accounting actor: one named, detached, restartable Ray actor every gateway replica asks.
+
+It is the single source of truth for "who is calling, what does the name they used mean, may they call it
+now" (keys, routes, preset grants, RPM/TPM/QPS windows) and for token usage: every call of a known caller
+is settled here and written to SQL before `settle` returns (group commit), so a gateway that keeps
+re-sending an unacknowledged record (Ray retries actor tasks across restarts) loses none.
+
+After a restart the windows are rebuilt from the last minute of usage records, so limits keep holding.
+The gateway depends only on `serve_apps.contract` (the types and `ActorMethods`: `admit_many`,
+`settle_many`, `list_models`, `metrics_text`; `admit` and `settle` are the one-call forms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import uuid
+from collections import deque
+
+import ray
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cluster.accounting.metrics import UsageMetrics
+from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
+from cluster.accounting.windows import Limit, Reservation, Windows
+from cluster.state.db import ApiKey, UsageRecord, get_engine, session_scope
+from serve_apps.contract import (ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute,
+                                 ModelList, RecordBase, Route, Settlement, UsageRecord as UsageRecordDict)
+
+log = logging.getLogger(__name__)
+FLUSH_DELAY_S = 0.002  # group commit: records arriving within this window share one transaction
+SETTLED_MEMORY = 200_000
+RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
+                   "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
+                   "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False}
+
+
+def _row(record: UsageRecordDict) -> dict:
+    """A usage_records row: defaults filled, free text cut to its column (PostgreSQL refuses longer)."""
+    row = RECORD_DEFAULTS | record
+    for column, size in (("model", 128), ("client_ip", 64), ("error_code", 64), ("service_id", 128)):
+        row[column] = (row[column] or "")[:size]
+    return row
+
+
+class Denied(Exception):
+    def __init__(self, code: str, **params):
+        self.code, self.params = code, params
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1000)
+class AccountingActor:
+    def __init__(self, database_url: str):
+        self._url = database_url
+        self._keys: dict[str, dict] = {}  # key hash -> key id, project, hash
+        self._routes = RouteTable()
+        self._free_used: dict[tuple[str, str], int] = {}
+        self._windows = Windows()
+        self._reservations: dict[str, tuple[Reservation, RecordBase]] = {}
+        self._batch: list[dict] = []
+        self._batch_done: asyncio.Future | None = None
+        self._settled: set[str] = set()  # recent request ids, so a re-sent settlement is not counted twice
+        self._settled_order: deque[str] = deque()
+        self._metrics = UsageMetrics()
+        self._load()
+        self._rebuild_windows()
+
+    # -- state from SQL ---------------------------------------------------------------------------
+    def _load(self) -> None:
+        with session_scope(self._url) as session:
+            self._keys = {row.key_hash: {"key_id": row.id, "project_id": row.project_id, "hash": row.key_hash}
+                          for row in session.scalars(select(ApiKey))}
+            self._routes = load_routes(session)
+            self._free_used = {}
+            for (project_id, model_id), grant in self._routes.grants.items():
+                used = session.scalar(select(func.coalesce(func.sum(
+                    UsageRecord.prompt_tokens + UsageRecord.completion_tokens), 0)).where(
+                    UsageRecord.project_id == project_id, UsageRecord.service_id == model_id,
+                    UsageRecord.service_type == "free", UsageRecord.ts >= grant["since"]))
+                self._free_used[(project_id, model_id)] = int(used)
+
+    def _rebuild_windows(self) -> None:
+        """Count the last minute's admitted calls again, so a restart does not reset anybody's limits."""
+        since = time.time() - 60
+        with session_scope(self._url) as session:
+            rows = session.scalars(select(UsageRecord).where(UsageRecord.ts >= since, UsageRecord.status_code != 429)
+                                   .order_by(UsageRecord.ts)).all()
+        for row in rows:
+            endpoint, route = self._routes.resolve(row.project_id, row.model)
+            if route is not None:
+                limits = self._limits(row.project_id, endpoint, route)
+                self._windows.count(limits, row.prompt_tokens + row.completion_tokens, row.ts)
+
+    def reload(self) -> int:
+        """The control plane calls this after every change of keys, services, endpoints or presets."""
+        self._load()
+        return len(self._keys)
+
+    def add_key(self, key_hash: str, key_id: str, project_id: str) -> None:
+        self._keys[key_hash] = {"key_id": key_id, "project_id": project_id, "hash": key_hash}
+
+    def revoke_key(self, key_hash: str) -> None:
+        self._keys.pop(key_hash, None)
+
+    # -- admission ----------------------------------------------------------------------------------
+    def _caller(self, key_hash: str) -> Caller | None:
+        # The lookup is by SHA-256 digest (nothing an attacker can steer); the final check is constant-time.
+        info = self._keys.get(key_hash)
+        if info is None or not hmac.compare_digest(info["hash"], key_hash):
+            return None
+        return {"key_id": info["key_id"], "project_id": info["project_id"]}
+
+    def _limits(self, project_id: str, endpoint: EndpointRoute | None, route: Route) -> list[Limit]:
+        limits = []
+        if endpoint is not None:
+            limits += [Limit(f"ep-rpm:{endpoint['endpoint_id']}", "rpm", endpoint["rpm"]),
+                       Limit(f"ep-tpm:{endpoint['endpoint_id']}", "tpm", endpoint["tpm"])]
+        if route["preset"] is not None:
+            limits += [Limit(f"model-rpm:{project_id}:{route['service_id']}", "rpm", route["preset"]["rpm"]),
+                       Limit(f"model-tpm:{project_id}:{route['service_id']}", "tpm", route["preset"]["tpm"])]
+        if route["qps"]:
+            limits.append(Limit(f"qps:{route['service_id']}", "qps", route["qps"]))
+        return limits
+
+    def _check_access(self, project_id: str, name: str, endpoint: EndpointRoute | None, route: Route | None,
+                      now: float) -> None:
+        if route is None:
+            raise Denied("model_not_found")
+        if endpoint is not None and not endpoint["enabled"]:
+            raise Denied("ModelArts.81004")
+        if route["kind"] == "service" and route["status"] not in CALLABLE_STATUSES:
+            raise Denied("MaaS.0503", reason=f"the service {route['name']!r} is {route['status']}")
+        preset = route["preset"]
+        if route["kind"] != "preset":
+            return
+        grant = self._routes.grants.get((project_id, route["service_id"]))
+        if grant is not None and grant["frozen"]:
+            raise Denied("ModelArts.81006")
+        if route["service_type"] == "commercial" and grant is None:
+            raise Denied("ModelArts.81004")
+        if route["service_type"] == "free" and preset is not None:
+            if preset["expires_at"] is not None and now >= preset["expires_at"]:
+                raise Denied("ModelArts.81014")
+            if preset["free_quota_tokens"] is not None:
+                if grant is None:
+                    raise Denied("ModelArts.81004")
+                if self._free_used.get((project_id, route["service_id"]), 0) >= preset["free_quota_tokens"]:
+                    raise Denied("ModelArts.81005")
+
+    async def admit(self, key_hash: str, model: str | None, prompt_tokens: int = 0,
+                    max_tokens: int | None = None) -> Admission:
+        return self._admit(AdmissionRequest(key_hash, model, prompt_tokens, max_tokens))
+
+    async def admit_many(self, requests: list[AdmissionRequest]) -> list[Admission]:
+        """Admissions a gateway replica gathered while its previous call was in flight, in arrival order."""
+        return [self._admit(AdmissionRequest(*request)) for request in requests]
+
+    def _admit(self, request: AdmissionRequest) -> Admission:
+        """The caller, the route, and a reservation against TPM of the prompt plus what the completion may
+        use (`max_tokens`, else the rest of the model's context). No await inside: admissions never interleave."""
+        key_hash, model, prompt_tokens, max_tokens = request
+        caller = self._caller(key_hash)
+        if caller is None:
+            return {"error": "ModelArts.81003"}
+        if model is None:
+            return {"caller": caller, "record": self._record_base(caller, "", None, None)}
+        now = time.time()
+        endpoint, route = self._routes.resolve(caller["project_id"], model)
+        tokens = prompt_tokens
+        try:
+            self._check_access(caller["project_id"], model, endpoint, route, now)
+            if "text-generation" in route["card"].get("types", []):
+                context = route["card"].get("context_length", 0)
+                tokens += max_tokens if max_tokens is not None else max(context - prompt_tokens, 0)
+            limits = self._limits(caller["project_id"], endpoint, route)
+            exceeded = self._windows.first_exceeded(limits, tokens, now)
+            if exceeded is not None:
+                self._metrics.denied(caller, route, endpoint, exceeded.kind)
+                code = {"rpm": "ModelArts.81101", "tpm": "ModelArts.81103", "qps": "MaaS.0429"}[exceeded.kind]
+                raise Denied(code, **{exceeded.kind: exceeded.value})
+        except Denied as denied:
+            return {"caller": caller, "error": denied.code, "params": denied.params,
+                    "record": self._record_base(caller, model, endpoint, route)}
+        reservation_id = uuid.uuid4().hex
+        record = self._record_base(caller, model, endpoint, route)
+        self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record)
+        self._metrics.in_flight(record, +1)
+        return {"caller": caller, "route": route, "reservation": reservation_id, "record": record}
+
+    @staticmethod
+    def _record_base(caller: Caller, model: str, endpoint: EndpointRoute | None, route: Route | None) -> RecordBase:
+        return {"project_id": caller["project_id"], "key_id": caller["key_id"], "model": model,
+                "service_type": "endpoint" if endpoint else (route["service_type"] if route else ""),
+                "service_id": route["service_id"] if route else "",
+                "endpoint_id": endpoint["endpoint_id"] if endpoint else ""}
+
+    # -- settlement ---------------------------------------------------------------------------------
+    async def settle(self, reservation_id: str | None, record: UsageRecordDict) -> None:
+        await self.settle_many([Settlement(reservation_id, record)])
+
+    async def settle_many(self, settlements: list[Settlement]) -> int:
+        """Reconcile reservations to the real usage and make the records durable (one transaction) before
+        answering; a re-sent record changes nothing (request_id)."""
+        fresh = [_row(record) for reservation_id, record in settlements if self._settle(reservation_id, record)]
+        if fresh:
+            try:
+                await self._durable(fresh)
+            except Exception:
+                self._settled.difference_update(r["request_id"] for r in fresh)  # the re-send must count
+                raise
+        return len(fresh)
+
+    def _settle(self, reservation_id: str | None, record: UsageRecordDict) -> bool:
+        if record["request_id"] in self._settled:
+            return False
+        self._settled.add(record["request_id"])
+        self._settled_order.append(record["request_id"])
+        if len(self._settled_order) > SETTLED_MEMORY:
+            self._settled.discard(self._settled_order.popleft())
+        tokens = record.get("prompt_tokens", 0) + record.get("completion_tokens", 0)
+        held = self._reservations.pop(reservation_id, None) if reservation_id else None
+        if held is not None:
+            self._windows.settle(held[0], tokens)
+            self._metrics.in_flight(held[1], -1)
+        elif reservation_id is not None:  # admitted before a restart: count it now so limits still hold
+            endpoint, route = self._routes.resolve(record["project_id"], record["model"])
+            if route is not None:
+                self._windows.count(self._limits(record["project_id"], endpoint, route), tokens, record["ts"])
+        if record.get("service_type") == "free":
+            key = (record["project_id"], record["service_id"])
+            self._free_used[key] = self._free_used.get(key, 0) + tokens
+        self._metrics.observe(record)
+        return True
+
+    async def _durable(self, records: list[dict]) -> None:
+        if self._batch_done is None:
+            self._batch_done = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(FLUSH_DELAY_S, lambda: asyncio.ensure_future(self._flush()))
+        self._batch.extend(records)
+        await asyncio.shield(self._batch_done)
+
+    async def _flush(self) -> None:
+        rows, done = self._batch, self._batch_done
+        self._batch, self._batch_done = [], None
+        try:
+            await asyncio.to_thread(self._write, rows)
+            done.set_result(len(rows))
+        except Exception as exc:  # the callers' settle calls fail; their gateways re-send
+            log.exception("writing %d usage records failed", len(rows))
+            done.set_exception(exc)
+
+    def _write(self, rows: list[dict]) -> None:
+        engine = get_engine(self._url)
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
+        with engine.begin() as conn:
+            conn.execute(statement, rows)
+
+    # -- reads ----------------------------------------------------------------------------------------
+    def list_models(self, key_hash: str) -> ModelList:
+        caller = self._caller(key_hash)
+        if caller is None:
+            return {"error": "ModelArts.81003"}
+        return {"caller": caller, "models": self._routes.visible(caller["project_id"])}
+
+    def metrics_text(self) -> bytes:
+        return self._metrics.exposition()
+
+    def usage_in_window(self, window_key: str) -> int:
+        return self._windows.used(window_key, time.time())
+
+
+def get_or_create(database_url: str):
+    return AccountingActor.options(name=ACCOUNTING_ACTOR, namespace=NAMESPACE, lifetime="detached",
+                                   get_if_exists=True).remote(database_url)

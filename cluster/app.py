@@ -1,0 +1,109 @@
+"""The control plane's REST API (`/api/v1/...`) as a Ray Serve deployment, with OpenAPI docs at /api/docs:
+the FastAPI app, its error handlers, and every room's router mounted.
+
+On start it migrates the database, creates the admin key on first start, records which built-in models
+are served, starts (or finds) the accounting actor and the background threads (service reconciler, job
+sync), so a `serve deploy` of the YAML alone gives a working platform.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import ray
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from sqlalchemy.exc import IntegrityError
+
+from cluster.accounting import actor as accounting
+from cluster.deps import Admin
+from cluster.endpoints.router import router as endpoints_router
+from cluster.finetune.router import router as finetune_router
+from cluster.finetune.service import register_output
+from cluster.keys import service as keys
+from cluster.keys.router import router as keys_router
+from cluster.my_models.router import router as my_models_router
+from cluster.presets.router import router as presets_router
+from cluster.presets.service import register_builtin_models
+from cluster.projects.router import router as projects_router
+from cluster.runtime import jobs
+from cluster.services import reconciler
+from cluster.services.router import mirror_router as services_mirror_router
+from cluster.services.router import router as services_router
+from cluster.settings import get_settings
+from cluster.state.db import migrate, session_scope
+from cluster.usage.router import router as usage_router
+from serve_apps.catalog import BUILTIN_MODELS, CatalogModel
+from serve_apps.errors import PlatformError
+
+log = logging.getLogger("maas.control")
+
+app = FastAPI(title="MaaS control plane", root_path="/api", docs_url="/docs", openapi_url="/openapi.json")
+
+
+@app.exception_handler(PlatformError)
+async def platform_error(_request: Request, exc: PlatformError):
+    return JSONResponse(status_code=exc.status, content=exc.body())
+
+
+@app.exception_handler(IntegrityError)
+async def conflict(_request: Request, _exc: IntegrityError):
+    # Two concurrent creates can both pass the checks; the database's unique constraint decides.
+    reason = "The request conflicts with the current state (a name or id is already in use); retry."
+    return JSONResponse(status_code=409, content=PlatformError("MaaS.0409", reason=reason).body())
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(_request: Request, exc: RequestValidationError):
+    reason = "; ".join(f"{'.'.join(map(str, e['loc'][1:])) or 'body'}: {e['msg']}" for e in exc.errors())
+    return JSONResponse(status_code=400, content=PlatformError("MaaS.0400", reason=reason).body())
+
+
+router = APIRouter(prefix="/v1")
+
+
+@router.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/models", response_model=list[CatalogModel])
+async def catalog(_: Admin):
+    return BUILTIN_MODELS
+
+
+for mounted in (router, keys_router, projects_router, presets_router, endpoints_router, my_models_router,
+                services_router, services_mirror_router, usage_router, finetune_router):
+    app.include_router(mounted)
+
+
+def prepare(model_ids: list[str]) -> str | None:
+    """Migrate, make the admin key on first start, register models. Returns a newly generated admin key."""
+    settings = get_settings()
+    migrate(settings.database_url)
+    with session_scope(settings.database_url) as session:
+        secret = keys.ensure_admin_key(session, settings.admin_key)
+    with session_scope(settings.database_url) as session:
+        register_builtin_models(session, model_ids)
+    return secret
+
+
+@serve.deployment
+@serve.ingress(app)
+class ControlPlane:
+    def __init__(self, model_ids: list[str]):
+        secret = prepare(model_ids)
+        if secret:
+            log.warning("Generated the admin key (shown once): %s", secret)
+        actor = accounting.get_or_create(get_settings().database_url)
+        ray.get(actor.reload.remote())
+        reconciler.start(get_settings().database_url)
+        jobs.start(get_settings().database_url, register_output)
+
+
+def build_app(args: dict | None = None) -> serve.Application:
+    """`serve deploy` entry point: `args.models` lists the built-in models the YAML also deploys."""
+    model_ids = (args or {}).get("models", [m.id for m in BUILTIN_MODELS])
+    return ControlPlane.options(ray_actor_options={"num_cpus": 0}).bind(model_ids)

@@ -1,0 +1,84 @@
+"""`maas`: run the platform and manage it. Every list/get/create takes --json (one JSON document only)."""
+
+from __future__ import annotations
+
+
+import typer
+from rich.table import Table
+
+from cluster.cli.common import JsonOpt, console
+from cluster.cli.common import fail as _fail
+from cluster.cli.common import print_json as _print_json
+from cluster.cli.endpoints import endpoints_app
+from cluster.cli.finetune import finetune_app
+from cluster.cli.keys import keys_app
+from cluster.cli.models import models_app
+from cluster.cli.presets import presets_app
+from cluster.cli.projects import projects_app
+from cluster.cli.services import services_app
+from cluster.cli.usage import usage_app
+from cluster.settings import get_settings
+
+app = typer.Typer(help="Model-as-a-Service on Ray.", no_args_is_help=True, add_completion=False)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+app.add_typer(projects_app, name="projects")
+app.add_typer(endpoints_app, name="endpoints")
+app.add_typer(presets_app, name="presets")
+app.add_typer(usage_app, name="usage")
+app.add_typer(finetune_app, name="finetune")
+app.add_typer(services_app, name="services")
+# -- platform lifecycle ----------------------------------------------------------------------------
+@app.command()
+def up(
+    timeout: int = typer.Option(600, help="Seconds to wait for every model to answer."),
+) -> None:
+    """Start a local Ray head (or join RAY_ADDRESS), deploy the platform on Ray Serve, wait until every
+    built-in model answers, print the URLs."""
+    from cluster.cli import platform
+
+    try:
+        result = platform.up(console, timeout_s=timeout)
+    except platform.StartupError as exc:
+        _fail(exc)
+    console.print()
+    console.print(f"[bold green]MaaS is up[/bold green] in {result.seconds:.0f} s")
+    console.print(f"  OpenAI API     {result.base_url}/v1")
+    console.print(f"  Control plane  {result.base_url}/api/v1   (docs: {result.base_url}/api/docs)", soft_wrap=True)
+    console.print(f"  Ray dashboard  {result.dashboard_url}")
+    console.print(f"  Models         {', '.join(result.models)}")
+    if result.new_admin_key:
+        console.print(f"  [bold]Admin key (shown once, also saved to {get_settings().credentials_file}):[/bold] "
+                      f"{result.new_admin_key}", soft_wrap=True)  # one line, to copy
+    console.print("Next: [bold]maas keys create --label demo[/bold], then call the API with the key.")
+
+
+@app.command()
+def down(keep_ray: bool = typer.Option(False, help="Leave the Ray cluster running.")) -> None:
+    """Stop the platform (its Serve applications and actor) and the Ray cluster `maas up` started."""
+    from cluster.cli import platform
+
+    platform.down(console, keep_ray=keep_ray)
+
+
+@app.command()
+def status(as_json: bool = JsonOpt) -> None:
+    """Applications, deployments, replicas and health."""
+    from cluster.cli import platform
+
+    report = platform.status()
+    if as_json:
+        return _print_json(report)
+    if not report["applications"]:
+        console.print("MaaS is not running (no Serve applications).")
+        raise typer.Exit(1)
+    table = Table("application", "status", "deployment", "replicas", "deployment status")
+    for name, application in report["applications"].items():
+        for dep_name, dep in application["deployments"].items():
+            replicas = ", ".join(f"{n} {s.lower()}" for s, n in dep["replicas"].items()) or "-"
+            table.add_row(name, application["status"], dep_name, replicas, dep["status"])
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,36 @@
+"""REST routes of API keys: `/v1/{project_id}/keys` (the admin key, or a key of the project)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from cluster.accounting.client import accounting_actor
+from cluster.deps import ProjectId, database_url
+from cluster.keys import service
+from cluster.keys.schemas import KeyCreate, KeyCreated, KeyView
+from cluster.state.db import session_scope
+
+router = APIRouter(prefix="/v1/{project_id}/keys", tags=["keys"])
+
+
+@router.post("", status_code=201, response_model=KeyCreated)
+async def create_key(project_id: ProjectId, spec: KeyCreate):
+    with session_scope(database_url()) as session:
+        created, key_hash = service.create_key(session, project_id, spec)
+        # The key works once the actor knows it; commit only after that so both agree.
+        await accounting_actor().add_key.remote(key_hash, created.id, project_id)
+    return created
+
+
+@router.get("", response_model=list[KeyView])
+async def list_keys(project_id: ProjectId):
+    with session_scope(database_url()) as session:
+        return service.list_keys(session, project_id)
+
+
+@router.delete("/{key_id}", status_code=204)
+async def delete_key(project_id: ProjectId, key_id: str):
+    with session_scope(database_url()) as session:
+        key_hash = service.delete_key(session, project_id, key_id)
+        # Revoke before the row goes: if the commit fails, the actor's reload brings the key back.
+        await accounting_actor().revoke_key.remote(key_hash)

@@ -1,0 +1,174 @@
+"""Tuning jobs as Ray Jobs: submit, stop, and a thread that turns what Ray and the job's status.json say into
+the job's status (and registers the trained model when a job completes).
+
+The entrypoint is the same command a user can run with plain `ray job submit`:
+`python -m train_jobs.finetune --config <output_dir>/job.yaml`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from pathlib import Path
+
+from sqlalchemy import select
+
+from cluster.accounting.client import reload_accounting_blocking
+from cluster.runtime.events import post_webhook
+from cluster.runtime.running_time import count_running, running_seconds
+from cluster.state.db import TuningJob, now, session_scope
+from serve_apps import ray_compat
+from train_jobs.progress import read_status
+
+log = logging.getLogger("maas.jobs")
+ACTIVE = {"creating", "pending", "starting", "running", "alarm", "stopping"}
+
+
+def job_client():
+    """A JobSubmissionClient for this cluster's dashboard, found through the GCS (works inside any worker)."""
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(f"http://{ray_compat.dashboard_address()}")
+
+
+def submit(job: TuningJob, config_path: Path) -> str:
+    """Start one run of the job (the first, or a continue). Returns the Ray Job's submission id."""
+    submission_id = f"{job.id}-run{job.runs + 1}"
+    job_client().submit_job(
+        entrypoint=f"{sys.executable} -m train_jobs.finetune --config {config_path}",
+        submission_id=submission_id,
+        runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}},
+        metadata={"maas_job": job.id, "project": job.project_id})
+    return submission_id
+
+
+def stop(submission_id: str) -> None:
+    job_client().stop_job(submission_id)
+
+
+def logs(job: TuningJob) -> str:
+    client = job_client()
+    parts = []
+    for run in range(1, job.runs + 1):
+        try:
+            parts.append(f"===== run {run} =====\n" + client.get_job_logs(f"{job.id}-run{run}"))
+        except RuntimeError:  # a run Ray no longer knows (cluster restarted)
+            parts.append(f"===== run {run} =====\n(logs not available)\n")
+    return "".join(parts)
+
+
+def _status_from(ray_status: str, phase: str, current: str) -> str:
+    if ray_status == "PENDING":
+        return "pending"
+    if ray_status == "RUNNING":
+        return "stopping" if current == "stopping" else ("running" if phase == "running" else "starting")
+    if ray_status == "SUCCEEDED":
+        return "completed"
+    if ray_status == "STOPPED":
+        return "stopped"
+    return "failed"
+
+
+class JobSync(threading.Thread):
+    """Every few seconds: for each active job, read Ray's status and status.json, and update the row."""
+
+    def __init__(self, database_url: str, on_completed, interval_s: float = 2.0):
+        super().__init__(name="maas-job-sync", daemon=True)
+        self.url, self.on_completed, self.interval_s = database_url, on_completed, interval_s
+        self.woken = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.sync()
+            except Exception:  # never let one bad row stop the loop
+                log.exception("job sync failed")
+            self.woken.wait(self.interval_s)
+            self.woken.clear()
+
+    def sync(self) -> None:
+        notes: list[tuple[str, dict]] = []
+        registered = False
+        with session_scope(self.url) as session:
+            jobs = session.scalars(select(TuningJob).where(TuningJob.status.in_(ACTIVE))).all()
+            if not jobs:
+                return
+            client = job_client()
+            for job in jobs:
+                if not job.submission_id:
+                    continue
+                before = job.status
+                try:
+                    info = client.get_job_info(job.submission_id)
+                except RuntimeError:
+                    job.status, job.status_reason = "failed", "the Ray job was lost (cluster restarted?)"
+                else:
+                    self._follow(session, job, info)
+                _count_running_time(job)
+                if job.status == "running" and job.auto_stop_s and _ran(job) >= job.auto_stop_s:
+                    stop(job.submission_id)
+                    job.status = "stopping"
+                    job.status_reason = f"Auto-stopped after {_ran(job)} s of running " \
+                                        f"(auto-stop {job.auto_stop_s} s); continue resumes from the latest checkpoint."
+                if job.status != before:
+                    job.updated_at = now()
+                    registered |= job.status == "completed"
+                    if job.notify_url and job.status in (job.notify_events or []):
+                        notes.append((job.notify_url, {
+                            "job_id": job.id, "job_name": job.name, "project_id": job.project_id,
+                            "status": job.status, "message": job.status_reason[:1024], "at": job.updated_at}))
+        if registered:  # the new version is callable (a LoRA on its base) once the accounting actor knows it
+            reload_accounting_blocking(log)
+        for url, payload in notes:
+            _post(url, payload)
+
+    def _follow(self, session, job: TuningJob, info) -> None:
+        """The job's status from Ray's and status.json's; on completion, register its output."""
+        status_file = read_status(Path(job.output_dir))
+        new = _status_from(info.status.value, status_file.get("phase", ""), job.status)
+        if new == job.status:
+            return
+        job.status = new
+        if new == "failed":
+            report = status_file.get("report")
+            job.status_reason = (status_file.get("error") or info.message or "failed") + (
+                "\n" + "\n".join(f"line {r['line']}, {r['field']}: {r['reason']}" for r in report)
+                if report else "")
+        if new == "completed":
+            try:
+                job.result_version = self.on_completed(session, job, status_file.get("outputs", {}))
+            except Exception as exc:  # the training worked; say why its model could not be kept
+                log.exception("registering the output of %s failed", job.id)
+                job.status, job.status_reason = "failed", f"registering the trained model failed: {exc}"
+
+
+def _ran(job: TuningJob) -> int:
+    return running_seconds(job.run_seconds, job.running_since)
+
+
+def _count_running_time(job: TuningJob) -> None:
+    for column, value in count_running(job.status == "running", job.run_seconds, job.running_since, now()).items():
+        setattr(job, column, value)
+
+
+def _post(url: str, payload: dict) -> None:
+    failure = post_webhook(url, payload)
+    if failure:
+        log.warning("notification of job %s to %s failed: %s", payload["job_id"], url, failure)
+
+
+_sync: JobSync | None = None
+
+
+def start(database_url: str, on_completed) -> JobSync:
+    global _sync
+    if _sync is None or not _sync.is_alive():
+        _sync = JobSync(database_url, on_completed)
+        _sync.start()
+    return _sync
+
+
+def wake() -> None:
+    if _sync is not None:
+        _sync.woken.set()

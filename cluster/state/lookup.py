@@ -1,0 +1,23 @@
+"""A project's resource by id or name, the one lookup every room's rules and routes use."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from serve_apps.errors import PlatformError
+
+Row = TypeVar("Row")
+
+
+def owned(session: Session, table: type[Row], project_id: str, ref: str, what: str, *where, name=None) -> Row:
+    """A project's row of `table` by id or name (`name`: another column than `table.name`), with extra
+    conditions; 404 naming `what` when there is none."""
+    name = table.name if name is None else name
+    row = session.scalar(select(table).where(table.project_id == project_id, or_(table.id == ref, name == ref),
+                                             *where))
+    if row is None:
+        raise PlatformError("MaaS.0404", what=f"{what} {ref!r}")
+    return row

@@ -1,0 +1,66 @@
+"""REST routes of call statistics (spec §9.2): `/v1/{project_id}/usage/summary|series|failures|export`. The admin key, or an API key of the project."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from pydantic import Field
+from sqlalchemy.orm import Session
+
+from cluster.deps import ProjectId, database_url
+from cluster.state.db import Project, session_scope
+from cluster.usage import stats
+from cluster.usage.export import CHARTS, export_xlsx
+from cluster.usage.schemas import FailureReport, UsageFilter, UsageQuery, UsageSeries, UsageSummary
+from serve_apps.errors import PlatformError
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+Params = Annotated[UsageFilter, Query()]
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+
+class ExportParams(UsageFilter):
+    # FastAPI reads a query model only when it is a route's one query parameter, hence the subclass.
+    metrics: list[str] = Field(default_factory=list, description="charts to export (default all): "
+                                                                 + ", ".join(CHARTS))
+
+
+def _query(session: Session, project_id: str, params: UsageFilter) -> UsageQuery:
+    if session.get(Project, project_id) is None:
+        raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
+    return UsageQuery(project_id=project_id, **params.model_dump(exclude={"metrics"}))
+
+
+# Plain `def` routes: FastAPI runs them in its thread pool, so a long scan does not block the event loop.
+@router.get("/{project_id}/usage/summary", response_model=UsageSummary)
+def usage_summary(project_id: ProjectId, params: Params):
+    with session_scope(database_url()) as session:
+        return stats.summary(session, _query(session, project_id, params))
+
+
+@router.get("/{project_id}/usage/series", response_model=UsageSeries)
+def usage_series(project_id: ProjectId, params: Params):
+    with session_scope(database_url()) as session:
+        return stats.series(session, _query(session, project_id, params))
+
+
+@router.get("/{project_id}/usage/failures", response_model=FailureReport)
+def usage_failures(project_id: ProjectId, params: Params):
+    with session_scope(database_url()) as session:
+        return stats.failures(session, _query(session, project_id, params))
+
+
+@router.get("/{project_id}/usage/export", response_class=Response,
+            responses={200: {"content": {XLSX: {}}, "description": "One sheet per metric chart."}})
+def usage_export(project_id: ProjectId, params: Annotated[ExportParams, Query()]):
+    buffer = BytesIO()
+    with session_scope(database_url()) as session:
+        q = _query(session, project_id, params)
+        export_xlsx(session, q, buffer, params.metrics)
+    start, end = q.window()
+    name = f"usage-{project_id}-{start:%Y%m%d%H%M}-{end:%Y%m%d%H%M}.xlsx"
+    return Response(buffer.getvalue(), media_type=XLSX,
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})

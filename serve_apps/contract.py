@@ -1,0 +1,141 @@
+"""What the gateway and the accounting actor exchange, typed: the actor's name, how a key is hashed, the
+admission request and answer, a route (what a model name means), a usage record and its settlement.
+
+Plain dicts and tuples at run time (TypedDict, NamedTuple): they cross a Ray call on every request, and
+cost nothing to build or pickle beyond the data itself. The actor lives in `cluster.accounting`; the
+gateway finds it by name and speaks only these types and the methods listed in `ActorMethods`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, NamedTuple, NotRequired, Protocol, TypedDict
+
+ACCOUNTING_ACTOR = "maas-accounting"  # named, detached, in NAMESPACE
+NAMESPACE = "maas"  # Ray namespace of the platform's named actors
+
+
+def hash_key(secret: str) -> str:
+    """The only form a key is stored, looked up or sent in: SHA-256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def bearer_token(authorization: str) -> str:
+    """The secret of an `Authorization: Bearer <secret>` header; "" when the header has another shape."""
+    return authorization[7:].strip() if authorization.startswith("Bearer ") else ""
+
+
+class Caller(TypedDict):
+    key_id: str
+    project_id: str
+
+
+class PresetLimits(TypedDict):
+    """How a preset is offered: free until `expires_at`, or up to a claimable quota; model-level limits."""
+
+    expires_at: int | None
+    free_quota_tokens: int | None
+    rpm: int
+    tpm: int
+
+
+class Route(TypedDict):
+    """What answers a model name: a preset, a project's service, or a LoRA version on its base's engine."""
+
+    kind: str  # preset | service | lora
+    name: str  # the name callers use
+    service_type: str  # free | commercial | service (usage records' service_type)
+    service_id: str
+    app_name: str  # the Serve application and deployment that answer
+    deployment_name: str
+    engine_model: str  # the model id the engine knows (a LoRA: the adapter's directory)
+    card: dict[str, Any]  # the serve_apps.catalog.CatalogModel, as JSON
+    moderation: bool
+    qps: int | None
+    status: str
+    created: int
+    owned_by: str
+    preset: PresetLimits | None
+    project_id: NotRequired[str]  # services and LoRA versions belong to a project
+    lora: NotRequired[str]  # a LoRA version: the adapter directory, multiplexed on the base's engine
+
+
+class EndpointRoute(TypedDict):
+    """A custom endpoint: a project's own name, with its own limits, in front of a route."""
+
+    name: str
+    endpoint_id: str
+    target: str  # a service id or a preset model id
+    rpm: int
+    tpm: int
+    enabled: bool
+    created: int
+
+
+class RecordBase(TypedDict):
+    """Who called what: the part of a usage record the actor fills in at admission."""
+
+    project_id: str
+    key_id: str
+    model: str  # the name the caller used
+    service_type: str
+    service_id: str
+    endpoint_id: str
+
+
+class UsageRecord(RecordBase):
+    """One call, as it becomes a row of usage_records; `request_id` makes a re-sent record count once."""
+
+    request_id: str
+    ts: float
+    prompt_tokens: int
+    completion_tokens: int
+    status_code: int
+    error_code: str
+    latency_ms: float
+    ttft_ms: float | None
+    tpot_ms: float | None
+    client_ip: str
+    stream: bool
+
+
+class AdmissionRequest(NamedTuple):
+    key_hash: str
+    model: str | None  # None: only authenticate (a body that failed validation)
+    prompt_tokens: int = 0  # estimated; the engine's count replaces it at settlement
+    max_tokens: int | None = None  # None: the rest of the context is reserved against TPM
+
+
+class Admission(TypedDict, total=False):
+    """The actor's answer. `error` is a code of serve_apps.errors (`error_for` renders it); a known caller
+    always gets `record`, so even a refused call is recorded."""
+
+    caller: Caller
+    record: RecordBase
+    route: Route
+    reservation: str  # what settle_many releases
+    error: str
+    params: dict[str, Any]
+
+
+class ModelList(TypedDict, total=False):
+    caller: Caller
+    models: list[dict[str, Any]]  # id, created, owned_by
+    error: str
+
+
+class Settlement(NamedTuple):
+    reservation: str | None  # None: the call was never admitted (refused, or only authenticated)
+    record: UsageRecord
+
+
+class ActorMethods(Protocol):
+    """The accounting actor's methods the gateway calls (through `.remote`)."""
+
+    async def admit_many(self, requests: list[AdmissionRequest]) -> list[Admission]: ...
+
+    async def settle_many(self, settlements: list[Settlement]) -> int: ...
+
+    def list_models(self, key_hash: str) -> ModelList: ...
+
+    def metrics_text(self) -> bytes: ...

@@ -1,0 +1,68 @@
+"""Every private Ray API the platform uses, in one place, each with the Ray version it was checked against.
+
+Ray gives no stability promise for these names; when Ray is upgraded, this file is the one to re-check
+(`make test` exercises every entry). Both planes import from here: `cluster` may import `serve_apps`,
+never the other way round, so this module lives on the data-plane side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# -- ray.llm internals (checked against ray 2.60.0) -------------------------------------------------------
+# The OpenAI protocol models ray.serve.llm's LLMServer speaks (re-exports of vLLM's, with Ray's fixes).
+from ray.llm._internal.serve.core.configs.openai_api_models import (  # noqa: F401
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingCompletionRequest,
+    ErrorInfo,
+    ErrorResponse,
+    ScoreRequest,
+    TokenizeChatRequest,
+    TokenizeCompletionRequest,
+)
+# LLMServer's callback hook (we skip its per-node download task), its stream batcher (we send the first
+# chunk at once), its LoRA loader and the config it returns (we load adapters from local disk).
+from ray.llm._internal.common.callbacks.base import CallbackBase  # noqa: F401
+from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig  # noqa: F401
+from ray.llm._internal.serve.utils.batcher import Batcher  # noqa: F401
+from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader  # noqa: F401
+# What ray.serve.llm's own ingress does to a chat body before the engine sees it (tool-call ids etc.).
+from ray.llm._internal.serve.core.ingress.utils import (  # noqa: F401
+    _sanitize_chat_completion_request as sanitize_chat_request,
+)
+
+
+# -- ray.serve internals (checked against ray 2.60.0) -----------------------------------------------------
+def serve_details() -> dict[str, Any] | None:
+    """`ServeInstanceDetails` as a dict (one controller call), or None when no Serve controller runs.
+    Public `serve.status()` lacks the deployment configs and replica ids the reconciler reads."""
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    return None if client is None else client.get_serve_details()
+
+
+def pin_code_version(application, version: str):
+    """Give an application's ingress deployment a fixed code version: Serve restarts every replica when the
+    version changes, and an imperative deploy without one gets a random version on each call."""
+    application._bound_deployment = application._bound_deployment.options(version=version, _internal=True)
+    return application
+
+
+def delete_app_nowait(name: str) -> None:
+    """`serve.delete` without waiting for the application to go (the reconciler's loop must not block)."""
+    from ray import serve
+
+    serve.delete(name, _blocking=False)
+
+
+# -- ray core internals (checked against ray 2.60.0) ------------------------------------------------------
+def dashboard_address() -> str:
+    """host:port of this cluster's dashboard (the Jobs API), read from the GCS: works inside any worker,
+    whatever address the cluster was started with."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    address = _internal_kv_get(ray_constants.DASHBOARD_ADDRESS, namespace=ray_constants.KV_NAMESPACE_DASHBOARD)
+    return address.decode()

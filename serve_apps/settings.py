@@ -1,0 +1,41 @@
+"""The settings both planes read, from the environment once (pydantic-settings).
+
+The control plane's `cluster.settings.Settings` extends these; the data plane (engines, moderation, the
+gateway) may not import `cluster`, so what it needs lives here.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Accelerator = Literal["cpu", "cuda", "npu"]
+
+
+class PlaneSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore")
+
+    home: Path = Field(Path.home() / ".maas", description="State: the SQLite file, models, credentials, logs.")
+    accelerator: Accelerator = Field("cpu", description="Placement of engine replicas.")
+    moderation_terms: str = Field("", description="Comma-separated terms the built-in moderator flags.")
+    moderation_terms_file: Path | None = Field(None, description="More terms, one a line (default: "
+                                                                 "$MAAS_HOME/moderation_terms.txt).")
+    moderator: str | None = Field(None, description="module:Class of another moderator.")
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+@lru_cache(maxsize=1)
+def plane_settings() -> PlaneSettings:
+    return PlaneSettings()
