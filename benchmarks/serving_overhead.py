@@ -25,7 +25,6 @@ import asyncio
 import json
 import logging
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -38,6 +37,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 RESULTS = ROOT / "benchmarks" / "results" / "serving_overhead.json"
 BIN = Path(sys.executable).parent
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -47,16 +48,6 @@ SERVERS = ["bare", "rayllm", "rayllm0", "gateway"]
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    model = platform.processor()
-    try:
-        model = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu_count": os.cpu_count(), "cpu_model": model, "platform": platform.platform(),
-            "python": platform.python_version()}
 
 
 def free_port() -> int:

@@ -17,12 +17,12 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from sqlalchemy.exc import IntegrityError
 
+from cluster import auth
 from cluster.accounting import actor as accounting
 from cluster.deps import Admin
 from cluster.endpoints.router import router as endpoints_router
 from cluster.finetune.router import router as finetune_router
 from cluster.finetune.service import register_output
-from cluster.keys import service as keys
 from cluster.keys.router import router as keys_router
 from cluster.my_models.router import router as my_models_router
 from cluster.presets.router import router as presets_router
@@ -84,7 +84,7 @@ def prepare(model_ids: list[str]) -> str | None:
     settings = get_settings()
     migrate(settings.database_url)
     with session_scope(settings.database_url) as session:
-        secret = keys.ensure_admin_key(session, settings.admin_key)
+        secret = auth.ensure_admin_key(session, settings.admin_key)
     with session_scope(settings.database_url) as session:
         register_builtin_models(session, model_ids)
     return secret

@@ -7,13 +7,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from sqlalchemy import select
 
-from cluster.keys import service as keys
+from cluster import auth
+from cluster.schemas import confirmation
 from cluster.settings import get_settings
-from cluster.state.db import ApiKey, Project, session_scope
-from serve_apps.contract import bearer_token, hash_key
+from cluster.state.db import Project, session_scope
+from serve_apps.contract import bearer_token
 from serve_apps.errors import PlatformError
+
 
 def _bearer(request: Request) -> str:
     secret = bearer_token(request.headers.get("authorization", ""))
@@ -25,7 +26,7 @@ def _bearer(request: Request) -> str:
 def require_admin(request: Request) -> None:
     secret = _bearer(request)
     with session_scope(get_settings().database_url) as session:
-        if not keys.is_admin(session, secret):
+        if not auth.is_admin(session, secret):
             raise PlatformError("ModelArts.81003")
 
 
@@ -33,14 +34,14 @@ def require_project(project_id: str, request: Request) -> str:
     """The admin key may act on any project; an API key only on its own project."""
     secret = _bearer(request)
     with session_scope(get_settings().database_url) as session:
-        if keys.is_admin(session, secret):
+        if auth.is_admin(session, secret):
             if session.get(Project, project_id) is None:
                 raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
             return project_id
-        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(secret)))
-        if row is None:
+        owner = auth.key_project(session, secret)
+        if owner is None:
             raise PlatformError("ModelArts.81003")
-        if row.project_id != project_id:
+        if owner != project_id:
             raise PlatformError("MaaS.0403", reason=f"This key has no access to project {project_id!r}.")
         return project_id
 
@@ -51,14 +52,6 @@ ProjectId = Annotated[str, Depends(require_project)]
 
 def database_url() -> str:
     return get_settings().database_url
-
-
-def confirmation(word: str, what: str) -> None:
-    """Refuse an irreversible action unless the caller typed the confirmation word (400)."""
-    def check(confirm: str) -> None:
-        if confirm != word:
-            raise PlatformError("MaaS.0400", reason=f"{what} needs the confirmation text {word}.")
-    return check
 
 
 def Confirmed(word: str, what: str):  # noqa: N802 - used like a type: `_: Confirmed("DELETE", "Deleting x")`

@@ -1,12 +1,15 @@
 """What every resource's schemas share: strict request bodies, name rules, auto-stop durations and webhook
-notification fields (one definition each; the rooms' schemas.py compose them)."""
+notification fields, the confirmation word of irreversible actions (one definition each; the rooms'
+schemas.py compose them)."""
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Callable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from serve_apps.errors import PlatformError
 
 AUTO_STOP_PRESETS = ("1h", "2h", "4h", "6h")
 MAX_AUTO_STOP_S = 30 * 86400
@@ -30,6 +33,15 @@ def pattern_rule(pattern: str, message: str):
         return value
 
     return AfterValidator(check)
+
+
+def confirmation(word: str, what: str) -> Callable[[str], None]:
+    """A check that refuses an irreversible action (400) unless the caller typed the confirmation word."""
+    def check(confirm: str) -> None:
+        if confirm != word:
+            raise PlatformError("MaaS.0400", reason=f"{what} needs the confirmation text {word}.")
+
+    return check
 
 
 def parse_auto_stop(value: str) -> int:

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cluster.accounting.client import reload_accounting
-from cluster.deps import Confirmed, ProjectId, confirmation, database_url
+from cluster.runtime.accounting import reload_accounting
+from cluster.deps import Confirmed, ProjectId, database_url
 from cluster.endpoints import service
-from cluster.endpoints.schemas import Confirm, EndpointCreate, EndpointUpdate, EndpointView
+from cluster.endpoints.schemas import (
+    Confirm,
+    EndpointCreate,
+    EndpointUpdate,
+    EndpointView,
+)
+from cluster.schemas import confirmation
 from cluster.state.db import session_scope
 
 router = APIRouter(prefix="/v1/{project_id}/endpoints", tags=["endpoints"])

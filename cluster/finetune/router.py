@@ -11,7 +11,7 @@ from fastapi import APIRouter, UploadFile
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy import select
 
-from cluster.accounting.client import reload_accounting_blocking
+from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.deps import Confirmed, ProjectId, database_url
 from cluster.finetune import service
 from cluster.finetune.schemas import JobCreate, JobView, Promote, metrics

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cluster.accounting.client import accounting_actor
+from cluster.runtime.accounting import accounting_actor
 from cluster.deps import ProjectId, database_url
 from cluster.keys import service
 from cluster.keys.schemas import KeyCreate, KeyCreated, KeyView

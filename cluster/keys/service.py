@@ -1,4 +1,4 @@
-"""API keys and the admin key: creation rules (spec §9.1), the admin check. No HTTP here."""
+"""API keys: creation rules (spec §9.1), listing, deletion. No HTTP here (who is calling: `cluster.auth`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cluster.keys.schemas import KeyCreate, KeyCreated, KeyView
-from cluster.state.db import AdminKey, ApiKey
+from cluster.state.db import ApiKey
 from cluster.state.lookup import owned
 from serve_apps.contract import hash_key
 from serve_apps.errors import PlatformError
@@ -46,19 +46,3 @@ def delete_key(session: Session, project_id: str, key_id: str) -> str:
     row = owned(session, ApiKey, project_id, key_id, "API key", name=ApiKey.label)
     session.delete(row)
     return row.key_hash
-
-
-def ensure_admin_key(session: Session, wanted: str | None) -> str | None:
-    """Create the admin key on first start, from MAAS_ADMIN_KEY if set. Returns the secret only when it was
-    generated here (the caller shows it once), else None."""
-    if session.scalar(select(AdminKey.id).limit(1)) is not None:
-        return None
-    secret = wanted or "admin-" + secrets.token_urlsafe(32)
-    session.add(AdminKey(key_hash=hash_key(secret)))
-    return None if wanted else secret
-
-
-def is_admin(session: Session, secret: str) -> bool:
-    digest = hash_key(secret)
-    stored = session.scalars(select(AdminKey.key_hash)).all()
-    return any(secrets.compare_digest(digest, h) for h in stored)

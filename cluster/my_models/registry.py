@@ -15,11 +15,18 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cluster.my_models.schemas import ModelCreate, ModelView, ResolvedModel, VersionCreate, VersionView, check_name
+from cluster.my_models.schemas import (
+    ModelCreate,
+    ModelView,
+    ResolvedModel,
+    VersionCreate,
+    VersionView,
+    check_name,
+)
 from cluster.my_models.weights import base_card, base_path, model_dir, source_dir, stage
 from cluster.settings import get_settings
 from cluster.state.db import ModelVersion, MyModel, Service, session_scope
-from cluster.state.lookup import owned
+from cluster.state.lookup import find_owned, owned
 from serve_apps.errors import PlatformError
 
 MAX_VERSIONS = 10
@@ -133,9 +140,7 @@ def register_version(session: Session, project_id: str, model_name_or_id: str, p
                      source: str, base_model: str | None = None, description: str = "") -> VersionView:
     """Record a directory (e.g. a fine-tuning output) as the next version of a model, creating the model
     (named `model_name_or_id`, on `base_model`) when the project has none by that name or id."""
-    model = session.scalar(select(MyModel).where(MyModel.project_id == project_id,
-                                                 or_(MyModel.id == model_name_or_id,
-                                                     MyModel.name == model_name_or_id)))
+    model = find_owned(session, MyModel, project_id, model_name_or_id)
     if model is None:
         if base_model is None:
             raise PlatformError("MaaS.0404", what=f"Model {model_name_or_id!r}")

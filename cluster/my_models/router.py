@@ -8,7 +8,7 @@ import shutil
 from fastapi import APIRouter
 from sqlalchemy import delete, select
 
-from cluster.accounting.client import reload_accounting
+from cluster.runtime.accounting import reload_accounting
 from cluster.deps import Confirmed, ProjectId, database_url
 from cluster.my_models import registry, weights
 from cluster.my_models.schemas import ModelCreate, ModelView, VersionCreate, VersionView

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cluster.accounting.client import reload_accounting
+from cluster.runtime.accounting import reload_accounting
 from cluster.deps import Admin, ProjectId, database_url
 from cluster.presets import service
 from cluster.presets.schemas import ActivateSpec, FreezeSpec, PresetSpec, PresetView, ProjectPresetView

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from cluster.accounting.client import reload_accounting_blocking
+from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.runtime.events import post_webhook
 from cluster.runtime.running_time import count_running, running_seconds
 from cluster.state.db import TuningJob, now, session_scope

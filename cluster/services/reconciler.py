@@ -27,7 +27,7 @@ from dataclasses import replace
 
 from sqlalchemy import delete, select, update
 
-from cluster.accounting.client import reload_accounting_blocking
+from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.my_models import registry
 from cluster.runtime.events import Notification, deliver, record_event
 from cluster.services.lifecycle import (APP_PREFIX, AppState, Decision, Snapshot, Status, decide, deletable,

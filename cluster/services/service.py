@@ -14,18 +14,26 @@ from typing import Callable
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from cluster.accounting.client import reload_accounting
+from cluster.runtime.accounting import reload_accounting
 from cluster.my_models import registry
 from cluster.runtime.events import Notification, record_event
-from cluster.schemas import auto_stop_seconds
+from cluster.schemas import auto_stop_seconds, confirmation
 from cluster.services import reconciler
 from cluster.services.lifecycle import Action, Status, check_action
+from cluster.services.schemas import (
+    EventView,
+    ScaleRequest,
+    ServiceCreate,
+    ServiceView,
+    UpgradeRequest,
+)
 from cluster.settings import get_settings
-from cluster.services.schemas import EventView, ScaleRequest, ServiceCreate, ServiceView, UpgradeRequest
 from cluster.state.db import Service, ServiceEvent, now, session_scope
-from cluster.state.lookup import owned
+from cluster.state.lookup import find_owned, owned
 from serve_apps.catalog import builtin
 from serve_apps.errors import PlatformError
+
+check_scale_in = confirmation("YES", "Scaling in (fewer instances)")
 
 
 def find(session: Session, project_id: str, service: str) -> Service:
@@ -110,8 +118,8 @@ def scale_changes(spec: ScaleRequest) -> Callable[[Service], dict]:
         if spec.instances == row.instances:
             raise PlatformError("MaaS.0409", reason=f"The service {row.name!r} already has {row.instances} "
                                                     f"instance{'s' * (row.instances != 1)}.")
-        if spec.instances < row.instances and spec.confirm != "YES":
-            raise PlatformError("MaaS.0400", reason="Scaling in (fewer instances) needs the confirmation text YES.")
+        if spec.instances < row.instances:
+            check_scale_in(spec.confirm)
         return {"instances": spec.instances, "status": Status.SCALE.value, "status_reason": ""}
 
     return changes
@@ -138,8 +146,7 @@ def upgrade_changes(project_id: str, spec: UpgradeRequest) -> Callable[[Service]
 
 def events(session: Session, project_id: str, service: str) -> list[EventView]:
     """Newest first, 30 days. A deleted service's events stay listable by its id."""
-    row = session.scalar(select(Service).where(Service.project_id == project_id,
-                                               (Service.id == service) | (Service.name == service)))
+    row = find_owned(session, Service, project_id, service)
     service_id = row.id if row is not None else service
     rows = session.scalars(select(ServiceEvent).where(ServiceEvent.project_id == project_id,
                                                       ServiceEvent.service_id == service_id)

@@ -12,12 +12,17 @@ from serve_apps.errors import PlatformError
 Row = TypeVar("Row")
 
 
-def owned(session: Session, table: type[Row], project_id: str, ref: str, what: str, *where, name=None) -> Row:
+def find_owned(session: Session, table: type[Row], project_id: str, ref: str, *where, name=None) -> Row | None:
     """A project's row of `table` by id or name (`name`: another column than `table.name`), with extra
-    conditions; 404 naming `what` when there is none."""
+    conditions; None when there is none."""
     name = table.name if name is None else name
-    row = session.scalar(select(table).where(table.project_id == project_id, or_(table.id == ref, name == ref),
-                                             *where))
+    return session.scalar(select(table).where(table.project_id == project_id, or_(table.id == ref, name == ref),
+                                              *where))
+
+
+def owned(session: Session, table: type[Row], project_id: str, ref: str, what: str, *where, name=None) -> Row:
+    """The same, or 404 naming `what`."""
+    row = find_owned(session, table, project_id, ref, *where, name=name)
     if row is None:
         raise PlatformError("MaaS.0404", what=f"{what} {ref!r}")
     return row

@@ -1,0 +1,33 @@
+"""Who is calling: the admin key (created on first start, stored as a hash) or a project's API key. The
+control plane's route dependencies (`cluster.deps`) ask here; no HTTP here."""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cluster.state.db import AdminKey, ApiKey
+from serve_apps.contract import hash_key
+
+
+def ensure_admin_key(session: Session, wanted: str | None) -> str | None:
+    """Create the admin key on first start, from MAAS_ADMIN_KEY if set. Returns the secret only when it was
+    generated here (the caller shows it once), else None."""
+    if session.scalar(select(AdminKey.id).limit(1)) is not None:
+        return None
+    secret = wanted or "admin-" + secrets.token_urlsafe(32)
+    session.add(AdminKey(key_hash=hash_key(secret)))
+    return None if wanted else secret
+
+
+def is_admin(session: Session, secret: str) -> bool:
+    digest = hash_key(secret)
+    stored = session.scalars(select(AdminKey.key_hash)).all()
+    return any(secrets.compare_digest(digest, h) for h in stored)
+
+
+def key_project(session: Session, secret: str) -> str | None:
+    """The project of an API key, or None when no such key exists."""
+    return session.scalar(select(ApiKey.project_id).where(ApiKey.key_hash == hash_key(secret)))
