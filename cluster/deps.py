@@ -58,7 +58,7 @@ def Confirmed(word: str, what: str):  # noqa: N802 - used like a type: `_: Confi
     """A route dependency: the query parameter `confirm` must be `word`."""
     check = confirmation(word, what)
 
-    def dependency(confirm: Annotated[str, Query(description=f"The confirmation text {word}.")] = "") -> None:
+    def dependency(confirm: str = Query("", description=f"The confirmation text {word}.")) -> None:
         check(confirm)
 
     return Annotated[None, Depends(dependency)]

@@ -19,7 +19,8 @@ from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 from serve_apps.catalog import CatalogModel, ModelType, builtin
 from serve_apps.errors import context_length_exceeded
 from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
-                                   LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest)
+                                   LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
+                                   patch_tokenizer_service)
 from serve_apps.settings import Accelerator, plane_settings
 
 
@@ -100,10 +101,7 @@ class MaasLLMServer(LLMServer):
 
     async def start(self):
         await super().start()
-        # ray 2.60 looks for vLLM 0.32's tokenizer service under an older attribute name.
-        engine = self.engine
-        if getattr(engine, "_oai_serving_tokenization", False) is None:
-            engine._oai_serving_tokenization = getattr(engine._app_state, "serving_tokenization", None)
+        patch_tokenizer_service(self.engine)
 
     def _batch_output_stream(self, generator: AsyncGenerator) -> AsyncGenerator:
         interval = self._get_batch_interval_ms()

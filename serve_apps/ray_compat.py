@@ -33,6 +33,17 @@ from ray.llm._internal.serve.core.ingress.utils import (  # noqa: F401
 )
 
 
+# Private methods of `ray.serve.llm.LLMServer` that `serve_apps.model_app.MaasLLMServer` overrides or calls
+# (checked against ray 2.60.0): `_init_multiplex_loader` (local LoRA loader), `_batch_output_stream` and
+# `_get_batch_interval_ms` (first chunk at once), `_llm_config` (the context length), `engine` (below).
+
+
+def patch_tokenizer_service(engine) -> None:
+    """ray 2.60 looks for vLLM 0.32's tokenizer service under an older attribute name: point it there."""
+    if getattr(engine, "_oai_serving_tokenization", False) is None:
+        engine._oai_serving_tokenization = getattr(engine._app_state, "serving_tokenization", None)
+
+
 # -- ray.serve internals (checked against ray 2.60.0) -----------------------------------------------------
 def serve_details() -> dict[str, Any] | None:
     """`ServeInstanceDetails` as a dict (one controller call), or None when no Serve controller runs.
@@ -58,6 +69,13 @@ def delete_app_nowait(name: str) -> None:
 
 
 # -- ray core internals (checked against ray 2.60.0) ------------------------------------------------------
+def import_attr(path: str):
+    """`module.sub:attr` or `module.sub.attr` -> the object, as `serve deploy` resolves an import_path."""
+    from ray._common.utils import import_attr as _import_attr
+
+    return _import_attr(path)
+
+
 def dashboard_address() -> str:
     """host:port of this cluster's dashboard (the Jobs API), read from the GCS: works inside any worker,
     whatever address the cluster was started with."""

@@ -80,8 +80,9 @@ def _dashboard(context) -> str:
 def deploy(console: Console) -> list[str]:
     """serve.run every application of the YAML, without blocking. Returns the model application names."""
     from ray import serve
-    from ray._common.utils import import_attr
     from ray.serve.api import RunTarget
+
+    from serve_apps.ray_compat import import_attr
 
     config = load_serve_config()
     http = config.get("http_options", {})
