@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cluster import auth
 from cluster.accounting import actor as accounting
-from cluster.deps import Admin
+from cluster.deps import Admin, is_admin_request
 from cluster.endpoints.router import router as endpoints_router
 from cluster.finetune.router import router as finetune_router
 from cluster.finetune.service import register_output
@@ -29,6 +29,7 @@ from cluster.presets.router import router as presets_router
 from cluster.presets.service import register_builtin_models
 from cluster.projects.router import router as projects_router
 from cluster.runtime import jobs
+from cluster.runtime.health import report as health_report
 from cluster.services import reconciler
 from cluster.services.router import mirror_router as services_mirror_router
 from cluster.services.router import router as services_router
@@ -37,10 +38,45 @@ from cluster.state.db import migrate, session_scope
 from cluster.usage.router import router as usage_router
 from serve_apps.catalog import BUILTIN_MODELS, CatalogModel
 from serve_apps.errors import PlatformError
+from serve_apps.gateway.guard import buffered, empty_body
 
 log = logging.getLogger("maas.control")
 
 app = FastAPI(title="MaaS control plane", root_path="/api", docs_url="/docs", openapi_url="/openapi.json")
+MAX_JSON_BYTES = 8 * 1024 * 1024
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over its limit (8 MB; a dataset upload: MAAS_MAX_UPLOAD_MB) is refused
+    with 413 before it is read and before anything else runs (the key check included)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.inner(scope, receive, send)
+        upload = scope["path"].endswith("/datasets")
+        limit = get_settings().max_upload_mb * 2**20 if upload else MAX_JSON_BYTES
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > limit:
+                return await _too_large(limit)(scope, receive, send)
+        elif upload:  # an upload streams to disk: its size must be known up front
+            body = PlatformError("MaaS.0400", reason="A dataset upload needs a Content-Length header.").body()
+            return await JSONResponse(status_code=411, content=body)(scope, empty_body, send)
+        else:
+            receive = await buffered(receive, limit)
+            if receive is None:
+                return await _too_large(limit)(scope, empty_body, send)
+        await self.inner(scope, receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse(status_code=413, content=PlatformError("MaaS.0413", limit=limit).body())
+
+
+app.add_middleware(BodyLimit)
 
 
 @app.exception_handler(PlatformError)
@@ -65,8 +101,12 @@ router = APIRouter(prefix="/v1")
 
 
 @router.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
+def health(request: Request) -> dict:
+    """Up, and how each background loop is doing; the text of a loop's last error only for the admin key."""
+    loops = health_report()
+    if not is_admin_request(request):
+        loops = {name: {k: v for k, v in view.items() if k != "last_error"} for name, view in loops.items()}
+    return {"status": "ok", "loops": loops}
 
 
 @router.get("/models", response_model=list[CatalogModel])

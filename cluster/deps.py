@@ -30,6 +30,15 @@ def require_admin(request: Request) -> None:
             raise PlatformError("ModelArts.81003")
 
 
+def is_admin_request(request: Request) -> bool:
+    """Whether the request carries the admin key (for routes that show more to the admin, refuse no one)."""
+    secret = bearer_token(request.headers.get("authorization", ""))
+    if not secret:
+        return False
+    with session_scope(get_settings().database_url) as session:
+        return auth.is_admin(session, secret)
+
+
 def require_project(project_id: str, request: Request) -> str:
     """The admin key may act on any project; an API key only on its own project."""
     secret = _bearer(request)

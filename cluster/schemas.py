@@ -9,6 +9,7 @@ from typing import Annotated, Callable
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from cluster.runtime.webhooks import check_url
 from serve_apps.errors import PlatformError
 
 AUTO_STOP_PRESETS = ("1h", "2h", "4h", "6h")
@@ -83,8 +84,10 @@ class Notified(StrictModel):
 
     @model_validator(mode="after")
     def _notification(self):
-        if self.notify_url is not None and not _WEBHOOK.match(self.notify_url):
-            raise ValueError("notify_url must be an http:// or https:// URL")
+        if self.notify_url is not None:
+            if not _WEBHOOK.match(self.notify_url):
+                raise ValueError("notify_url must be an http:// or https:// URL")
+            check_url(self.notify_url)  # host, port, and not a private address unless an admin allows it
         if bool(self.notify_url) != bool(getattr(self, "notify_events", None)):
             raise ValueError("event notification needs both notify_url and at least one of notify_events")
         return self

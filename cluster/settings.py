@@ -6,7 +6,9 @@ MAAS_ACCELERATOR, moderation), so both planes derive every path the same way.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import ipaddress
+import os
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
@@ -25,6 +27,13 @@ class Settings(PlaneSettings):
     admin_key: str | None = Field(None, description="The admin key to create on first start.")
     ray_address: str | None = Field(None, validation_alias=AliasChoices("RAY_ADDRESS", "MAAS_RAY_ADDRESS"),
                                     description="Join this Ray cluster instead of starting one.")
+    data_roots: str = Field("", description="Directories (separated by ':') whose files a fine-tuning job may name "
+                                            "as its dataset by path; none by default: datasets are uploads.")
+    import_roots: str = Field("", description="Directories (separated by ':') my-model weights may be imported "
+                                              "from by path; none by default.")
+    max_upload_mb: int = Field(1024, gt=0, description="The largest dataset file an upload may send.")
+    webhook_allow: str = Field("", description="Hosts or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) a "
+                                               "webhook may reach although they are not public addresses.")
 
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
@@ -33,6 +42,26 @@ class Settings(PlaneSettings):
         self.ray_address = self.ray_address or None
         self.admin_key = self.admin_key or None
         return self
+
+    @property
+    def data_root_dirs(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.data_roots.split(os.pathsep) if p.strip()]
+
+    @property
+    def import_root_dirs(self) -> list[Path]:
+        return [Path(p).expanduser().resolve() for p in self.import_roots.split(os.pathsep) if p.strip()]
+
+    @cached_property
+    def webhook_allow_list(self) -> dict:
+        hosts, networks = set(), []
+        for item in (i.strip() for i in self.webhook_allow.split(",")):
+            if not item:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                hosts.add(item.lower())
+        return {"hosts": hosts, "networks": networks}
 
     @property
     def logs_dir(self) -> Path:

@@ -56,6 +56,7 @@ class Route(TypedDict):
     created: int
     owned_by: str
     preset: PresetLimits | None
+    offer: NotRequired[str]  # the preset whose offer governs the call (access, model limits, free quota)
     project_id: NotRequired[str]  # services and LoRA versions belong to a project
     lora: NotRequired[str]  # a LoRA version: the adapter directory, multiplexed on the base's engine
 

@@ -59,7 +59,8 @@ class AccountingActor:
         self._routes = RouteTable()
         self._free_used: dict[tuple[str, str], int] = {}
         self._windows = Windows()
-        self._reservations: dict[str, tuple[Reservation, RecordBase]] = {}
+        # reservation id -> (its window entries, its record, the free quota it draws on)
+        self._reservations: dict[str, tuple[Reservation, RecordBase, tuple[str, str] | None]] = {}
         self._batch: list[dict] = []
         self._batch_done: asyncio.Future | None = None
         self._settled: set[str] = set()  # recent request ids, so a re-sent settlement is not counted twice
@@ -76,10 +77,13 @@ class AccountingActor:
             self._routes = load_routes(session)
             self._free_used = {}
             for (project_id, model_id), grant in self._routes.grants.items():
+                on_offer = (UsageRecord.service_id == model_id) & (UsageRecord.service_type == "free")
+                loras = self._routes.lora_ids(project_id, model_id)
+                if loras:
+                    on_offer = on_offer | UsageRecord.service_id.in_(sorted(loras))
                 used = session.scalar(select(func.coalesce(func.sum(
                     UsageRecord.prompt_tokens + UsageRecord.completion_tokens), 0)).where(
-                    UsageRecord.project_id == project_id, UsageRecord.service_id == model_id,
-                    UsageRecord.service_type == "free", UsageRecord.ts >= grant["since"]))
+                    UsageRecord.project_id == project_id, on_offer, UsageRecord.ts >= grant["since"]))
                 self._free_used[(project_id, model_id)] = int(used)
 
     def _rebuild_windows(self) -> None:
@@ -118,9 +122,10 @@ class AccountingActor:
         if endpoint is not None:
             limits += [Limit(f"ep-rpm:{endpoint['endpoint_id']}", "rpm", endpoint["rpm"]),
                        Limit(f"ep-tpm:{endpoint['endpoint_id']}", "tpm", endpoint["tpm"])]
-        if route["preset"] is not None:
-            limits += [Limit(f"model-rpm:{project_id}:{route['service_id']}", "rpm", route["preset"]["rpm"]),
-                       Limit(f"model-tpm:{project_id}:{route['service_id']}", "tpm", route["preset"]["tpm"])]
+        if route["preset"] is not None:  # a preset's model-level limits, shared by its LoRA versions
+            offer = route.get("offer", route["service_id"])
+            limits += [Limit(f"model-rpm:{project_id}:{offer}", "rpm", route["preset"]["rpm"]),
+                       Limit(f"model-tpm:{project_id}:{offer}", "tpm", route["preset"]["tpm"])]
         if route["qps"]:
             limits.append(Limit(f"qps:{route['service_id']}", "qps", route["qps"]))
         return limits
@@ -133,21 +138,23 @@ class AccountingActor:
             raise Denied("ModelArts.81004")
         if route["kind"] == "service" and route["status"] not in CALLABLE_STATUSES:
             raise Denied("MaaS.0503", reason=f"the service {route['name']!r} is {route['status']}")
-        preset = route["preset"]
-        if route["kind"] != "preset":
+        offer_id = route.get("offer")
+        if offer_id is None:  # a project's own service: no preset offer applies
             return
-        grant = self._routes.grants.get((project_id, route["service_id"]))
+        offer = self._routes.presets.get(offer_id, route)
+        service_type, preset = offer["service_type"], offer["preset"]
+        grant = self._routes.grants.get((project_id, offer_id))
         if grant is not None and grant["frozen"]:
             raise Denied("ModelArts.81006")
-        if route["service_type"] == "commercial" and grant is None:
+        if service_type == "commercial" and grant is None:
             raise Denied("ModelArts.81004")
-        if route["service_type"] == "free" and preset is not None:
+        if service_type == "free" and preset is not None:
             if preset["expires_at"] is not None and now >= preset["expires_at"]:
                 raise Denied("ModelArts.81014")
             if preset["free_quota_tokens"] is not None:
                 if grant is None:
                     raise Denied("ModelArts.81004")
-                if self._free_used.get((project_id, route["service_id"]), 0) >= preset["free_quota_tokens"]:
+                if self._free_used.get((project_id, offer_id), 0) >= preset["free_quota_tokens"]:
                     raise Denied("ModelArts.81005")
 
     async def admit(self, key_hash: str, model: str | None, prompt_tokens: int = 0,
@@ -186,9 +193,16 @@ class AccountingActor:
                     "record": self._record_base(caller, model, endpoint, route)}
         reservation_id = uuid.uuid4().hex
         record = self._record_base(caller, model, endpoint, route)
-        self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record)
+        self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record,
+                                              self._quota_key(caller["project_id"], route))
         self._metrics.in_flight(record, +1)
         return {"caller": caller, "route": route, "reservation": reservation_id, "record": record}
+
+    def _quota_key(self, project_id: str, route: Route) -> tuple[str, str] | None:
+        """The free quota a call of `route` draws on: its preset offer's, when that offer is free."""
+        offer_id = route.get("offer")
+        offer = self._routes.presets.get(offer_id) if offer_id else None
+        return (project_id, offer_id) if offer is not None and offer["service_type"] == "free" else None
 
     @staticmethod
     def _record_base(caller: Caller, model: str, endpoint: EndpointRoute | None, route: Route | None) -> RecordBase:
@@ -222,16 +236,18 @@ class AccountingActor:
             self._settled.discard(self._settled_order.popleft())
         tokens = record.get("prompt_tokens", 0) + record.get("completion_tokens", 0)
         held = self._reservations.pop(reservation_id, None) if reservation_id else None
+        quota_key = None
         if held is not None:
             self._windows.settle(held[0], tokens)
             self._metrics.in_flight(held[1], -1)
+            quota_key = held[2]
         elif reservation_id is not None:  # admitted before a restart: count it now so limits still hold
             endpoint, route = self._routes.resolve(record["project_id"], record["model"])
             if route is not None:
                 self._windows.count(self._limits(record["project_id"], endpoint, route), tokens, record["ts"])
-        if record.get("service_type") == "free":
-            key = (record["project_id"], record["service_id"])
-            self._free_used[key] = self._free_used.get(key, 0) + tokens
+                quota_key = self._quota_key(record["project_id"], route)
+        if quota_key is not None:
+            self._free_used[quota_key] = self._free_used.get(quota_key, 0) + tokens
         self._metrics.observe(record)
         return True
 

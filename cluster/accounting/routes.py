@@ -40,6 +40,10 @@ class RouteTable:
         return None, (self.services.get((project_id, name)) or self.loras.get((project_id, name))
                       or self.presets.get(name))
 
+    def lora_ids(self, project_id: str, offer: str) -> set[str]:
+        """The LoRA versions of a project served on the engine of preset `offer`."""
+        return {r["service_id"] for (p, _), r in self.loras.items() if p == project_id and r.get("offer") == offer}
+
     def visible(self, project_id: str) -> list[dict]:
         """What GET /v1/models lists for a project: presets, its callable services, its enabled endpoints."""
         names = [{"id": r["name"], "created": r["created"], "owned_by": r["owned_by"]} for r in self.presets.values()]
@@ -58,7 +62,8 @@ def load_routes(session: Session) -> RouteTable:
     for row in session.scalars(select(ServedModel).where(ServedModel.project_id.is_(None))):
         preset = presets.get(row.model_id)
         table.presets[row.model_id] = {
-            "kind": "preset", "name": row.model_id, "service_type": preset.kind if preset else "free",
+            "kind": "preset", "name": row.model_id, "offer": row.model_id,
+            "service_type": preset.kind if preset else "free",
             "service_id": row.model_id, "app_name": row.app_name, "deployment_name": row.deployment_name,
             "engine_model": row.model_id, "card": row.card, "moderation": True, "qps": None,
             "status": "Running", "created": row.card.get("created", row.created_at), "owned_by": "maas",
@@ -102,7 +107,8 @@ def _add_loras(session: Session, table: RouteTable) -> None:
         base = table.presets.get(model.base_model)
         if base is None:  # the base model is not served by this platform
             continue
-        route = base | {"kind": "lora", "service_type": "service", "service_id": version.id, "preset": None,
+        # The base preset's offer governs its LoRA versions too: access rules, model limits, free quota.
+        route = base | {"kind": "lora", "service_type": "service", "service_id": version.id,
                         "lora": version.path, "engine_model": version.path, "project_id": model.project_id,
                         "created": version.created_at, "owned_by": model.project_id}
         for name in (f"{model.name}-v{version.version}", model.name):  # the later version wins the plain name

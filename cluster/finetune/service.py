@@ -8,6 +8,7 @@ model in "my models" (a LoRA adapter or a full model).
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -31,6 +32,7 @@ from train_jobs.config import FinetuneConfig
 from train_jobs.datasets import DatasetInvalid, read_dataset
 
 _CATALOG = {m.id: m for m in BUILTIN_MODELS}
+_DATASET_ID = re.compile(r"^ds-[0-9a-f]{12}$")
 JOB_SUPPORT = {"full": "finetune-full", "lora": "finetune-lora", "pretrain": "pretrain"}
 # What each state allows (spec §7.5); everything else is refused.
 ALLOWED = {"stop": {"creating", "pending", "starting", "running", "alarm"}, "continue": {"stopped"},
@@ -54,25 +56,45 @@ def _datasets_dir(project_id: str) -> Path:
 
 
 def store_dataset(project_id: str, filename: str | None, data: BinaryIO) -> dict:
-    """Keep an uploaded dataset file; its id is what a job's `dataset` names."""
+    """Keep an uploaded dataset file (at most MAAS_MAX_UPLOAD_MB); its id is what a job's `dataset` names."""
+    limit = get_settings().max_upload_mb * 2**20
     dataset_id = "ds-" + uuid.uuid4().hex[:12]
-    target = _datasets_dir(project_id) / dataset_id / Path(filename or "dataset.jsonl").name
+    name = Path(filename or "dataset.jsonl").name
+    if name in ("", ".", "..") or name.startswith("."):
+        name = "dataset.jsonl"
+    target = _datasets_dir(project_id) / dataset_id / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("wb") as out:
-        shutil.copyfileobj(data, out)
-    return {"id": dataset_id, "path": str(target), "bytes": target.stat().st_size}
+    written = 0
+    try:
+        with target.open("wb") as out:
+            while chunk := data.read(1 << 20):
+                written += len(chunk)
+                if written > limit:
+                    raise PlatformError("MaaS.0413", limit=limit)
+                out.write(chunk)
+    except BaseException:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        raise
+    return {"id": dataset_id, "path": str(target), "bytes": written}
 
 
 def dataset_path(project_id: str, ref: str) -> Path:
+    """An upload of this project (`ds-...`), or a file under a data root an admin configured
+    (MAAS_DATA_ROOTS); nothing else: a job must not make the platform read any file it can."""
     if ref.startswith("ds-"):
-        found = list((_datasets_dir(project_id) / ref).glob("*"))
+        found = list((_datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.match(ref) else []
         if not found:
             raise PlatformError("MaaS.0404", what=f"Dataset {ref!r}")
         return found[0]
     path = Path(ref)
-    if not path.is_file():
+    resolved = path.resolve() if path.is_absolute() else None
+    if resolved is None or not any(resolved.is_relative_to(root) for root in get_settings().data_root_dirs):
+        raise PlatformError("MaaS.0403", reason=(
+            "A dataset is an upload of this project (POST /datasets gives its id, ds-...) or a file under a data "
+            "root the admin configured (MAAS_DATA_ROOTS); this path is neither."))
+    if not resolved.is_file():
         raise PlatformError("MaaS.0404", what=f"Dataset file {ref!r}")
-    return path
+    return resolved
 
 
 # -- creating and running ------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from cluster.my_models.schemas import (
     VersionView,
     check_name,
 )
-from cluster.my_models.weights import base_card, base_path, model_dir, source_dir, stage
+from cluster.my_models.weights import (base_card, base_path, import_roots, job_outputs_root, model_dir, source_dir,
+                                        stage)
 from cluster.settings import get_settings
 from cluster.state.db import ModelVersion, MyModel, Service, session_scope
 from cluster.state.lookup import find_owned, owned
@@ -137,9 +138,12 @@ def resolve_version(session: Session, project_id: str, model_ref: str, version: 
 
 
 def register_version(session: Session, project_id: str, model_name_or_id: str, path: str | Path, kind: str,
-                     source: str, base_model: str | None = None, description: str = "") -> VersionView:
-    """Record a directory (e.g. a fine-tuning output) as the next version of a model, creating the model
-    (named `model_name_or_id`, on `base_model`) when the project has none by that name or id."""
+                     source: str, base_model: str | None = None, description: str = "",
+                     roots: list[Path] | None = None) -> VersionView:
+    """Record a directory (by default one under the fine-tuning jobs' outputs; else under `roots`) as the next
+    version of a model, creating the model (named `model_name_or_id`, on `base_model`) when the project has
+    none by that name or id."""
+    roots = [job_outputs_root()] if roots is None else roots
     model = find_owned(session, MyModel, project_id, model_name_or_id)
     if model is None:
         if base_model is None:
@@ -155,13 +159,13 @@ def register_version(session: Session, project_id: str, model_name_or_id: str, p
                                                 f"not {base_model!r}.")
     else:
         _check_room(session, model)
-    kind_found, staging = stage(source_dir(path), base_card(model.base_model), model.id, kind)
+    kind_found, staging = stage(source_dir(path, roots), base_card(model.base_model), model.id, kind)
     session.add(model)
     return VersionView.of(_place(session, model, staging, kind_found, source, description[:100]))
 
 
 def create_model(project_id: str, spec: ModelCreate) -> ModelView:
-    base, source = base_card(spec.base_model), source_dir(spec.path)
+    base, source = base_card(spec.base_model), source_dir(spec.path, import_roots())
     with session_scope(get_settings().database_url) as session:
         if session.scalar(select(MyModel.id).where(MyModel.project_id == project_id, MyModel.name == spec.name)):
             raise PlatformError("MaaS.0409", reason=f"A model named {spec.name!r} already exists in this project.")
@@ -185,7 +189,7 @@ def create_model(project_id: str, spec: ModelCreate) -> ModelView:
 
 
 def add_version(project_id: str, model_ref: str, spec: VersionCreate) -> VersionView:
-    source = source_dir(spec.path)
+    source = source_dir(spec.path, import_roots())
     with session_scope(get_settings().database_url) as session:
         model = find_model(session, project_id, model_ref)
         _check_room(session, model)

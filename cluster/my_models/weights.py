@@ -81,15 +81,38 @@ def check_weights(path: Path, base: CatalogModel, kind: str | None = None) -> st
     return kind
 
 
-def source_dir(path: str | Path) -> Path:
+def import_roots() -> list[Path]:
+    """Where a caller may import weights from: the directories an admin configured (MAAS_IMPORT_ROOTS)."""
+    return get_settings().import_root_dirs
+
+
+def job_outputs_root() -> Path:
+    """Where fine-tuning jobs write the models that become versions (the platform's own files)."""
+    return get_settings().home / "finetune"
+
+
+def source_dir(path: str | Path, roots: list[Path]) -> Path:
+    """The directory to import, if it lies under one of `roots` and no link inside it leaves it."""
     source = Path(path)
     if not source.is_absolute():
         raise PlatformError("MaaS.0400", reason=f"path must be an absolute path on the platform's hosts, "
                                                 f"not {str(path)!r}.")
-    if not source.is_dir():
+    resolved = source.resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise PlatformError("MaaS.0403", reason=(
+            "path must lie under an import root the admin configured (MAAS_IMPORT_ROOTS); this one does not."))
+    if not resolved.is_dir():
         raise PlatformError("MaaS.0400", reason=f"path {str(path)!r} is not a directory on the platform's hosts "
                                                 "(select a folder).")
-    return source
+    _refuse_links_out(resolved)
+    return resolved
+
+
+def _refuse_links_out(source: Path) -> None:
+    for entry in source.rglob("*"):
+        if entry.is_symlink() and not entry.resolve().is_relative_to(source):
+            raise PlatformError("MaaS.0400", reason=f"{entry.relative_to(source)} is a link that leaves the "
+                                                    "directory; copy the file itself.")
 
 
 def base_card(model_id: str) -> CatalogModel:

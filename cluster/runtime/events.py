@@ -1,27 +1,14 @@
-"""Service events and webhook delivery: one sender for every notification the platform makes (service
-status changes, tuning-job status changes), with one timeout."""
+"""Service events, and their webhook notifications (sent by `runtime.webhooks`, off the reconciler's loop)."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
+from functools import partial
 
-import httpx
 from sqlalchemy.orm import Session
 
+from cluster.runtime.webhooks import sender
 from cluster.state.db import Service, ServiceEvent, now, session_scope
-
-log = logging.getLogger("maas.events")
-WEBHOOK_TIMEOUT_S = 3.0
-
-
-def post_webhook(url: str, payload: dict) -> str | None:
-    """One JSON POST; the failure as text (None when delivered), never raised."""
-    try:
-        response = httpx.post(url, json=payload, timeout=WEBHOOK_TIMEOUT_S)
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None if response.status_code < 300 else f"HTTP {response.status_code}"
 
 
 @dataclass(frozen=True)
@@ -46,12 +33,15 @@ def record_event(session: Session, row: Service, status: str, message: str,
 
 
 def deliver(database_url: str, notifications: list[Notification]) -> None:
-    """POST each service event to its webhook; the outcome is written on the event."""
+    """Hand each service event to the webhook sender; its outcome is written on the event when known."""
     for note in notifications:
-        failure = post_webhook(note.url, note.payload)
-        with session_scope(database_url) as session:
-            event = session.get(ServiceEvent, note.event_id)
-            if event is not None:
-                event.notified = failure is None
-                if failure:
-                    event.message = f"{event.message} (notification failed: {failure})"[:1024]
+        sender().send(note.url, note.payload, on_done=partial(_delivered, database_url, note.event_id))
+
+
+def _delivered(database_url: str, event_id: int, failure: str | None) -> None:
+    with session_scope(database_url) as session:
+        event = session.get(ServiceEvent, event_id)
+        if event is not None:
+            event.notified = failure is None
+            if failure:
+                event.message = f"{event.message} (notification failed: {failure})"[:1024]

@@ -15,7 +15,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from cluster.runtime.accounting import reload_accounting_blocking
-from cluster.runtime.events import post_webhook
+from cluster.runtime.health import loop_health
+from cluster.runtime.webhooks import sender
 from cluster.runtime.running_time import count_running, running_seconds
 from cluster.state.db import TuningJob, now, session_scope
 from serve_apps import ray_compat
@@ -77,13 +78,16 @@ class JobSync(threading.Thread):
         super().__init__(name="maas-job-sync", daemon=True)
         self.url, self.on_completed, self.interval_s = database_url, on_completed, interval_s
         self.woken = threading.Event()
+        self.health = loop_health("job_sync")
 
     def run(self) -> None:
         while True:
             try:
                 self.sync()
-            except Exception:  # never let one bad row stop the loop
+                self.health.ok()
+            except Exception as exc:  # never let one bad pass stop the loop
                 log.exception("job sync failed")
+                self.health.failed(exc)
             self.woken.wait(self.interval_s)
             self.woken.clear()
 
@@ -100,17 +104,12 @@ class JobSync(threading.Thread):
                     continue
                 before = job.status
                 try:
-                    info = client.get_job_info(job.submission_id)
-                except RuntimeError:
-                    job.status, job.status_reason = "failed", "the Ray job was lost (cluster restarted?)"
-                else:
-                    self._follow(session, job, info)
-                _count_running_time(job)
-                if job.status == "running" and job.auto_stop_s and _ran(job) >= job.auto_stop_s:
-                    stop(job.submission_id)
-                    job.status = "stopping"
-                    job.status_reason = f"Auto-stopped after {_ran(job)} s of running " \
-                                        f"(auto-stop {job.auto_stop_s} s); continue resumes from the latest checkpoint."
+                    with session.begin_nested():  # one job's failure rolls back that job only
+                        self._sync_one(session, client, job)
+                except Exception as exc:
+                    log.exception("syncing job %s failed", job.id)
+                    self.health.failed(exc, f"job {job.id}")
+                    continue
                 if job.status != before:
                     job.updated_at = now()
                     registered |= job.status == "completed"
@@ -122,6 +121,20 @@ class JobSync(threading.Thread):
             reload_accounting_blocking(log)
         for url, payload in notes:
             _post(url, payload)
+
+    def _sync_one(self, session, client, job: TuningJob) -> None:
+        try:
+            info = client.get_job_info(job.submission_id)
+        except RuntimeError:
+            job.status, job.status_reason = "failed", "the Ray job was lost (cluster restarted?)"
+        else:
+            self._follow(session, job, info)
+        _count_running_time(job)
+        if job.status == "running" and job.auto_stop_s and _ran(job) >= job.auto_stop_s:
+            stop(job.submission_id)
+            job.status = "stopping"
+            job.status_reason = f"Auto-stopped after {_ran(job)} s of running " \
+                                f"(auto-stop {job.auto_stop_s} s); continue resumes from the latest checkpoint."
 
     def _follow(self, session, job: TuningJob, info) -> None:
         """The job's status from Ray's and status.json's; on completion, register its output."""
@@ -153,9 +166,11 @@ def _count_running_time(job: TuningJob) -> None:
 
 
 def _post(url: str, payload: dict) -> None:
-    failure = post_webhook(url, payload)
-    if failure:
-        log.warning("notification of job %s to %s failed: %s", payload["job_id"], url, failure)
+    def done(failure: str | None) -> None:
+        if failure:
+            log.warning("notification of job %s failed: %s", payload["job_id"], failure)
+
+    sender().send(url, payload, on_done=done)
 
 
 _sync: JobSync | None = None

@@ -30,6 +30,7 @@ from sqlalchemy import delete, select, update
 from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.my_models import registry
 from cluster.runtime.events import Notification, deliver, record_event
+from cluster.runtime.health import loop_health
 from cluster.services.lifecycle import (APP_PREFIX, AppState, Decision, Snapshot, Status, decide, deletable,
                                         service_id_of, upgrade_failed)
 from cluster.settings import get_settings
@@ -80,9 +81,8 @@ class Reconciler(threading.Thread):
         super().__init__(name="maas-reconciler", daemon=True)
         self.url = database_url
         self.woken = threading.Event()
-        self.outbox: list[Notification] = []
         self.replicas: dict[str, list[dict]] = {}
-        self._lock = threading.Lock()
+        self.health = loop_health("reconciler")
         self._pruned_at = 0.0
 
     def run(self) -> None:
@@ -90,17 +90,15 @@ class Reconciler(threading.Thread):
             self.woken.clear()
             try:
                 self.reconcile_once()
-            except Exception:  # a bad pass must not end the loop; the next one starts from fresh state
+                self.health.ok()
+            except Exception as exc:  # a bad pass must not end the loop; the next one starts from fresh state
                 log.exception("reconcile pass failed")
-            with self._lock:
-                outbox, self.outbox = self.outbox, []
-            deliver(self.url, outbox)
+                self.health.failed(exc)
             self.woken.wait(INTERVAL_S)
 
     def post(self, notifications: list[Notification]) -> None:
-        with self._lock:
-            self.outbox.extend(notifications)
-        self.woken.set()
+        """Hand notifications to the webhook sender (its own thread: a slow webhook never holds this loop)."""
+        deliver(self.url, notifications)
 
     def reconcile_once(self) -> None:
         apps = serve_details()
@@ -113,9 +111,13 @@ class Reconciler(threading.Thread):
         with session_scope(self.url) as session:
             snapshots = [Snapshot.of(row) for row in session.scalars(select(Service))]
         for snap in snapshots:
-            decision = decide(snap, by_service.pop(snap.id, {}), at)
-            if self._commit(snap, decision):
-                self._act(snap, decision)
+            try:
+                decision = decide(snap, by_service.pop(snap.id, {}), at)
+                if self._commit(snap, decision):
+                    self._act(snap, decision)
+            except Exception as exc:  # one service's trouble must not hold the others
+                log.exception("reconciling service %s failed", snap.id)
+                self.health.failed(exc, f"service {snap.id}")
         for orphans in by_service.values():  # applications of services that no longer exist
             for name in deletable(orphans):
                 _delete_app(name)
@@ -238,9 +240,7 @@ def wake() -> None:
 
 
 def notify(notifications: list[Notification]) -> None:
-    if _current is not None and notifications:
-        _current.post(notifications)
-    elif notifications:
+    if notifications:
         deliver(get_settings().database_url, notifications)
 
 

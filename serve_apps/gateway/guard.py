@@ -36,13 +36,14 @@ class GatewayGuard:
         scope.setdefault("state", {})["key_hash"] = hash_key(token)
         if length is None and scope["method"] == "POST":
             # No Content-Length (chunked): read the body here, counting, and replay it to the app.
-            receive = await _buffered(receive)
+            receive = await buffered(receive, MAX_BODY_BYTES)
             if receive is None:
-                return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, _empty, send)
+                return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, empty_body, send)
         await self.inner(scope, receive, send)
 
 
-async def _buffered(receive):
+async def buffered(receive, limit: int):
+    """The request body read here (counting, at most `limit` bytes) and replayed; None when it is larger."""
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -50,7 +51,7 @@ async def _buffered(receive):
             break
         chunks.append(message.get("body", b""))
         size += len(chunks[-1])
-        if size > MAX_BODY_BYTES:
+        if size > limit:
             return None
         if not message.get("more_body"):
             break
@@ -66,5 +67,5 @@ async def _buffered(receive):
     return replay
 
 
-async def _empty():
+async def empty_body():
     return {"type": "http.request", "body": b"", "more_body": False}

@@ -8,12 +8,22 @@ from pydantic import AfterValidator, BaseModel, ValidationError
 from pydantic_core import PydanticCustomError
 
 
+MAX_EXCERPT = 80  # characters of the file a report may quote
+MAX_REASON = 300
+
+
+def excerpt(text: str, limit: int = MAX_EXCERPT) -> str:
+    """At most `limit` characters of a file's text, for an error report (never the file itself)."""
+    text = text.replace("\x00", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class RowError(BaseModel):
     """One problem in a dataset file, located so that the user can fix it in an editor."""
 
     line: int  # 1-based line of the file (csv/xlsx: row number, header = 1); 0 = the file as a whole
-    field: str  # dotted path inside the row, "line" for the row itself, "file" for the file
-    reason: str
+    field: Annotated[str, AfterValidator(lambda v: excerpt(v, MAX_EXCERPT))]  # dotted path inside the row, "line"
+    reason: Annotated[str, AfterValidator(lambda v: excerpt(v, MAX_REASON))]
 
 
 class DatasetInvalid(Exception):

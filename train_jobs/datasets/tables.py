@@ -13,7 +13,7 @@ import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 from pydantic import BaseModel, PositiveInt, ValidationError
 
-from .schema import NonBlankStr, RowError, Sample, row_errors
+from .schema import NonBlankStr, RowError, Sample, excerpt, row_errors
 
 COLUMNS = ("conversation_id", "human", "assistant")
 
@@ -87,7 +87,7 @@ def _conversations(rows: Iterable[tuple[int, list[str]] | RowError]) -> tuple[li
     names = [name.strip().lower() for name in header]
     missing = [column for column in COLUMNS if column not in names]
     if missing:
-        found = ", ".join(name for name in names if name) or "nothing"
+        found = excerpt(", ".join(name for name in names if name)) or "nothing"
         return [], [RowError(line=1, field="header", reason=f"missing column(s) {', '.join(missing)}; found {found}")]
     positions = {column: names.index(column) for column in COLUMNS}
     conversations: dict[int, list[dict]] = {}

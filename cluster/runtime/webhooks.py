@@ -1,0 +1,170 @@
+"""Webhooks: the one sender of every notification (service and tuning-job status changes), and the check of a
+URL when it is saved.
+
+A URL must be http(s) with a host and a valid port; private, loopback, link-local and other non-public
+destinations are refused unless an admin allows them (`MAAS_WEBHOOK_ALLOW`: hosts or networks). Delivery
+runs on a thread of its own (never on the reconciler or job-sync loop): each attempt has a total deadline
+and reads at most a few KiB of the answer; failures are retried with backoff; the outcome goes to the
+caller's callback as a short text that says nothing about the far side beyond the HTTP status.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import httpx
+
+from cluster.runtime.health import loop_health
+from cluster.settings import get_settings
+
+log = logging.getLogger("maas.webhooks")
+DEADLINE_S = 5.0  # one attempt, connect to last byte
+MAX_RESPONSE_BYTES = 4096
+RETRY_DELAYS_S = (1.0, 4.0)  # after the first attempt
+
+
+class WebhookRefused(ValueError):
+    """The URL is not one the platform will call."""
+
+
+def _allowed(address: ipaddress.IPv4Address | ipaddress.IPv6Address, host: str) -> bool:
+    allow = get_settings().webhook_allow_list
+    if host.lower() in allow["hosts"] or any(address in net for net in allow["networks"]):
+        return True
+    return address.is_global and not address.is_multicast
+
+
+def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host.strip("[]"))]
+    except ValueError:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+
+
+def check_url(url: str, resolve: bool = False) -> str:
+    """The URL if the platform may call it; WebhookRefused saying why not. With `resolve`, a host name must
+    resolve, and to allowed addresses only (checked again at every delivery: DNS can change)."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise WebhookRefused("notify_url is not a valid URL") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise WebhookRefused("notify_url must be an http:// or https:// URL with a host")
+    if not 1 <= port <= 65535:
+        raise WebhookRefused("notify_url has an invalid port")
+    if parsed.userinfo:
+        raise WebhookRefused("notify_url must not carry credentials")
+    try:
+        addresses = _addresses(parsed.host, port) if resolve or _is_ip(parsed.host) else []
+    except OSError:
+        raise WebhookRefused("notify_url's host does not resolve") from None
+    for address in addresses:
+        if not _allowed(address, parsed.host):
+            raise WebhookRefused("notify_url points to a private, loopback or link-local address; an admin can "
+                                 "allow it with MAAS_WEBHOOK_ALLOW")
+    return url
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def post_once(url: str, payload: dict) -> str | None:
+    """One attempt within DEADLINE_S; the failure as a short text, None when delivered."""
+    try:
+        check_url(url, resolve=True)
+    except WebhookRefused as refused:
+        return str(refused)
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        with httpx.Client(timeout=DEADLINE_S, follow_redirects=False) as client:
+            with client.stream("POST", url, json=payload) as response:
+                read = 0
+                for chunk in response.iter_raw():
+                    read += len(chunk)
+                    if read >= MAX_RESPONSE_BYTES or time.monotonic() > deadline:
+                        break
+                status = response.status_code
+    except httpx.TimeoutException:
+        return "timed out"
+    except (httpx.HTTPError, OSError):
+        return "could not connect"
+    if time.monotonic() > deadline:
+        return "timed out"
+    return None if status < 300 else f"HTTP {status}"
+
+
+@dataclass
+class Delivery:
+    url: str
+    payload: dict
+    on_done: Callable[[str | None], None] | None = None  # called with the last failure, or None
+    attempt: int = 0
+    not_before: float = field(default_factory=time.monotonic)
+
+
+class WebhookSender(threading.Thread):
+    """Sends deliveries one after another, retrying each with backoff; never blocks the caller."""
+
+    def __init__(self):
+        super().__init__(name="maas-webhooks", daemon=True)
+        self.queue: queue.Queue[Delivery] = queue.Queue(maxsize=10_000)
+        self.health = loop_health("webhooks")
+
+    def send(self, url: str, payload: dict, on_done: Callable[[str | None], None] | None = None) -> None:
+        try:
+            self.queue.put_nowait(Delivery(url, payload, on_done))
+        except queue.Full:
+            log.warning("webhook queue full; dropping a notification to %s", url)
+            if on_done is not None:
+                on_done("the platform's notification queue is full")
+
+    def run(self) -> None:
+        while True:
+            delivery = self.queue.get()
+            try:
+                self._deliver(delivery)
+                self.health.ok()
+            except Exception as exc:  # one bad delivery must not end the sender
+                log.exception("webhook delivery failed")
+                self.health.failed(exc)
+
+    def _deliver(self, delivery: Delivery) -> None:
+        wait = delivery.not_before - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, RETRY_DELAYS_S[-1]))
+        failure = post_once(delivery.url, delivery.payload)
+        if failure is not None and delivery.attempt < len(RETRY_DELAYS_S) and not failure.startswith("notify_url"):
+            delivery.not_before = time.monotonic() + RETRY_DELAYS_S[delivery.attempt]
+            delivery.attempt += 1
+            self.queue.put(delivery)
+            return
+        if delivery.on_done is not None:
+            delivery.on_done(failure)
+
+
+_sender: WebhookSender | None = None
+_lock = threading.Lock()
+
+
+def sender() -> WebhookSender:
+    """This process's sender, started on first use."""
+    global _sender
+    with _lock:
+        if _sender is None or not _sender.is_alive():
+            _sender = WebhookSender()
+            _sender.start()
+        return _sender

@@ -1,0 +1,108 @@
+"""A LoRA version of a preset model answers on the preset's engine under the preset's offer: its access rules
+(frozen 81006, not activated or not claimed 81004, expired 81014, quota used up 81005), its model-level RPM/TPM
+(one window with the preset itself) and its free quota (the LoRA's tokens count, also after a restart).
+
+The accounting actor's class runs here in-process on a real SQLite database; no Ray cluster is needed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from cluster.accounting.actor import AccountingActor
+from cluster.presets.service import register_builtin_models
+from cluster.state.db import ApiKey, ModelVersion, MyModel, Preset, PresetGrant, Project, migrate, session_scope
+from serve_apps.contract import hash_key
+
+pytestmark = pytest.mark.db
+SECRET = "sk-offer-test"
+Actor = AccountingActor.__ray_actor_class__  # the plain class behind the Ray actor
+
+
+@pytest.fixture
+def url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'maas.db'}"
+    migrate(url)
+    with session_scope(url) as session:
+        register_builtin_models(session, ["tiny-chat"])
+        session.add(Project(id="p1", name="p1"))
+        session.flush()
+        session.add(ApiKey(id="k1", project_id="p1", label="k1", description="k1", key_hash=hash_key(SECRET),
+                           prefix="sk-o", suffix="test"))
+        session.add(MyModel(id="mdl-1", project_id="p1", name="mine", base_model="tiny-chat"))
+        session.flush()
+        session.add(ModelVersion(id="mv-1", model_id="mdl-1", version=1, path="/nowhere/adapter", kind="lora"))
+    return url
+
+
+def _offer(url: str, **values) -> None:
+    with session_scope(url) as session:
+        preset = session.get(Preset, "tiny-chat")
+        for name, value in values.items():
+            setattr(preset, name, value)
+
+
+def _grant(url: str, frozen: bool = False) -> None:
+    with session_scope(url) as session:
+        grant = session.get(PresetGrant, ("p1", "tiny-chat")) or PresetGrant(project_id="p1", model_id="tiny-chat")
+        grant.frozen = frozen
+        session.add(grant)
+
+
+def _admit(actor, model: str, max_tokens: int = 10) -> dict:
+    return actor._admit((hash_key(SECRET), model, 5, max_tokens))
+
+
+def _settle(actor, answer: dict, tokens: int) -> None:
+    record = answer["record"] | {"request_id": uuid.uuid4().hex, "ts": time.time(), "prompt_tokens": tokens,
+                                 "completion_tokens": 0, "status_code": 200}
+    asyncio.run(actor.settle_many([(answer["reservation"], record)]))
+
+
+def test_the_lora_of_a_free_preset_with_a_quota_needs_the_claim_and_draws_on_the_quota(url):
+    _offer(url, free_quota_tokens=100)
+    actor = Actor(url)
+    assert _admit(actor, "mine")["error"] == "ModelArts.81004"  # not claimed: as the preset itself
+    assert _admit(actor, "tiny-chat")["error"] == "ModelArts.81004"
+    _grant(url)
+    actor.reload()
+    answer = _admit(actor, "mine")
+    assert "error" not in answer and answer["route"]["kind"] == "lora"
+    _settle(actor, answer, 120)  # the LoRA's tokens use up the preset's free quota
+    assert _admit(actor, "mine")["error"] == "ModelArts.81005"
+    assert _admit(actor, "tiny-chat")["error"] == "ModelArts.81005"
+    restarted = Actor(url)  # the quota used is rebuilt from the usage records, LoRA calls included
+    assert _admit(restarted, "mine-v1")["error"] == "ModelArts.81005"
+
+
+def test_the_lora_of_a_frozen_expired_or_unactivated_preset_is_refused_like_the_preset(url):
+    _grant(url, frozen=True)
+    actor = Actor(url)
+    assert _admit(actor, "mine")["error"] == "ModelArts.81006"
+    _grant(url, frozen=False)
+    _offer(url, expires_at=int(time.time()) - 1)
+    actor.reload()
+    assert _admit(actor, "mine")["error"] == "ModelArts.81014"
+    _offer(url, expires_at=None, kind="commercial")
+    with session_scope(url) as session:
+        session.delete(session.get(PresetGrant, ("p1", "tiny-chat")))
+    actor.reload()
+    assert _admit(actor, "mine")["error"] == "ModelArts.81004"  # a commercial preset not activated
+    _grant(url)
+    actor.reload()
+    assert "error" not in _admit(actor, "mine")
+
+
+def test_the_lora_shares_the_presets_model_level_rpm_and_tpm_window(url):
+    _offer(url, rpm=2, tpm=10**9)
+    actor = Actor(url)
+    assert "error" not in _admit(actor, "mine")
+    assert "error" not in _admit(actor, "tiny-chat")
+    refused = _admit(actor, "mine")
+    assert refused["error"] == "ModelArts.81101" and refused["params"] == {"rpm": 2}
+    _offer(url, rpm=10**6, tpm=100)
+    fresh = Actor(url)
+    assert _admit(fresh, "mine", max_tokens=200)["error"] == "ModelArts.81103"
