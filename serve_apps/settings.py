@@ -25,6 +25,8 @@ class PlaneSettings(BaseSettings):
     moderation_terms_file: Path | None = Field(None, description="More terms, one a line (default: "
                                                                  "$MAAS_HOME/moderation_terms.txt).")
     moderator: str | None = Field(None, description="module:Class of another moderator.")
+    metrics_token: str | None = Field(None, description="A bearer token that may read /metrics (besides the "
+                                                        "admin key), for a Prometheus scraper.")
 
     @field_validator("home")
     @classmethod

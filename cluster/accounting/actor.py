@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from cluster.accounting.metrics import UsageMetrics
 from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
 from cluster.accounting.windows import Limit, Reservation, Windows
-from cluster.state.db import ApiKey, UsageRecord, get_engine, session_scope
+from cluster.state.db import AdminKey, ApiKey, UsageRecord, get_engine, session_scope
 from serve_apps.contract import (ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute,
                                  ModelList, RecordBase, Route, Settlement, UsageRecord as UsageRecordDict)
 
@@ -42,7 +42,7 @@ def _row(record: UsageRecordDict) -> dict:
     """A usage_records row: defaults filled, free text cut to its column (PostgreSQL refuses longer)."""
     row = RECORD_DEFAULTS | record
     for column, size in (("model", 128), ("client_ip", 64), ("error_code", 64), ("service_id", 128)):
-        row[column] = (row[column] or "")[:size]
+        row[column] = (row[column] or "").replace("\x00", "")[:size]  # PostgreSQL refuses NUL in text
     return row
 
 
@@ -74,6 +74,7 @@ class AccountingActor:
         with session_scope(self._url) as session:
             self._keys = {row.key_hash: {"key_id": row.id, "project_id": row.project_id, "hash": row.key_hash}
                           for row in session.scalars(select(ApiKey))}
+            self._admins = list(session.scalars(select(AdminKey.key_hash)))
             self._routes = load_routes(session)
             self._free_used = {}
             for (project_id, model_id), grant in self._routes.grants.items():
@@ -282,7 +283,10 @@ class AccountingActor:
             return {"error": "ModelArts.81003"}
         return {"caller": caller, "models": self._routes.visible(caller["project_id"])}
 
-    def metrics_text(self) -> bytes:
+    def metrics_text(self, admin_key_hash: str | None = None) -> bytes | None:
+        """The exposition, for the admin key (its hash) or None: the gateway already checked the metrics token."""
+        if admin_key_hash is not None and not any(hmac.compare_digest(admin_key_hash, h) for h in self._admins):
+            return None
         return self._metrics.exposition()
 
     def usage_in_window(self, window_key: str) -> int:

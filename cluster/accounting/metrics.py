@@ -6,14 +6,18 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LABELS = ("project", "service", "endpoint", "key_id", "model")
+UNKNOWN = "(unknown)"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _TOKEN_BUCKETS = (1, 8, 32, 128, 512, 2048, 8192, 32768, 131072)
 
 
 def _labels(record: dict) -> dict[str, str]:
+    """Known ids and names only: a name that resolved to nothing is `(unknown)`, never the caller's text
+    (random model names would grow the label set without bound)."""
+    known = bool(record.get("service_id"))
     return {"project": record.get("project_id", ""), "service": record.get("service_id", ""),
             "endpoint": record.get("endpoint_id", ""), "key_id": record.get("key_id", ""),
-            "model": record.get("model", "")}
+            "model": record.get("model", "") if known else UNKNOWN}
 
 
 class UsageMetrics:

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from cluster.endpoints.schemas import EndpointCreate, EndpointUpdate, EndpointView
 from cluster.state.db import Endpoint, Preset, PresetGrant, Service, now
-from cluster.state.lookup import owned
+from cluster.state.lookup import lock_project, owned
 from serve_apps.errors import PlatformError
 
 MAX_LIVE_ENDPOINTS = 10
@@ -42,6 +42,7 @@ def live(session: Session, project_id: str, name_or_id: str) -> Endpoint:
 
 
 def create_endpoint(session: Session, project_id: str, spec: EndpointCreate) -> EndpointView:
+    lock_project(session, project_id)  # parallel creates count one after another
     count = session.scalar(select(func.count()).select_from(Endpoint).where(
         Endpoint.project_id == project_id, Endpoint.deleted_at.is_(None)))
     if count >= MAX_LIVE_ENDPOINTS:

@@ -17,8 +17,8 @@ router = APIRouter(prefix="/v1/{project_id}/keys", tags=["keys"])
 async def create_key(project_id: ProjectId, spec: KeyCreate):
     with session_scope(database_url()) as session:
         created, key_hash = service.create_key(session, project_id, spec)
-        # The key works once the actor knows it; commit only after that so both agree.
-        await accounting_actor().add_key.remote(key_hash, created.id, project_id)
+    # Committed first: a reload of the actor in between can only see the key, never lose it.
+    await accounting_actor().add_key.remote(key_hash, created.id, project_id)
     return created
 
 
@@ -32,5 +32,6 @@ async def list_keys(project_id: ProjectId):
 async def delete_key(project_id: ProjectId, key_id: str):
     with session_scope(database_url()) as session:
         key_hash = service.delete_key(session, project_id, key_id)
-        # Revoke before the row goes: if the commit fails, the actor's reload brings the key back.
-        await accounting_actor().revoke_key.remote(key_hash)
+    # Committed first, then revoked: a reload before the commit could otherwise bring the deleted key back
+    # (the actor runs reloads and revokes one at a time, so none can interleave with this one).
+    await accounting_actor().revoke_key.remote(key_hash)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from cluster.keys.schemas import KeyCreate, KeyCreated, KeyView
 from cluster.state.db import ApiKey
-from cluster.state.lookup import owned
+from cluster.state.lookup import lock_project, owned
 from serve_apps.contract import hash_key
 from serve_apps.errors import PlatformError
 
@@ -22,6 +22,7 @@ def new_secret() -> str:
 
 
 def create_key(session: Session, project_id: str, spec: KeyCreate) -> tuple[KeyCreated, str]:
+    lock_project(session, project_id)  # parallel creates count one after another
     live = session.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.project_id == project_id))
     if live >= MAX_LIVE_KEYS:
         raise PlatformError("MaaS.0400", reason=f"At most {MAX_LIVE_KEYS} API keys can exist at once; "

@@ -8,6 +8,7 @@ Streams always ask the engine for usage; the usage chunk is removed again for cl
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import time
@@ -23,7 +24,8 @@ from ray import serve
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from serve_apps.catalog import CatalogModel
-from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Route
+from serve_apps.contract import (ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Route, bearer_token,
+                                 hash_key)
 from serve_apps.errors import OpenAIError, PlatformError, error_for
 from serve_apps.gateway.admission import (Call, NaturalBatcher, Settler, client_ip, estimate_prompt_tokens,
                                           is_actor_error)
@@ -33,6 +35,7 @@ from serve_apps.gateway.streams import StreamRelay
 from serve_apps.model_app import supports
 from serve_apps.moderation import load_moderator, request_text
 from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_request
+from serve_apps.settings import plane_settings
 
 log = logging.getLogger("maas.gateway")
 
@@ -189,9 +192,19 @@ class Gateway:
         return {"object": "list", "data": sorted(data, key=lambda m: m["id"])}
 
     @app.get("/metrics")
-    async def metrics(self):
+    async def metrics(self, request: Request):
+        """Prometheus metrics of every call: for the admin key or MAAS_METRICS_TOKEN only (they name every
+        project, key id and endpoint)."""
+        secret = bearer_token(request.headers.get("authorization", ""))
+        if not secret:
+            raise PlatformError("ModelArts.81002")
+        token = plane_settings().metrics_token
+        scraper = bool(token) and hmac.compare_digest(secret.encode(), token.encode())
         actor = await self._accounting()
-        return Response(await actor.metrics_text.remote(), media_type="text/plain; version=0.0.4")
+        text = await actor.metrics_text.remote(None if scraper else hash_key(secret))
+        if text is None:
+            raise PlatformError("ModelArts.81003")
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request):
