@@ -135,8 +135,9 @@ def prepare(model_ids: list[str]) -> str | None:
 class ControlPlane:
     def __init__(self, model_ids: list[str]):
         secret = prepare(model_ids)
-        if secret:
-            log.warning("Generated the admin key (shown once): %s", secret)
+        if secret:  # a `serve deploy` without `maas up`: the key goes to the credentials file, never to a log
+            auth.save_credentials(get_settings().credentials_file, secret)
+            log.warning("Generated the admin key; it is in %s (mode 0600)", get_settings().credentials_file)
         actor = accounting.get_or_create(get_settings().database_url)
         ray.get(actor.reload.remote())
         reconciler.start(get_settings().database_url)

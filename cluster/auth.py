@@ -3,7 +3,9 @@ control plane's route dependencies (`cluster.deps`) ask here; no HTTP here."""
 
 from __future__ import annotations
 
+import os
 import secrets
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -31,3 +33,18 @@ def is_admin(session: Session, secret: str) -> bool:
 def key_project(session: Session, secret: str) -> str | None:
     """The project of an API key, or None when no such key exists."""
     return session.scalar(select(ApiKey.project_id).where(ApiKey.key_hash == hash_key(secret)))
+
+
+def save_credentials(path: Path, secret: str) -> None:
+    """Write the admin key for the CLI: created 0600 from the start (never readable by others, not even for a
+    moment), replacing an older file atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -163,6 +163,7 @@ def _quiet_driver_logs() -> None:
 def up(console: Console, timeout_s: int = 600) -> UpResult:
     _quiet_driver_logs()
     from cluster.app import prepare
+    from cluster.auth import save_credentials
     from serve_apps.catalog import builtin
     from serve_apps.model_app import ensure_built
 
@@ -177,8 +178,7 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
             ensure_built(builtin(model), settings.models_dir)
     new_admin_key = prepare(model_apps)
     if new_admin_key:
-        settings.credentials_file.write_text(new_admin_key + "\n")
-        settings.credentials_file.chmod(0o600)
+        save_credentials(settings.credentials_file, new_admin_key)
     dashboard = _connect(console)
     deploy(console)
     deadline = start + timeout_s
