@@ -11,6 +11,7 @@ Another checker plugs in with `MAAS_MODERATOR=package.module:ClassName` (a no-ar
 from __future__ import annotations
 
 import importlib
+import json
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,17 +69,39 @@ def load_moderator() -> Moderator:
     return getattr(importlib.import_module(module), name)()
 
 
+def _get(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def message_text(message: Any) -> str:
+    """Every text of one chat message (or stream delta) the model reads or writes: its content (text parts),
+    its reasoning, and the names and arguments of its tool calls."""
+    parts = []
+    content = _get(message, "content")
+    if isinstance(content, str):
+        parts.append(content)
+    elif isinstance(content, list):
+        parts += [p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    for name in ("reasoning_content", "reasoning"):
+        if isinstance(_get(message, name), str):
+            parts.append(_get(message, name))
+    for call in _get(message, "tool_calls") or []:
+        function = _get(call, "function") or {}
+        parts += [v for v in (_get(function, "name"), _get(function, "arguments")) if isinstance(v, str)]
+    return "\n".join(p for p in parts if p)
+
+
 def request_text(body: Any) -> str:
-    """The text a chat or completion request sends to the model."""
+    """The text a chat or completion request sends to the model: every message, and the tools' names,
+    descriptions and parameter schemas."""
     if getattr(body, "messages", None) is not None:
-        parts = []
-        for message in body.messages:
-            content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts += [p.get("text", "") for p in content if isinstance(p, dict)]
-        return "\n".join(parts)
+        parts = [message_text(message) for message in body.messages]
+        for tool in getattr(body, "tools", None) or []:
+            function = _get(tool, "function") or {}
+            parts += [v for v in (_get(function, "name"), _get(function, "description")) if isinstance(v, str)]
+            if _get(function, "parameters") is not None:
+                parts.append(json.dumps(_get(function, "parameters"), ensure_ascii=False))
+        return "\n".join(p for p in parts if p)
     prompt = getattr(body, "prompt", "")
     if isinstance(prompt, list):
         return "\n".join(p for p in prompt if isinstance(p, str))

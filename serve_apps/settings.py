@@ -6,7 +6,8 @@ gateway) may not import `cluster`, so what it needs lives here.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import ipaddress
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,8 @@ class PlaneSettings(BaseSettings):
     moderation_terms_file: Path | None = Field(None, description="More terms, one a line (default: "
                                                                  "$MAAS_HOME/moderation_terms.txt).")
     moderator: str | None = Field(None, description="module:Class of another moderator.")
+    trusted_proxies: str = Field("", description="Peers (IPs or networks, comma-separated) whose X-Forwarded-For "
+                                                 "header is believed; none by default.")
     metrics_token: str | None = Field(None, description="A bearer token that may read /metrics (besides the "
                                                         "admin key), for a Prometheus scraper.")
 
@@ -32,6 +35,11 @@ class PlaneSettings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @cached_property
+    def trusted_proxy_networks(self) -> list:
+        return [ipaddress.ip_network(item.strip(), strict=False) for item in self.trusted_proxies.split(",")
+                if item.strip()]
 
     @property
     def models_dir(self) -> Path:

@@ -51,7 +51,7 @@ def check(action: str, row: TuningJob) -> None:
 
 
 # -- datasets ------------------------------------------------------------------------------------------
-def _datasets_dir(project_id: str) -> Path:
+def datasets_dir(project_id: str) -> Path:
     return get_settings().home / "datasets" / project_id
 
 
@@ -62,7 +62,7 @@ def store_dataset(project_id: str, filename: str | None, data: BinaryIO) -> dict
     name = Path(filename or "dataset.jsonl").name
     if name in ("", ".", "..") or name.startswith("."):
         name = "dataset.jsonl"
-    target = _datasets_dir(project_id) / dataset_id / name
+    target = datasets_dir(project_id) / dataset_id / name
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     try:
@@ -82,7 +82,7 @@ def dataset_path(project_id: str, ref: str) -> Path:
     """An upload of this project (`ds-...`), or a file under a data root an admin configured
     (MAAS_DATA_ROOTS); nothing else: a job must not make the platform read any file it can."""
     if ref.startswith("ds-"):
-        found = list((_datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.match(ref) else []
+        found = list((datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.match(ref) else []
         if not found:
             raise PlatformError("MaaS.0404", what=f"Dataset {ref!r}")
         return found[0]

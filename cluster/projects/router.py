@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 from fastapi import APIRouter
 
 from cluster.deps import Admin, Confirmed, database_url
 from cluster.projects import service
 from cluster.projects.schemas import ProjectCreate, ProjectView
+from cluster.finetune.service import datasets_dir
 from cluster.state.db import session_scope
 
 router = APIRouter(prefix="/v1/projects", tags=["projects"])
@@ -29,3 +32,4 @@ async def list_projects(_: Admin):
 async def delete_project(project_id: str, _: Admin, _confirmed: DeleteConfirmed):
     with session_scope(database_url()) as session:
         service.delete_project(session, project_id)
+    shutil.rmtree(datasets_dir(project_id), ignore_errors=True)  # its dataset uploads

@@ -5,6 +5,7 @@ actor writes it to SQL first), so killing the actor loses nothing that was answe
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import uuid
@@ -14,6 +15,7 @@ from typing import Any, Awaitable, Callable
 import ray
 
 from serve_apps.contract import RecordBase, Settlement, UsageRecord
+from serve_apps.settings import plane_settings
 
 log = logging.getLogger("maas.gateway")
 
@@ -131,11 +133,22 @@ class Settler:
         return len(self._pending)
 
 
-def client_ip(headers, client) -> str:
-    """The first X-Forwarded-For value (spec §9.2), else the peer; `-` counts as unknown."""
+def client_ip(headers, client, trusted: list | None = None) -> str:
+    """The caller's IP: the first X-Forwarded-For value (spec §9.2) when the peer is a trusted proxy
+    (MAAS_TRUSTED_PROXIES), else the peer itself; `-` counts as unknown."""
+    peer = client.host if client else ""
     forwarded = headers.get("x-forwarded-for", "")
-    ip = forwarded.split(",")[0].strip() if forwarded else (client.host if client else "")
+    trusted = plane_settings().trusted_proxy_networks if trusted is None else trusted
+    ip = forwarded.split(",")[0].strip() if forwarded and _in(peer, trusted) else peer
     return "" if ip == "-" else ip
+
+
+def _in(address: str, networks: list) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(parsed in network for network in networks)
 
 
 def estimate_prompt_tokens(text: str) -> int:

@@ -30,10 +30,11 @@ from serve_apps.errors import OpenAIError, PlatformError, error_for
 from serve_apps.gateway.admission import (Call, NaturalBatcher, Settler, client_ip, estimate_prompt_tokens,
                                           is_actor_error)
 from serve_apps.gateway.guard import GatewayGuard
-from serve_apps.gateway.protocol import ChatRequest, CompletionRequest, EmbeddingRequest, RerankRequest
+from serve_apps.gateway.protocol import (ChatRequest, CompletionRequest, EmbeddingRequest, RerankRequest,
+                                         completion_budget)
 from serve_apps.gateway.streams import StreamRelay
 from serve_apps.model_app import supports
-from serve_apps.moderation import load_moderator, request_text
+from serve_apps.moderation import load_moderator, message_text, request_text
 from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_request
 from serve_apps.settings import plane_settings
 
@@ -161,8 +162,7 @@ class Gateway:
 
     async def _route(self, request: Request, body, kind: str, text: str = "") -> tuple[Routed, Call, Any]:
         """Admit the call (auth, access, limits, TPM reservation) and find the engine that answers it."""
-        answer = await self.admit(request, body.model, estimate_prompt_tokens(text),
-                                  getattr(body, "max_tokens", None))
+        answer = await self.admit(request, body.model, estimate_prompt_tokens(text), completion_budget(body))
         route = answer.get("route")
         call = Call(answer["record"], client_ip(request.headers, request.client), answer.get("reservation"),
                     stream=bool(getattr(body, "stream", False)))
@@ -239,7 +239,7 @@ class Gateway:
             for choice in content.get("choices", []):
                 if "message" in choice:
                     _rename_reasoning(choice["message"])
-                    texts.append(choice["message"].get("content") or "")
+                    texts.append(message_text(choice["message"]))
                 texts.append(choice.get("text") or "")
             if moderator is not None and moderator.flagged("\n".join(texts)):
                 raise PlatformError("ModelArts.81011")

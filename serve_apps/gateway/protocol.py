@@ -3,22 +3,52 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from serve_apps.ray_compat import ChatCompletionRequest as _Chat
 from serve_apps.ray_compat import CompletionRequest as _Completion
 from serve_apps.ray_compat import EmbeddingCompletionRequest as _Embedding
 
 _STRICT = ConfigDict(extra="forbid")
+MAX_CHOICES = 16
+
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+TokenCount = Annotated[int | None, Field(ge=1, description="At least 1: a call that may produce nothing is refused.")]
+Choices = Annotated[int | None, Field(ge=1, le=MAX_CHOICES)]
 
 
 class ChatRequest(_Chat):
     model_config = _STRICT
     model: str
+    max_tokens: TokenCount = None
+    max_completion_tokens: TokenCount = None
+    n: Choices = 1
+
+    @field_validator("messages")
+    @classmethod
+    def _roles(cls, messages: list) -> list:
+        for index, message in enumerate(messages):
+            role = message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+            if role not in ROLES:
+                raise ValueError(f"messages[{index}].role must be one of {', '.join(ROLES)}, not {role!r}")
+        return messages
 
 
 class CompletionRequest(_Completion):
     model_config = _STRICT
     model: str
+    max_tokens: TokenCount = 16
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
+
+
+def completion_budget(body) -> int | None:
+    """The most tokens a call may generate, over all its choices: what admission reserves against TPM (None:
+    no maximum given, the rest of the context is reserved)."""
+    per_choice = getattr(body, "max_completion_tokens", None) or getattr(body, "max_tokens", None)
+    choices = max(getattr(body, "n", None) or 1, getattr(body, "best_of", None) or 1)
+    return None if per_choice is None else per_choice * choices
 
 
 class EmbeddingRequest(_Embedding):

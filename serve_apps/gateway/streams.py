@@ -13,7 +13,7 @@ from typing import AsyncIterator
 
 from serve_apps.errors import OpenAIError
 from serve_apps.gateway.admission import Call
-from serve_apps.moderation import Moderator, StreamCheck
+from serve_apps.moderation import Moderator, StreamCheck, message_text
 from serve_apps.ray_compat import ErrorResponse
 
 
@@ -28,10 +28,11 @@ def _payload(chunk: str) -> dict | None:
 
 
 def _delta_text(payload: dict) -> str:
+    """Every text a chunk carries: content, reasoning, tool-call arguments (all are moderated)."""
     parts = []
     for choice in payload.get("choices") or []:
         delta = choice.get("delta") or {}
-        parts.append(delta.get("content") or choice.get("text") or "")
+        parts.append(message_text(delta) or choice.get("text") or "")
     return "".join(parts)
 
 
