@@ -1,7 +1,11 @@
-"""One real platform per test session: a dedicated Ray head, `maas up`, real vLLM engines, SQLite.
+"""One real platform per test session: a dedicated Ray head, `maas up`, real vLLM engines, SQLite (PostgreSQL
+with MAAS_TEST_DATABASE=postgres).
 
 The built models are cached across sessions (MAAS_TEST_CACHE, default ~/.cache/maas-tests) because
 building tiny-chat takes minutes; the database and everything else are new for every session.
+
+Tests that restart or otherwise disturb the shared platform carry `@pytest.mark.disruptive` and run at the
+end of the session (pytest_collection_modifyitems below), whatever their module's name.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -20,11 +23,15 @@ import httpx
 import openai
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-# MAAS_TEST_SLOT=N moves every port of the tests' cluster, so two test sessions can run side by side.
-SLOT = int(os.environ.get("MAAS_TEST_SLOT", "0"))
-RAY_PORT, DASHBOARD_PORT, SERVE_PORT = 6390 + 10 * SLOT, 8275 + 10 * SLOT, 8380 + 10 * SLOT
+from tests.helpers import BIN, RAY_PORT, SERVE_PORT, SLOT, start_ray_head, stop_ray
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Disruptive tests last, in their collection order; every other test keeps its place."""
+    calm = [item for item in items if item.get_closest_marker("disruptive") is None]
+    disruptive = [item for item in items if item.get_closest_marker("disruptive") is not None]
+    items[:] = calm + disruptive
 
 
 @dataclass
@@ -58,37 +65,8 @@ class Platform:
                             headers={"Authorization": f"Bearer {self.admin_key}"})
 
 
-RAY_TEMP_DIR = f"/tmp/maas-test-ray-{RAY_PORT}"
-
-
-def start_ray_head(env: dict) -> None:
-    """A Ray head of the tests' own (own ports and temp dir), beside any cluster a developer runs."""
-    done = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={RAY_PORT}",
-                           f"--dashboard-port={DASHBOARD_PORT}", f"--temp-dir={RAY_TEMP_DIR}",
-                           f"--ray-client-server-port={RAY_PORT + 1}", f"--dashboard-agent-listen-port={52400 + SLOT}",
-                           f"--min-worker-port={30000 + 3000 * SLOT}", f"--max-worker-port={32999 + 3000 * SLOT}",
-                           "--num-cpus=16", "--disable-usage-stats",
-                           "--dashboard-host=127.0.0.1"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-
-
-def stop_ray(env: dict) -> None:
-    """Stop only the tests' cluster: `ray stop` would stop every Ray cluster on the machine."""
-    import psutil
-
-    roots = [p for p in psutil.process_iter(["cmdline"])
-             if any(RAY_TEMP_DIR in arg or arg.endswith(f":{RAY_PORT}") for arg in p.info["cmdline"] or [])]
-    victims = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
-    for proc in victims.values():
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(list(victims.values()), timeout=30)
-
-
 @pytest.fixture(scope="session")
-def platform() -> Platform:
+def platform(tmp_path_factory) -> Platform:
     cache = Path(os.environ.get("MAAS_TEST_CACHE", Path.home() / ".cache" / "maas-tests")) / "models"
     cache.mkdir(parents=True, exist_ok=True)
     home = Path(os.environ.get("MAAS_TEST_HOME") or tempfile.mkdtemp(prefix="maas-test-"))
@@ -101,9 +79,14 @@ def platform() -> Platform:
         from tests.pg import postgres_url
 
         database_url = postgres_url(f"maas_slot{SLOT}")
+    temp = tmp_path_factory.getbasetemp()  # every tmp_path and tmp_path_factory folder of the session
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MAAS_"))} | {
         "MAAS_HOME": str(home), "MAAS_PORT": str(SERVE_PORT), "MAAS_ADMIN_KEY": admin_key,
         "MAAS_DATABASE_URL": database_url,
+        # The tests' weights and datasets are in pytest's temp folders (a version may also be added from one in
+        # the model store); their webhooks listen on 127.0.0.1, and they send X-Forwarded-For from there.
+        "MAAS_IMPORT_ROOTS": os.pathsep.join([str(temp), str(cache.resolve())]), "MAAS_DATA_ROOTS": str(temp),
+        "MAAS_WEBHOOK_ALLOW": "127.0.0.1", "MAAS_TRUSTED_PROXIES": "127.0.0.1",
         "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
     }
     stop_ray(env)

@@ -1,0 +1,91 @@
+"""What several test modules share (not a conftest: tests import from here, never from a conftest or from
+another test module): the tests' own Ray cluster (ports, temp dir, start and stop), waiting for a service's
+status, and the database backends the db tier runs on."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+# MAAS_TEST_SLOT=N moves every port of the tests' cluster, so two test sessions can run side by side.
+SLOT = int(os.environ.get("MAAS_TEST_SLOT", "0"))
+RAY_PORT, DASHBOARD_PORT, SERVE_PORT = 6390 + 10 * SLOT, 8275 + 10 * SLOT, 8380 + 10 * SLOT
+RAY_TEMP_DIR = f"/tmp/maas-test-ray-{RAY_PORT}"
+
+
+def start_ray_head(env: dict) -> None:
+    """A Ray head of the tests' own (own ports and temp dir), beside any cluster a developer runs."""
+    done = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={RAY_PORT}",
+                           f"--dashboard-port={DASHBOARD_PORT}", f"--temp-dir={RAY_TEMP_DIR}",
+                           f"--ray-client-server-port={RAY_PORT + 1}", f"--dashboard-agent-listen-port={52400 + SLOT}",
+                           f"--min-worker-port={30000 + 3000 * SLOT}", f"--max-worker-port={32999 + 3000 * SLOT}",
+                           "--num-cpus=16", "--disable-usage-stats",
+                           "--dashboard-host=127.0.0.1"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def stop_ray(env: dict) -> None:
+    """Stop only the tests' cluster: `ray stop` would stop every Ray cluster on the machine."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"])
+             if any(RAY_TEMP_DIR in arg or arg.endswith(f":{RAY_PORT}") for arg in p.info["cmdline"] or [])]
+    victims = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+    for proc in victims.values():
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(list(victims.values()), timeout=30)
+
+
+def wait_status(platform, service: str, statuses: set[str], timeout: float = 420, project: str = "default") -> dict:
+    """Poll a model service (id or name) until its status is one of `statuses`; its view then."""
+    deadline, view = time.time() + timeout, None
+    with platform.admin() as admin:
+        while time.time() < deadline:
+            response = admin.get(f"/{project}/services/{service}")
+            view = response.json()
+            if response.status_code == 200 and view["status"] in statuses:
+                return view
+            time.sleep(1)
+    pytest.fail(f"service {service} did not reach {statuses} in {timeout} s: {view}")
+
+
+# -- the db tier's backends -------------------------------------------------------------------------------
+def postgres_enabled() -> bool:
+    """PostgreSQL runs when asked for: MAAS_TEST_DATABASE=postgres (make test's second pass), a server of the
+    caller's own (MAAS_TEST_POSTGRES_URL), or MAAS_REQUIRE_POSTGRES=1. Otherwise the db tier is SQLite only."""
+    return (os.environ.get("MAAS_TEST_DATABASE") == "postgres" or bool(os.environ.get("MAAS_TEST_POSTGRES_URL"))
+            or os.environ.get("MAAS_REQUIRE_POSTGRES") == "1")
+
+
+# Parameters of a fixture that gives a database URL: the postgresql one carries the `postgres` marker, which
+# tests/conftest.py turns into a skip unless postgres_enabled().
+DATABASES = [pytest.param("sqlite", id="sqlite"),
+             pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgres)]
+
+
+# -- my models (tests/db/test_my_models.py, tests/e2e/test_my_models.py) -----------------------------------
+STRUCTURE_ERROR = {"error_code": "Modelarts.6206",
+                   "error_msg": "Key fields describing the model structure are missing from config.json, or "
+                                "their values are inconsistent with standard open source"}
+
+
+def lora_adapter(folder: Path, **changes) -> Path:
+    """A LoRA adapter folder as peft writes it (the checks read adapter_config.json only)."""
+    import json
+
+    folder.mkdir(parents=True)
+    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
+              "base_model_name_or_path": "tiny-chat"} | changes
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    return folder
