@@ -1,5 +1,6 @@
-"""The SQL layer on both backends: Alembic migrations and the API-key rules of cluster.keys, on SQLite and on a
-real PostgreSQL server (tests/pg.py starts one, installing it first when it is missing). No Ray, no engines."""
+"""The SQL layer on both backends: Alembic migrations, the API-key rules of cluster.keys and the admin key of
+cluster.auth, on SQLite and on a real PostgreSQL server (with MAAS_TEST_DATABASE=postgres: tests/pg.py starts
+one, installing it first when it is missing). No Ray, no engines."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from cluster import keys
-from cluster.db import DEFAULT_PROJECT, AdminKey, ApiKey, Base, Project, ServedModel, get_engine, migrate, \
+from cluster import auth
+from cluster.keys import service as keys
+from cluster.keys.schemas import KeyCreate
+from cluster.state.db import DEFAULT_PROJECT, AdminKey, ApiKey, Base, Project, ServedModel, get_engine, migrate, \
     session_scope
+from serve_apps.contract import hash_key
 from serve_apps.errors import PlatformError
+from tests.helpers import DATABASES
 from tests.pg import postgres_url
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def url(request, tmp_path):
     """A new, empty database per test (a new database on the one PostgreSQL server of the session)."""
     if request.param == "sqlite":
@@ -38,17 +43,17 @@ def _alembic(url):
 
     from alembic.config import Config
 
-    import cluster.db
+    import cluster.state.db
 
     config = Config()
-    config.set_main_option("script_location", str(Path(cluster.db.__file__).parent / "migrations"))
+    config.set_main_option("script_location", str(Path(cluster.state.db.__file__).parent / "migrations"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
 
 def _new_key(url, label, project=DEFAULT_PROJECT, description="d"):
     with session_scope(url) as session:
-        return keys.create_key(session, project, keys.KeyCreate(label=label, description=description))
+        return keys.create_key(session, project, KeyCreate(label=label, description=description))
 
 
 def _list(url, project=DEFAULT_PROJECT):
@@ -93,7 +98,7 @@ def test_migrate_reaches_head_twice_and_matches_the_models(url):
 def test_key_create_list_delete(db):
     first, first_hash = _new_key(db, "first", description="for a script")
     second, _ = _new_key(db, "second-key_2")
-    assert first.key.startswith("sk-") and first_hash == keys.hash_key(first.key)
+    assert first.key.startswith("sk-") and first_hash == hash_key(first.key)
     assert first.key_masked == first.key[:4] + "*" * 8 + first.key[-4:]
     listed = _list(db)
     assert {k.label for k in listed} == {"first", "second-key_2"}
@@ -106,7 +111,7 @@ def test_key_create_list_delete(db):
         assert row.key_hash == first_hash and first.key not in (row.prefix + row.suffix + row.key_hash)
 
     assert _delete(db, first.id) == first_hash  # by id
-    assert _delete(db, "second-key_2") == keys.hash_key(second.key)  # by label
+    assert _delete(db, "second-key_2") == hash_key(second.key)  # by label
     assert _list(db) == []
     with pytest.raises(PlatformError) as err:
         _delete(db, first.id)
@@ -166,16 +171,16 @@ def test_lookups_with_oversized_ids_are_misses_not_errors(db):
 
 def test_admin_key(db):
     with session_scope(db) as session:
-        assert keys.ensure_admin_key(session, "admin-chosen") is None  # chosen: nothing to show
+        assert auth.ensure_admin_key(session, "admin-chosen") is None  # chosen: nothing to show
     with session_scope(db) as session:
-        assert keys.ensure_admin_key(session, None) is None  # exists already: no second one
-        assert keys.is_admin(session, "admin-chosen") and not keys.is_admin(session, "admin-other")
+        assert auth.ensure_admin_key(session, None) is None  # exists already: no second one
+        assert auth.is_admin(session, "admin-chosen") and not auth.is_admin(session, "admin-other")
         assert session.scalar(sa.select(sa.func.count()).select_from(AdminKey)) == 1
         session.execute(sa.delete(AdminKey))
     with session_scope(db) as session:
-        generated = keys.ensure_admin_key(session, None)
+        generated = auth.ensure_admin_key(session, None)
     with session_scope(db) as session:
-        assert generated.startswith("admin-") and keys.is_admin(session, generated)
+        assert generated.startswith("admin-") and auth.is_admin(session, generated)
         assert session.scalar(sa.select(AdminKey.id)) >= 1  # autoincrement works on both
 
 
@@ -202,7 +207,7 @@ def test_served_model_card_json_round_trip(db):
 def test_ids_limits_and_quotas_past_32_bits(db):
     """A usage record id past 2**31 (PostgreSQL's INTEGER ends there) and limits/quotas above it are stored
     and read back; the id sequence keeps counting from there."""
-    from cluster.db import MAX_BIGINT, Endpoint, Preset, ServiceEvent, UsageRecord
+    from cluster.state.db import MAX_BIGINT, Endpoint, Preset, ServiceEvent, UsageRecord
 
     big = 5_000_000_000
     with session_scope(db) as session:

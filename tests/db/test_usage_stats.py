@@ -1,6 +1,8 @@
-"""Call statistics (spec §9.2) on real databases: SQLite and PostgreSQL (tests/pg.py, or MAAS_TEST_POSTGRES_URL).
+"""Call statistics (spec §9.2) on real databases: SQLite, and PostgreSQL with MAAS_TEST_DATABASE=postgres
+(tests/pg.py) or MAAS_TEST_POSTGRES_URL.
 
-No Ray: the statistics are pure functions of a Session; the REST routes and the CLI run on a local uvicorn."""
+No Ray: the statistics are pure functions of a Session; the REST routes and the CLI run on a local uvicorn.
+(The rules that need no database: tests/unit/test_usage_rules.py.)"""
 
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ import pytest
 from openpyxl import load_workbook
 from sqlalchemy import delete
 
-from cluster import usage_stats
-from cluster.db import Project, UsageRecord, migrate, session_scope
-from cluster.usage_stats import UsageQuery, error_message, stats
+from cluster.state.db import Project, UsageRecord, migrate, session_scope
+from cluster.usage import stats as usage_stats
+from cluster.usage.export import export_xlsx
+from cluster.usage.schemas import UsageQuery
 from serve_apps.errors import PlatformError
+from tests.helpers import DATABASES
 
 UTC = timezone.utc
 NOW = datetime(2025, 3, 10, 12, 30, tzinfo=UTC)  # "today" is 2025-03-10 00:00 .. 12:30 UTC
@@ -57,7 +61,7 @@ def _record(project: str, ts, stype, sid, key, ip, prompt, completion, status, c
                        client_ip=ip, stream=ttft is not None)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=DATABASES)
 def db_url(request, tmp_path):
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'maas.db'}"
@@ -207,50 +211,6 @@ def test_custom_range_buckets(db):
     assert buckets[-1].calls == 2 and buckets[-1].rpm == round(2 / 6, 3)  # 10:00-10:06 is inside the range
 
 
-def test_percentiles_are_nearest_rank():
-    assert stats(list(range(100, 0, -1))).model_dump() == dict(avg=50.5, max=100, p50=50, p80=80, p90=90, p99=99)
-    assert stats([5, 1, 3]).model_dump() == dict(avg=3.0, max=5, p50=3, p80=5, p90=5, p99=5)
-    assert stats([7]).model_dump() == dict(avg=7, max=7, p50=7, p80=7, p90=7, p99=7)
-    assert stats([]).model_dump() == dict(avg=None, max=None, p50=None, p80=None, p90=None, p99=None)
-
-
-@pytest.mark.parametrize("kw, allowed", [
-    ({"range": "today"}, {"minute", "hour", "day"}),
-    ({"range": "yesterday"}, {"minute", "hour", "day"}),
-    ({"range": "3d"}, {"hour", "day"}),
-    ({"range": "7d"}, {"hour", "day"}),
-    ({"range": "14d"}, {"day"}),
-    ({"range": "custom", "start": datetime(2025, 3, 1), "end": datetime(2025, 3, 2)}, {"minute", "hour", "day"}),
-    ({"range": "custom", "start": datetime(2025, 3, 1), "end": datetime(2025, 3, 2, 0, 1)}, {"hour", "day"}),
-    ({"range": "custom", "start": datetime(2025, 3, 1), "end": datetime(2025, 3, 8)}, {"hour", "day"}),
-    ({"range": "custom", "start": datetime(2025, 3, 1), "end": datetime(2025, 3, 9)}, {"day"}),
-    ({"range": "custom", "start": datetime(2025, 3, 1), "end": datetime(2025, 3, 31)}, {"day"}),
-])
-def test_granularity_rules(kw, allowed):
-    for granularity in ("minute", "hour", "day"):
-        if granularity in allowed:
-            assert UsageQuery(granularity=granularity, **kw).granularity == granularity
-        else:
-            with pytest.raises(PlatformError) as caught:
-                UsageQuery(granularity=granularity, **kw)
-            assert caught.value.spec.code == "MaaS.0400" and caught.value.status == 400
-            assert "not allowed" in caught.value.message
-    assert UsageQuery(**kw).granularity == ("hour" if "hour" in allowed else "day")
-
-
-@pytest.mark.parametrize("kw, reason", [
-    ({"range": "custom", "start": datetime(2025, 3, 1), "end": datetime(2025, 3, 31, 0, 0, 1)}, "at most 30 days"),
-    ({"range": "custom", "start": datetime(2025, 3, 1)}, "needs start and end"),
-    ({"range": "custom", "start": datetime(2025, 3, 2), "end": datetime(2025, 3, 1)}, "end must be after start"),
-    ({"range": "today", "start": datetime(2025, 3, 1)}, "range=custom only"),
-    ({"tz": "Mars/Olympus"}, "unknown time zone"),
-])
-def test_invalid_ranges(kw, reason):
-    with pytest.raises(PlatformError) as caught:
-        UsageQuery(**kw)
-    assert caught.value.spec.code == "MaaS.0400" and reason in caught.value.message
-
-
 def test_failures_grouped(db):
     session, project = db
     report = usage_stats.failures(session, q(project), now=NOW).model_dump()
@@ -267,17 +227,10 @@ def test_failures_grouped(db):
     assert usage_stats.failures(session, q(project, service_type="free"), now=NOW).model_dump()["groups"] == []
 
 
-def test_error_messages():
-    assert error_message("ModelArts.81009", 404) == "Invalid model."
-    assert error_message("MaaS.0400", 400) == "Bad Request"  # the catalogue's text is only a placeholder
-    assert error_message("Vendor.1", 503) == "Service Unavailable"
-    assert error_message("", 599) == ""
-
-
 def test_export_xlsx(db, tmp_path):
     session, project = db
     path = tmp_path / "usage.xlsx"
-    usage_stats.export_xlsx(session, q(project, granularity="hour"), path, now=NOW)
+    export_xlsx(session, q(project, granularity="hour"), path, now=NOW)
     book = load_workbook(path)
     assert book.sheetnames == ["Calls", "Tokens", "TTFT (ms)", "Input token size", "RPM", "Failure rate (%)",
                                "Errors", "Average latency (ms)", "TPOT (ms)", "Output token size", "TPM"]
@@ -304,12 +257,12 @@ def test_export_xlsx(db, tmp_path):
 def test_export_chosen_metrics(db):
     session, project = db
     buffer = BytesIO()
-    usage_stats.export_xlsx(session, q(project, tz="Asia/Shanghai"), buffer, metrics=["rpm", "calls"], now=NOW)
+    export_xlsx(session, q(project, tz="Asia/Shanghai"), buffer, metrics=["rpm", "calls"], now=NOW)
     book = load_workbook(BytesIO(buffer.getvalue()))
     assert book.sheetnames == ["Calls", "RPM"]  # the charts' order, whatever the order asked
     assert book["Calls"]["A2"].value == datetime(2025, 3, 10, 0, 0)  # local time of the query's zone
     with pytest.raises(PlatformError, match="unknown metrics"):
-        usage_stats.export_xlsx(session, q(project), BytesIO(), metrics=["calls", "bogus"], now=NOW)
+        export_xlsx(session, q(project), BytesIO(), metrics=["calls", "bogus"], now=NOW)
 
 
 # -- REST routes and CLI ---------------------------------------------------------------------------
@@ -329,10 +282,10 @@ def control_plane(tmp_path, monkeypatch):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
 
-    from cluster import keys
-    from cluster.api import _platform_error, _validation_error
+    from cluster.app import platform_error, validation_error
+    from cluster.auth import ensure_admin_key
     from cluster.settings import get_settings
-    from cluster.usage_api import router
+    from cluster.usage.router import router
 
     url = f"sqlite:///{tmp_path / 'maas.db'}"
     port = _free_port()
@@ -344,12 +297,12 @@ def control_plane(tmp_path, monkeypatch):
     migrate(url)
     now = time.time()
     with session_scope(url) as session:
-        keys.ensure_admin_key(session, ADMIN)
+        ensure_admin_key(session, ADMIN)
         session.add(Project(id="other", name="other"))
         session.add_all(_record("default", now - 120 + row[0] - ROWS[0][0], *row[1:]) for row in ROWS[:6])
     app = FastAPI()
-    app.add_exception_handler(PlatformError, _platform_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(PlatformError, platform_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(router, prefix="/api")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -396,7 +349,7 @@ def test_cli(control_plane, tmp_path, monkeypatch):
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from cluster import usage_cli
+    from cluster.cli import usage as usage_cli
 
     _base, window = control_plane
     monkeypatch.setattr(usage_cli, "console", Console(width=240))

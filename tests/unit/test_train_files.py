@@ -137,7 +137,7 @@ def test_conversations_are_trained_as_the_engine_renders_them():
 
 
 def test_the_control_plane_trains_with_the_served_template_arguments():
-    from cluster.tuning_jobs import _template_kwargs
+    from cluster.finetune.service import template_kwargs
 
-    assert _template_kwargs("tiny-chat") == {"enable_thinking": False}  # the gateway's default for callers
-    assert _template_kwargs("all-minilm-l6-v2") == {}
+    assert template_kwargs("tiny-chat") == {"enable_thinking": False}  # the gateway's default for callers
+    assert template_kwargs("all-minilm-l6-v2") == {}
