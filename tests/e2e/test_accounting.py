@@ -1,5 +1,6 @@
 """The shared accounting actor through the real gateway (2 replicas): exact RPM, TPM reservations, QPS-free
-preset rules, durable usage records, and a kill -9 of the actor under load."""
+preset rules, durable usage records, and a kill -9 of the actor under load (disruptive: it runs at the end of
+the session)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import concurrent.futures as cf
 import json
 import subprocess
 import time
+import uuid
 
 import httpx
 import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.conftest import BIN, DASHBOARD_PORT
+from tests.helpers import BIN, DASHBOARD_PORT
 
 PROJECT = "acct"
 EMBED = "all-minilm-l6-v2"
@@ -22,10 +24,12 @@ CHAT = "tiny-chat"
 
 @pytest.fixture(scope="module")
 def tenant(platform):
-    """A project of its own, with its own key; the embedding preset made commercial and activated."""
+    """A project of its own, with its own key; the embedding preset made commercial and activated. Set up
+    again for the disruptive test at the end of the session: hence a new key label each time."""
     admin = platform.admin()
     assert admin.post("/projects", json={"id": PROJECT}).status_code in (201, 409)
-    key = admin.post(f"/{PROJECT}/keys", json={"label": "acct", "description": "accounting tests"}).json()["key"]
+    key = admin.post(f"/{PROJECT}/keys", json={"label": f"acct-{uuid.uuid4().hex[:8]}",
+                                                "description": "accounting tests"}).json()["key"]
     assert admin.put(f"/presets/{EMBED}", json={"kind": "commercial"}).status_code == 200
     assert admin.post(f"/{PROJECT}/presets/activate", json={"models": [EMBED]}).status_code == 200
     yield {"key": key, "admin": admin}
@@ -163,6 +167,18 @@ def test_preset_rules(platform, tenant):
     admin.put(f"/presets/{CHAT}", json={"kind": "free"})
 
 
+def test_preset_bodies_refuse_unknown_fields(platform):
+    admin, strict = platform.admin(), "acct-strict"  # a project of its own: a body dropped, not refused, shows here
+    assert admin.post("/projects", json={"id": strict}).status_code in (201, 409)
+    presets, standing = admin.get("/presets").json(), admin.get(f"/{strict}/presets").json()
+    unknown = (400, {"error_code": "MaaS.0400", "error_msg": "color: Extra inputs are not permitted"})
+    refused = [admin.put(f"/presets/{EMBED}", json={"kind": "commercial", "rpm": 7, "color": "red"}),
+               admin.post(f"/presets/{EMBED}/freeze", json={"project_id": strict, "color": "red"}),
+               admin.post(f"/{strict}/presets/activate", json={"models": [EMBED], "color": "red"})]
+    assert [(r.status_code, r.json()) for r in refused] == [unknown] * 3
+    assert admin.get("/presets").json() == presets and admin.get(f"/{strict}/presets").json() == standing
+
+
 def _accounting_pid(platform) -> int:
     """The live actor's pid in the tests' own cluster (other clusters on the machine have theirs)."""
     done = subprocess.run([str(BIN / "ray"), "list", "actors", "-f", "class_name=AccountingActor", "-f", "state=ALIVE",
@@ -173,6 +189,7 @@ def _accounting_pid(platform) -> int:
     return int(actors[0]["pid"])
 
 
+@pytest.mark.disruptive  # kills the platform's one accounting actor
 def test_kill_the_actor_under_load_loses_no_record_and_limits_hold(platform, tenant):
     ep = _endpoint(tenant, "kill-load", rpm=400, tpm=1_000_000)
     victim = psutil.Process(_accounting_pid(platform))
@@ -207,6 +224,11 @@ def test_kill_the_actor_under_load_loses_no_record_and_limits_hold(platform, ten
 
 
 def test_usage_statistics_and_metrics_match_the_records(platform, tenant):
+    # Failures of its own, whatever ran before: an RPM refusal (81101) and a TPM refusal (81103) on endpoints.
+    _endpoint(tenant, "stats-rpm", rpm=1)
+    assert [_embed(platform, tenant["key"], "stats-rpm").status_code for _ in range(2)] == [200, 429]
+    _endpoint(tenant, "stats-tpm", rpm=1000, tpm=60)
+    assert _embed(platform, tenant["key"], "stats-tpm", "word " * 100).status_code == 429
     rows = _records(platform, "project_id = :p", p=PROJECT)
     while True:  # until the last settlements have landed
         time.sleep(1)
@@ -226,10 +248,12 @@ def test_usage_statistics_and_metrics_match_the_records(platform, tenant):
     failures = platform.maas_json("usage", "failures", "--project", PROJECT, "--range", "today")
     codes = {c["code"] for g in failures["groups"] for c in g["codes"]}
     assert "ModelArts.81101" in codes and "ModelArts.81103" in codes
-    # Counters restart with the actor (the kill test above restarted it): make one stream to observe.
+    # Counters restart with the actor (the disruptive kill test restarts it): make one stream to observe.
     list(platform.client(tenant["key"]).completions.create(model=CHAT, prompt="the sky", max_tokens=4, stream=True))
     deadline = time.time() + 30  # the stream is settled just after its last chunk, not before
-    while "maas_ttft_seconds_bucket" not in (metrics := httpx.get(platform.base_url + "/metrics").text):
+    admin_only = {"Authorization": f"Bearer {platform.admin_key}"}  # /metrics names every project and key id
+    while "maas_ttft_seconds_bucket" not in (metrics := httpx.get(platform.base_url + "/metrics",
+                                                                  headers=admin_only).text):
         assert time.time() < deadline, metrics
         time.sleep(0.2)
     assert 'maas_requests_total{code="429",endpoint="' in metrics and f'project="{PROJECT}"' in metrics

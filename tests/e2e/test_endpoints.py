@@ -3,6 +3,8 @@ that apply to the next request, disable/enable/delete with confirmation words, a
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 import pytest
 
@@ -12,10 +14,14 @@ EMBED = "all-minilm-l6-v2"
 
 @pytest.fixture(scope="module")
 def eps(platform):
+    """The project PROJECT with a key of its own; the embedding preset commercial (rpm 500, tpm 50 000) and
+    activated by PROJECT (activation is permanent: test_endpoint_needs_an_activated_commercial_service uses a
+    project of its own)."""
     admin = platform.admin()
     assert admin.post("/projects", json={"id": PROJECT, "name": "Endpoints"}).status_code in (201, 409)
     key = admin.post(f"/{PROJECT}/keys", json={"label": "eps", "description": "endpoint tests"}).json()["key"]
     assert admin.put(f"/presets/{EMBED}", json={"kind": "commercial", "rpm": 500, "tpm": 50_000}).status_code == 200
+    assert admin.post(f"/{PROJECT}/presets/activate", json={}).status_code == 200  # all commercial presets
     yield {"admin": admin, "key": key}
     admin.put(f"/presets/{EMBED}", json={"kind": "free"})
 
@@ -32,14 +38,16 @@ def _embed(platform, key: str, model: str) -> httpx.Response:
 
 
 def test_endpoint_needs_an_activated_commercial_service(platform, eps):
-    admin = eps["admin"]
-    _bad(admin.post(f"/{PROJECT}/endpoints", json={"name": "e0", "service": EMBED}), 400, "MaaS.0400",
+    admin, fresh = eps["admin"], f"eps-{uuid.uuid4().hex[:8]}"  # a project that has activated nothing yet
+    assert admin.post("/projects", json={"id": fresh}).status_code == 201
+    _bad(admin.post(f"/{fresh}/endpoints", json={"name": "e0", "service": EMBED}), 400, "MaaS.0400",
          f"Activate the commercial service '{EMBED}' first.")
-    _bad(admin.post(f"/{PROJECT}/endpoints", json={"name": "e0", "service": "tiny-chat"}), 400, "MaaS.0400",
+    _bad(admin.post(f"/{fresh}/endpoints", json={"name": "e0", "service": "tiny-chat"}), 400, "MaaS.0400",
          "Custom endpoints front commercial services, not free ones.")
-    _bad(admin.post(f"/{PROJECT}/endpoints", json={"name": "e0", "service": "nope"}), 404, "MaaS.0404",
+    _bad(admin.post(f"/{fresh}/endpoints", json={"name": "e0", "service": "nope"}), 404, "MaaS.0404",
          "Service 'nope' does not exist.")
-    assert admin.post(f"/{PROJECT}/presets/activate", json={}).status_code == 200  # all commercial presets
+    assert admin.post(f"/{fresh}/presets/activate", json={}).status_code == 200  # all commercial presets
+    assert admin.post(f"/{fresh}/endpoints", json={"name": "e0", "service": EMBED}).status_code == 201
 
 
 @pytest.mark.parametrize("body, fragment", [
@@ -99,6 +107,16 @@ def test_lifecycle_limits_and_isolation(platform, eps):
          "names of deleted endpoints cannot be reused")
 
 
+def test_patch_refuses_unknown_fields_and_changes_nothing(eps):
+    admin = eps["admin"]
+    created = admin.post(f"/{PROJECT}/endpoints", json={"name": "strict-patch", "service": EMBED, "rpm": 3})
+    assert created.status_code == 201, created.text
+    refused = admin.patch(f"/{PROJECT}/endpoints/strict-patch", json={"rpm": 7, "color": "red"})
+    assert (refused.status_code, refused.json()) == (400, {"error_code": "MaaS.0400",
+                                                           "error_msg": "color: Extra inputs are not permitted"})
+    assert admin.get(f"/{PROJECT}/endpoints/strict-patch").json()["rpm"] == 3  # not even the known field
+
+
 def test_at_most_ten_live_endpoints_and_the_cli(platform, eps):
     admin = eps["admin"]
     live = len(admin.get(f"/{PROJECT}/endpoints").json())
@@ -127,3 +145,10 @@ def test_projects_api_and_cli(platform):
     assert refused.returncode == 1 and "DELETE" in refused.stderr
     platform.maas("projects", "delete", "proj-cli", "--confirm", "DELETE")
     assert "proj-cli" not in [p["id"] for p in platform.maas_json("projects", "list")]
+
+
+def test_project_create_refuses_unknown_fields(platform):
+    refused = platform.admin().post("/projects", json={"id": "proj-strict", "name": "Strict", "color": "red"})
+    assert (refused.status_code, refused.json()) == (400, {"error_code": "MaaS.0400",
+                                                           "error_msg": "color: Extra inputs are not permitted"})
+    assert "proj-strict" not in [p["id"] for p in platform.maas_json("projects", "list")]  # nothing created

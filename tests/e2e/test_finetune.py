@@ -21,7 +21,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from serve_apps.tiny_chat import _COLORS, _THINGS, _color_of
-from tests.conftest import BIN, DASHBOARD_PORT, RAY_TEMP_DIR
+from tests.helpers import BIN, DASHBOARD_PORT, RAY_TEMP_DIR
 from train_jobs import checkpointing, finetune
 from train_jobs.config import FinetuneConfig
 from train_jobs.progress import read_metrics, read_status

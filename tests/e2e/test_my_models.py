@@ -1,7 +1,8 @@
-"""My models (spec §6.1): a base catalog model plus a Hugging Face-format folder, copied into the platform;
-Modelarts.6206 for a config.json that does not describe the base's family; name and description rules;
-at most 10 automatically numbered versions; no deletion while a service uses a version; the CLI; project
-isolation. First without a platform (`resolve_version`, `register_version`), then on the session's one."""
+"""My models (spec §6.1) on the session's platform: a base catalog model plus a Hugging Face-format folder,
+copied into the platform; Modelarts.6206 for a config.json that does not describe the base's family; name and
+description rules; at most 10 automatically numbered versions; no deletion while a service uses a version;
+the CLI; project isolation. (`resolve_version` and `register_version` without a platform:
+tests/db/test_my_models.py.)"""
 
 from __future__ import annotations
 
@@ -14,111 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import delete
 
-from cluster.db import Service, migrate, session_scope
-from cluster.settings import get_settings
-from serve_apps.errors import PlatformError
+from cluster.state.db import Service, session_scope
+from tests.helpers import STRUCTURE_ERROR, lora_adapter
 
 PROJECT, OTHER = "mym", "mym-other"
-STRUCTURE_ERROR = {"error_code": "Modelarts.6206",
-                   "error_msg": "Key fields describing the model structure are missing from config.json, or "
-                                "their values are inconsistent with standard open source"}
-LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 128}
-
-
-def _adapter(folder: Path, **changes) -> Path:
-    """A LoRA adapter folder as peft writes it (the checks read adapter_config.json only)."""
-    folder.mkdir(parents=True)
-    config = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"],
-              "base_model_name_or_path": "tiny-chat"} | changes
-    (folder / "adapter_config.json").write_text(json.dumps(config))
-    (folder / "adapter_model.safetensors").write_bytes(b"\0" * 64)
-    return folder
-
-
-# -- no platform: resolve_version and register_version on a database of their own -----------------------------
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """A MAAS_HOME with a stand-in tiny-chat base (its config.json is all the checks read) and a database."""
-    monkeypatch.setenv("MAAS_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MAAS_DATABASE_URL", f"sqlite:///{tmp_path / 'home' / 'maas.db'}")
-    get_settings.cache_clear()
-    base = tmp_path / "home" / "models" / "tiny-chat"
-    base.mkdir(parents=True)
-    (base / "config.json").write_text(json.dumps(LLAMA))
-    migrate(get_settings().database_url)
-    yield tmp_path
-    get_settings.cache_clear()
-
-
-def _full(folder: Path, config: dict | None = None) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps(config or LLAMA))
-    (folder / "model.safetensors").write_bytes(b"\0" * 64)
-    (folder / "tokenizer.json").write_text("{}")
-    return folder
-
-
-def test_register_and_resolve_versions(store):
-    from cluster.my_models import register_version, resolve_version
-
-    url = get_settings().database_url
-    with session_scope(url) as session:
-        with pytest.raises(PlatformError) as unknown:  # a new model needs its base
-            register_version(session, "default", "ft-model", _full(store / "out0"), "full", "finetune:job-0")
-        assert unknown.value.body() == {"error_code": "MaaS.0404", "error_msg": "Model 'ft-model' does not exist."}
-    with session_scope(url) as session:
-        first = register_version(session, "default", "ft-model", _full(store / "out1"), "full", "finetune:job-1",
-                                 base_model="tiny-chat", description="first run")
-    with session_scope(url) as session:
-        second = register_version(session, "default", first.model_id, _adapter(store / "out2"), "lora",
-                                  "finetune:job-2")
-    assert (first.version, first.kind, first.source) == (1, "full", "finetune:job-1")
-    assert (second.version, second.kind, second.model_id) == (2, "lora", first.model_id)
-    # The outputs were copied: the job's folders may go.
-    shutil.rmtree(store / "out1")
-    shutil.rmtree(store / "out2")
-    my_dir = store / "home" / "models" / "my" / first.model_id
-    assert first.path == str(my_dir / "v1") and (my_dir / "v1" / "model.safetensors").is_file()
-    assert (my_dir / "v2" / "adapter_config.json").is_file()
-
-    with session_scope(url) as session:
-        latest = resolve_version(session, "default", "ft-model", None)
-        v1 = resolve_version(session, "default", first.model_id, "1")
-        assert resolve_version(session, "default", "ft-model", "v1").path == v1.path
-        with pytest.raises(PlatformError) as missing:
-            resolve_version(session, "default", "ft-model", "3")
-        with pytest.raises(PlatformError) as elsewhere:
-            resolve_version(session, "other", "ft-model", "1")
-    assert (latest.version, latest.kind, latest.path) == (2, "lora", my_dir / "v2")
-    assert latest.base_path == store / "home" / "models" / "tiny-chat"
-    assert (v1.card.id, v1.card.source, v1.card.series, v1.base_model) == (
-        "ft-model-v1", str(my_dir / "v1"), "maas-tiny", "tiny-chat")
-    assert v1.card.is_chat and v1.card.context_length == 2048
-    assert missing.value.message == "Version '3' of model 'ft-model' does not exist."
-    assert elsewhere.value.message == "Model 'ft-model' does not exist."
-
-    with session_scope(url) as session:
-        with pytest.raises(PlatformError) as other_base:
-            register_version(session, "default", "ft-model", _full(store / "out3"), "full", "finetune:job-3",
-                             base_model="all-minilm-l6-v2")
-        with pytest.raises(PlatformError) as wrong_family:
-            register_version(session, "default", "ft-model", _full(store / "out4", LLAMA | {"model_type": "bert"}),
-                             "full", "finetune:job-4")
-        with pytest.raises(PlatformError) as not_an_adapter:
-            register_version(session, "default", "ft-model", _full(store / "out5"), "lora", "finetune:job-5")
-    assert other_base.value.message == "The model 'ft-model' is based on 'tiny-chat', not 'all-minilm-l6-v2'."
-    assert wrong_family.value.body() == STRUCTURE_ERROR == not_an_adapter.value.body()
-    assert sorted(p.name for p in my_dir.iterdir()) == ["v1", "v2"]  # refused folders were not kept
-
-
-@pytest.mark.parametrize("changes", [{"r": 0}, {"r": "8"}, {"target_modules": []}, {"peft_type": None}])
-def test_lora_adapter_needs_rank_and_targets(store, changes):
-    from cluster.my_models import check_weights
-    from serve_apps.catalog import builtin
-
-    with pytest.raises(PlatformError) as refused:
-        check_weights(_adapter(store / "adapter", **changes), builtin("tiny-chat"))
-    assert refused.value.body() == STRUCTURE_ERROR
 
 
 # -- the platform ----------------------------------------------------------------------------------------------
@@ -264,7 +164,7 @@ def test_a_new_version_is_checked_too(mm):
                                 json={"path": str(_broken(mm["weights"]("c2"), "architectures"))})
     assert response.status_code == 400 and response.json() == STRUCTURE_ERROR
     adapter = mm["admin"].post(f"/{PROJECT}/my-models/checked/versions",
-                               json={"path": str(_adapter(mm["root"] / "adapter")), "description": "LoRA"})
+                               json={"path": str(lora_adapter(mm["root"] / "adapter")), "description": "LoRA"})
     assert adapter.status_code == 201, adapter.text
     assert (adapter.json()["version"], adapter.json()["kind"]) == (2, "lora")
 

@@ -192,10 +192,11 @@ def test_rerank_sorts_by_relevance(http):
 
 
 def test_prompts_and_completions_are_not_logged(client):
-    from tests.conftest import RAY_TEMP_DIR
     import time
     import uuid
     from pathlib import Path
+
+    from tests.helpers import RAY_TEMP_DIR
 
     marker = f"zebra{uuid.uuid4().hex[:12]}"
     response = client.chat.completions.create(model=CHAT, max_tokens=8,

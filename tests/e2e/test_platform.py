@@ -1,9 +1,7 @@
-"""`maas up` / `maas status` / catalog, and first-start admin key handling on a real SQLite database."""
+"""`maas up` / `maas status` / the catalog on the session's platform. (First-start admin key handling without a
+platform: tests/db/test_prepare.py.)"""
 
 from __future__ import annotations
-
-
-from sqlalchemy import select
 
 
 def test_up_prints_the_urls_and_models(platform):
@@ -37,41 +35,3 @@ def test_catalog_through_cli_and_api(platform):
     assert "finetune-lora" in chat["supported_jobs"]
     assert set(embed["types"]) == {"embedding", "rerank"}
     assert "tiny-chat" in platform.maas("models", "list").stdout
-
-
-def test_first_start_makes_an_admin_key_once(tmp_path, monkeypatch):
-    from cluster import api, keys
-    from cluster.db import AdminKey, session_scope
-    from cluster.settings import get_settings
-
-    monkeypatch.setenv("MAAS_HOME", str(tmp_path))
-    monkeypatch.delenv("MAAS_DATABASE_URL", raising=False)
-    monkeypatch.delenv("MAAS_ADMIN_KEY", raising=False)
-    get_settings.cache_clear()
-    try:
-        secret = api.prepare(["tiny-chat"])
-        assert secret and secret.startswith("admin-")
-        assert api.prepare(["tiny-chat"]) is None  # shown once: a second start makes none
-        url = get_settings().database_url
-        with session_scope(url) as session:
-            assert keys.is_admin(session, secret) and not keys.is_admin(session, secret + "x")
-            assert session.scalars(select(AdminKey.key_hash)).all() == [keys.hash_key(secret)]
-    finally:
-        get_settings.cache_clear()
-
-
-def test_admin_key_from_the_environment(tmp_path, monkeypatch):
-    from cluster import api, keys
-    from cluster.db import session_scope
-    from cluster.settings import get_settings
-
-    monkeypatch.setenv("MAAS_HOME", str(tmp_path))
-    monkeypatch.setenv("MAAS_ADMIN_KEY", "admin-from-env")
-    get_settings.cache_clear()
-    try:
-        assert api.prepare([]) is None  # chosen by the operator: nothing to show
-        assert api.prepare([]) is None
-        with session_scope(get_settings().database_url) as session:
-            assert keys.is_admin(session, "admin-from-env")
-    finally:
-        get_settings.cache_clear()

@@ -1,5 +1,6 @@
-"""Runs last (it takes the session's platform down): state survives `maas down` and a restart of the
-whole Ray cluster, and `ray start --head` + `serve deploy ray_configs/maas.yaml` gives the same platform."""
+"""State survives `maas down` and a restart of the whole Ray cluster, and `ray start --head` + `serve deploy
+ray_configs/maas.yaml` gives the same platform. It takes the session's platform down and up again: marked
+disruptive, it runs at the end of the session (tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import BIN, DASHBOARD_PORT, ROOT, SERVE_PORT, start_ray_head, stop_ray
+from tests.helpers import BIN, DASHBOARD_PORT, ROOT, SERVE_PORT, start_ray_head, stop_ray
 
 
 def _wait_for_answer(client, deadline_s: float):
@@ -25,6 +26,7 @@ def _wait_for_answer(client, deadline_s: float):
     pytest.fail(f"the platform did not answer within {deadline_s}s: {last!r}")
 
 
+@pytest.mark.disruptive
 def test_down_then_serve_deploy_brings_back_the_same_platform(platform, tmp_path):
     survivor = platform.new_key("survives-restarts")
     client = platform.client(survivor["key"])

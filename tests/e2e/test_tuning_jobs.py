@@ -116,7 +116,7 @@ def test_lora_job_stop_continue_register_and_serve(platform, dataset):
 def test_full_job_registered_and_deployed_as_its_own_service(platform, dataset):
     """A full fine-tune becomes a full version of a model of ours; deployed as a service (its own Serve app and
     engine), it answers as trained, while tiny-chat keeps its own answers."""
-    from tests.test_services import wait_status
+    from tests.helpers import wait_status
 
     admin, client = platform.admin(), platform.client(platform.new_key()["key"])
     job = platform.maas_json("finetune", "create", "colors-full", "--model", CHAT, "--type", "full", "--dataset",
