@@ -36,7 +36,7 @@ status:
 
 # The control-plane tests run a second time on a real PostgreSQL server (tests/pg.py starts one; as root
 # it apt-installs PostgreSQL when missing). `make test PG_TESTS=` skips that second pass.
-PG_TESTS ?= tests/test_keys.py tests/test_endpoints.py tests/test_accounting.py
+PG_TESTS ?= tests/db tests/e2e/test_keys.py tests/e2e/test_endpoints.py tests/e2e/test_accounting.py
 
 lint-imports: install
 	$(BIN)/lint-imports --no-cache
