@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from cluster.settings import get_settings
 from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE
 
-SERVE_CONFIG = Path(__file__).resolve().parents[1] / "ray_configs" / "maas.yaml"
+SERVE_CONFIG = Path(__file__).resolve().parents[2] / "ray_configs" / "maas.yaml"
 LOGICAL_CPUS = 16  # Ray CPUs are logical: engines take one each, light deployments none
 
 
