@@ -61,7 +61,9 @@ def _connect(console: Console) -> str:
         if settings.ray_address:
             raise StartupError(f"cannot reach the Ray cluster at RAY_ADDRESS={settings.ray_address}") from None
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"MAAS_HOME": str(settings.home)}
+    # FORWARDED_ALLOW_IPS="": the HTTP proxy's uvicorn leaves X-Forwarded-For alone (it would trust 127.0.0.1
+    # and rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
+    env = os.environ | {"MAAS_HOME": str(settings.home), "FORWARDED_ALLOW_IPS": ""}
     with console.status("Starting a local Ray head..."):
         done = subprocess.run([_ray_bin(), "start", "--head", f"--num-cpus={LOGICAL_CPUS}",
                                "--disable-usage-stats", "--dashboard-host=127.0.0.1"],
