@@ -22,6 +22,7 @@ from collections import deque
 import ray
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DataError, IntegrityError, OperationalError, StatementError
 
 from cluster.accounting.metrics import UsageMetrics
 from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
@@ -36,6 +37,11 @@ SETTLED_MEMORY = 200_000
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
                    "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
                    "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False}
+
+
+def _stripped(row: dict) -> dict:
+    """A refused record, kept for accounting: its counts and ids, free text cleared, marked as invalid."""
+    return row | {"model": "", "client_ip": "", "error_code": "MaaS.0400", "service_id": row["service_id"][:128]}
 
 
 def _row(record: UsageRecordDict) -> dict:
@@ -182,6 +188,11 @@ class AccountingActor:
             self._check_access(caller["project_id"], model, endpoint, route, now)
             if "text-generation" in route["card"].get("types", []):
                 context = route["card"].get("context_length", 0)
+                if max_tokens is not None and context and max_tokens >= context:
+                    # It can never run: the engine refuses it with the product's exact 400 (it counts the
+                    # prompt), and no limit counts a call that never runs.
+                    return {"caller": caller, "route": route, "record": self._record_base(caller, model, endpoint,
+                                                                                           route)}
                 tokens += max_tokens if max_tokens is not None else max(context - prompt_tokens, 0)
             limits = self._limits(caller["project_id"], endpoint, route)
             exceeded = self._windows.first_exceeded(limits, tokens, now)
@@ -270,11 +281,31 @@ class AccountingActor:
             done.set_exception(exc)
 
     def _write(self, rows: list[dict]) -> None:
+        """One transaction for the batch. If the database refuses the batch for what is in it (not because it
+        is unreachable), each row goes alone, and a row refused alone is kept with its free text cleared and
+        marked `MaaS.0400`: one bad record never blocks the others, and nothing is re-sent forever."""
         engine = get_engine(self._url)
         dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
         statement = dialect.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
-        with engine.begin() as conn:
-            conn.execute(statement, rows)
+        try:
+            with engine.begin() as conn:
+                conn.execute(statement, rows)
+            return
+        except (DataError, IntegrityError, StatementError) as exc:
+            if isinstance(exc, OperationalError) or len(rows) == 0:
+                raise
+            log.warning("a batch of %d usage records was refused (%s); writing them one by one",
+                        len(rows), type(exc).__name__)
+        for row in rows:
+            for attempt in (row, _stripped(row)):
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(statement, [attempt])
+                    break
+                except (DataError, IntegrityError, StatementError) as exc:
+                    if isinstance(exc, OperationalError):
+                        raise
+                    log.warning("usage record %s refused: %s", row.get("request_id"), type(exc).__name__)
 
     # -- reads ----------------------------------------------------------------------------------------
     def list_models(self, key_hash: str) -> ModelList:

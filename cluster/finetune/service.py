@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cluster.finetune.schemas import JobCreate, JobView
@@ -170,11 +170,22 @@ def create_job(session: Session, project_id: str, spec: JobCreate) -> JobView:
     return JobView.of(row)
 
 
+def _claim(session: Session, row: TuningJob, action: str, values: dict) -> None:
+    """Apply `values` only if the job is still in the status `check(action)` accepted (the job-sync thread
+    writes statuses concurrently: a stop must never overwrite a "completed" it has not seen)."""
+    done = session.execute(update(TuningJob).where(TuningJob.id == row.id, TuningJob.status == row.status)
+                           .values(**values, updated_at=now()).execution_options(synchronize_session=False))
+    if done.rowcount != 1:
+        raise PlatformError("MaaS.0409", reason=f"The job {row.name!r} changed status meanwhile; look again "
+                                                f"before you {action} it.")
+    session.refresh(row)
+
+
 def stop_job(session: Session, project_id: str, job: str) -> JobView:
     row = find(session, project_id, job)
     check("stop", row)
+    _claim(session, row, "stop", {"status": "stopping"})
     jobs.stop(row.submission_id)
-    row.status, row.updated_at = "stopping", now()
     return JobView.of(row)
 
 
@@ -182,11 +193,12 @@ def continue_job(session: Session, project_id: str, job: str) -> JobView:
     """Run again from the latest checkpoint: the step counter and the loss curve carry on."""
     row = find(session, project_id, job)
     check("continue", row)
+    _claim(session, row, "continue", {"status": "starting", "status_reason": ""})
     config_path = Path(row.output_dir) / "job.yaml"
     config = FinetuneConfig.from_yaml(config_path).model_copy(update={"resume": True})
     config.to_yaml(config_path)
     row.submission_id = jobs.submit(row, config_path)
-    row.runs, row.status, row.status_reason, row.updated_at = row.runs + 1, "starting", "", now()
+    row.runs += 1
     return JobView.of(row)
 
 

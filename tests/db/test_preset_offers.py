@@ -106,3 +106,34 @@ def test_the_lora_shares_the_presets_model_level_rpm_and_tpm_window(url):
     _offer(url, rpm=10**6, tpm=100)
     fresh = Actor(url)
     assert _admit(fresh, "mine", max_tokens=200)["error"] == "ModelArts.81103"
+
+
+def test_a_call_that_can_never_run_counts_against_no_limit(url):
+    """max_tokens at or over the context: the engine answers the product's 400 (it counts the prompt); before,
+    the call was refused 429 ModelArts.81103 (TPM) and counted against RPM."""
+    _offer(url, rpm=1, tpm=1000)
+    actor = Actor(url)
+    for _ in range(3):
+        answer = _admit(actor, "tiny-chat", max_tokens=10**7)
+        assert "error" not in answer and "reservation" not in answer and answer["route"]["name"] == "tiny-chat"
+    assert "error" not in _admit(actor, "tiny-chat")  # the one call the RPM allows is still there
+    assert _admit(actor, "tiny-chat")["error"] == "ModelArts.81101"
+
+
+def test_one_record_the_database_refuses_does_not_block_its_batch(url):
+    """Before, one bad row failed the whole group commit, and the gateways re-sent it forever."""
+    from sqlalchemy import select
+
+    from cluster.accounting.actor import _row
+    from cluster.state.db import UsageRecord
+
+    actor = Actor(url)
+    base = {"project_id": "p1", "key_id": "k1", "model": "tiny-chat", "service_type": "free",
+            "service_id": "tiny-chat", "endpoint_id": "", "ts": time.time(), "prompt_tokens": 3}
+    good, bad = _row(base | {"request_id": "good"}), _row(base | {"request_id": "bad"})
+    bad["model"] = {"not": "bindable"}  # what no driver can store
+    actor._write([good, bad])
+    with session_scope(url) as session:
+        rows = {r.request_id: r for r in session.scalars(select(UsageRecord))}
+    assert rows["good"].model == "tiny-chat" and rows["good"].error_code == ""
+    assert rows["bad"].model == "" and rows["bad"].error_code == "MaaS.0400" and rows["bad"].prompt_tokens == 3
