@@ -31,6 +31,13 @@ class Settings(PlaneSettings):
                                             "as its dataset by path; none by default: datasets are uploads.")
     import_roots: str = Field("", description="Directories (separated by ':') my-model weights may be imported "
                                               "from by path; none by default.")
+    quota_services: int = Field(10, gt=0, description="Default per-project quota: model services.")
+    quota_instances: int = Field(16, gt=0, description="Default per-project quota: engine instances over all "
+                                                       "the project's running services.")
+    quota_workers: int = Field(4, gt=0, description="Default per-project quota: Ray Train workers of one job.")
+    quota_models: int = Field(20, gt=0, description="Default per-project quota: my models.")
+    quota_batch_size: int = Field(1024, gt=0, description="Default per-project quota: a job's global batch size.")
+    quota_seq_len: int = Field(8192, gt=0, description="Default per-project quota: a job's sequence length.")
     max_upload_mb: int = Field(1024, gt=0, description="The largest dataset file an upload may send.")
     webhook_allow: str = Field("", description="Hosts or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) a "
                                                "webhook may reach although they are not public addresses.")
@@ -62,6 +69,10 @@ class Settings(PlaneSettings):
             except ValueError:
                 hosts.add(item.lower())
         return {"hosts": hosts, "networks": networks}
+
+    def datasets_dir(self, project_id: str) -> Path:
+        """Where a project's dataset uploads are kept."""
+        return self.home / "datasets" / project_id
 
     @property
     def logs_dir(self) -> Path:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from cluster.finetune.schemas import JobCreate, JobView
 from cluster.my_models import registry
 from cluster.my_models.weights import base_path
+from cluster.projects import quotas as project_quotas
 from cluster.runtime import jobs
 from cluster.schemas import auto_stop_seconds
 from cluster.settings import get_settings
@@ -51,10 +52,6 @@ def check(action: str, row: TuningJob) -> None:
 
 
 # -- datasets ------------------------------------------------------------------------------------------
-def datasets_dir(project_id: str) -> Path:
-    return get_settings().home / "datasets" / project_id
-
-
 def store_dataset(project_id: str, filename: str | None, data: BinaryIO) -> dict:
     """Keep an uploaded dataset file (at most MAAS_MAX_UPLOAD_MB); its id is what a job's `dataset` names."""
     limit = get_settings().max_upload_mb * 2**20
@@ -62,7 +59,7 @@ def store_dataset(project_id: str, filename: str | None, data: BinaryIO) -> dict
     name = Path(filename or "dataset.jsonl").name
     if name in ("", ".", "..") or name.startswith("."):
         name = "dataset.jsonl"
-    target = datasets_dir(project_id) / dataset_id / name
+    target = get_settings().datasets_dir(project_id) / dataset_id / name
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     try:
@@ -82,7 +79,7 @@ def dataset_path(project_id: str, ref: str) -> Path:
     """An upload of this project (`ds-...`), or a file under a data root an admin configured
     (MAAS_DATA_ROOTS); nothing else: a job must not make the platform read any file it can."""
     if ref.startswith("ds-"):
-        found = list((datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.match(ref) else []
+        found = list((get_settings().datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.match(ref) else []
         if not found:
             raise PlatformError("MaaS.0404", what=f"Dataset {ref!r}")
         return found[0]
@@ -133,6 +130,7 @@ def _config(row: TuningJob, weights: Path, spec: JobCreate) -> FinetuneConfig:
 
 def create_job(session: Session, project_id: str, spec: JobCreate) -> JobView:
     """Validate the dataset and the parameters first (no compute is spent on a bad job), then run it."""
+    project_quotas.check_job(session, project_id, spec.workers, spec.global_batch_size, spec.max_seq_len)
     dataset = dataset_path(project_id, spec.dataset)
     if session.scalar(select(TuningJob.id).where(TuningJob.project_id == project_id, TuningJob.name == spec.name)):
         raise PlatformError("MaaS.0409", reason=f"A tuning job named {spec.name!r} already exists.")

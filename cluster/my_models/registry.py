@@ -25,9 +25,10 @@ from cluster.my_models.schemas import (
 )
 from cluster.my_models.weights import (base_card, base_path, import_roots, job_outputs_root, model_dir, source_dir,
                                         stage)
+from cluster.projects import quotas as project_quotas
 from cluster.settings import get_settings
 from cluster.state.db import ModelVersion, MyModel, Service, session_scope
-from cluster.state.lookup import find_owned, owned
+from cluster.state.lookup import find_owned, lock_project, owned
 from serve_apps.errors import PlatformError
 
 MAX_VERSIONS = 10
@@ -152,6 +153,7 @@ def register_version(session: Session, project_id: str, model_name_or_id: str, p
             check_name(model_name_or_id)
         except ValueError as exc:
             raise PlatformError("MaaS.0400", reason=str(exc)) from None
+        project_quotas.check_model(session, project_id)
         model = MyModel(id="mdl-" + uuid.uuid4().hex[:12], project_id=project_id, name=model_name_or_id,
                         description=description[:100], base_model=base_card(base_model).id)
     elif base_model is not None and base_model != model.base_model:
@@ -169,11 +171,14 @@ def create_model(project_id: str, spec: ModelCreate) -> ModelView:
     with session_scope(get_settings().database_url) as session:
         if session.scalar(select(MyModel.id).where(MyModel.project_id == project_id, MyModel.name == spec.name)):
             raise PlatformError("MaaS.0409", reason=f"A model named {spec.name!r} already exists in this project.")
+        project_quotas.check_model(session, project_id)  # before the copy; checked again at the insert
     model = MyModel(id="mdl-" + uuid.uuid4().hex[:12], project_id=project_id, name=spec.name,
                     description=spec.description, base_model=base.id)
     try:
         kind, staging = stage(source, base, model.id, None)  # the create step: check and copy the weights
         with session_scope(get_settings().database_url) as session:
+            lock_project(session, project_id)  # parallel creates count one after another
+            project_quotas.check_model(session, project_id)
             session.add(model)
             try:
                 session.flush()

@@ -21,3 +21,32 @@ class ProjectView(BaseModel):
     id: str
     name: str
     created_at: int
+
+
+QUOTA_FIELDS = ("services", "instances", "workers", "models", "batch_size", "seq_len")
+_Quota = Field(None, ge=1, le=1_000_000)
+
+
+class QuotaSpec(StrictModel):
+    """An admin's per-project quotas; a field left out (or null) is the platform's default (MAAS_QUOTA_*)."""
+
+    services: int | None = _Quota
+    instances: int | None = _Quota
+    workers: int | None = _Quota
+    models: int | None = _Quota
+    batch_size: int | None = _Quota
+    seq_len: int | None = _Quota
+
+
+class QuotaView(BaseModel):
+    """What a project may use: model services, engine instances over its running services, Ray Train workers
+    of one job, my models, a job's global batch size and sequence length."""
+
+    project_id: str
+    services: int
+    instances: int
+    workers: int
+    models: int
+    batch_size: int
+    seq_len: int
+    overrides: list[str] = Field(description="The quotas an admin set for this project (the rest: defaults).")

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from cluster.runtime.accounting import reload_accounting
 from cluster.my_models import registry
+from cluster.projects import quotas as project_quotas
 from cluster.runtime.events import Notification, record_event
 from cluster.schemas import auto_stop_seconds, confirmation
 from cluster.services import reconciler
@@ -29,7 +30,7 @@ from cluster.services.schemas import (
 )
 from cluster.settings import get_settings
 from cluster.state.db import Service, ServiceEvent, now, session_scope
-from cluster.state.lookup import find_owned, owned
+from cluster.state.lookup import find_owned, lock_project, owned
 from serve_apps.catalog import builtin
 from serve_apps.errors import PlatformError
 
@@ -64,6 +65,8 @@ def create(session: Session, project_id: str, spec: ServiceCreate) -> tuple[Serv
         spec = spec.model_copy(update={"model": resolved.model_id, "model_version": str(resolved.version)})
     if session.scalar(select(Service.id).where(Service.project_id == project_id, Service.name == spec.name)):
         raise PlatformError("MaaS.0409", reason=f"A service named {spec.name!r} already exists in this project.")
+    lock_project(session, project_id)  # parallel creates count one after another
+    project_quotas.check_service(session, project_id, spec.instances)
     row = Service(id=uuid.uuid4().hex, project_id=project_id, name=spec.name, description=spec.description,
                   model_id=spec.model, model_version=spec.model_version, instances=spec.instances, qps=spec.qps,
                   moderation=spec.moderation, notify_url=spec.notify_url,
@@ -120,6 +123,9 @@ def scale_changes(spec: ScaleRequest) -> Callable[[Service], dict]:
                                                     f"instance{'s' * (row.instances != 1)}.")
         if spec.instances < row.instances:
             check_scale_in(spec.confirm)
+        else:
+            with session_scope(get_settings().database_url) as session:
+                project_quotas.check_service(session, row.project_id, spec.instances, replacing=row)
         return {"instances": spec.instances, "status": Status.SCALE.value, "status_reason": ""}
 
     return changes

@@ -34,6 +34,7 @@ class Project(Base):
     __tablename__ = "projects"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
+    quotas: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # an admin's overrides of the defaults
     created_at: Mapped[int] = mapped_column(default=now)
 
 

@@ -28,10 +28,11 @@ from tests.helpers import BIN, RAY_PORT, SERVE_PORT, SLOT, start_ray_head, stop_
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Disruptive tests last, in their collection order; every other test keeps its place."""
-    calm = [item for item in items if item.get_closest_marker("disruptive") is None]
-    disruptive = [item for item in items if item.get_closest_marker("disruptive") is not None]
-    items[:] = calm + disruptive
+    """Disruptive tests after the others, audits of the whole session last; each group in collection order."""
+    def rank(item: pytest.Item) -> int:
+        return 2 if item.get_closest_marker("audit") else 1 if item.get_closest_marker("disruptive") else 0
+
+    items[:] = sorted(items, key=rank)  # stable: each group keeps its collection order
 
 
 @dataclass

@@ -134,3 +134,21 @@ def test_a_chat_body_that_can_never_run_gets_a_400(platform, evil, bad):
     answer = httpx.post(platform.base_url + "/v1/chat/completions", json=body,
                         headers={"Authorization": f"Bearer {key}"}, timeout=60)
     assert answer.status_code == 400 and answer.json()["object"] == "error", answer.text
+
+
+def test_quotas_bound_what_a_project_can_ask_for(platform, evil):
+    """Before: any project could ask for 50 services of 16 instances, or a job with 10,000 workers."""
+    key, client = evil
+    own = client.get(f"{platform.base_url}/api/v1/projects/{PROJECT}/quotas")
+    assert own.status_code == 200 and own.json()["workers"] == 4 and own.json()["overrides"] == []
+    raise_own = client.put(f"{platform.base_url}/api/v1/projects/{PROJECT}/quotas", json={"instances": 100})
+    assert raise_own.status_code == 401 and raise_own.json()["error_code"] == "ModelArts.81003"
+    with platform.admin() as admin:
+        assert admin.put(f"/projects/{PROJECT}/quotas", json={"instances": 1}).json()["instances"] == 1
+    too_big = client.post("/services", json={"name": "big", "model": CHAT, "instances": 2})
+    assert too_big.status_code == 400 and "at most 1 engine instances" in too_big.json()["error_msg"]
+    workers = client.post("/finetune", json=_job("ds-000000000000") | {"workers": 10_000})
+    assert workers.status_code == 400 and "at most 4 Ray Train workers" in workers.json()["error_msg"]
+    assert client.get("/services").json() == [] and client.get("/finetune").json() == []
+    cli = platform.maas_json("projects", "quotas", PROJECT)
+    assert cli["instances"] == 1 and cli["overrides"] == ["instances"]

@@ -1,0 +1,67 @@
+"""Per-project quotas: the platform's defaults (MAAS_QUOTA_*) with an admin's overrides. The rooms that
+create compute or storage ask here before they create (under the project's lock, so parallel creates cannot
+both pass a count). No HTTP here."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cluster.projects.schemas import QUOTA_FIELDS, QuotaSpec, QuotaView
+from cluster.settings import get_settings
+from cluster.state.db import MyModel, Project, Service
+from serve_apps.errors import PlatformError
+
+
+def quotas(session: Session, project_id: str) -> QuotaView:
+    settings = get_settings()
+    row = session.get(Project, project_id)
+    overrides = {k: v for k, v in ((row.quotas or {}) if row else {}).items() if k in QUOTA_FIELDS and v}
+    values = {name: overrides.get(name, getattr(settings, f"quota_{name}")) for name in QUOTA_FIELDS}
+    return QuotaView(project_id=project_id, overrides=sorted(overrides), **values)
+
+
+def set_quotas(session: Session, project_id: str, spec: QuotaSpec) -> QuotaView:
+    row = session.get(Project, project_id)
+    if row is None:
+        raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
+    row.quotas = {k: v for k, v in spec.model_dump().items() if v is not None}
+    session.flush()
+    return quotas(session, project_id)
+
+
+def _over(what: str, limit: int) -> PlatformError:
+    return PlatformError("MaaS.0400", reason=f"Over the project's quota: at most {limit} {what}. An admin can "
+                                             "raise it (maas projects quotas).")
+
+
+def check_service(session: Session, project_id: str, instances: int, replacing: Service | None = None) -> None:
+    """A new service with `instances` (or `replacing` scaled to them) fits the services and instances quotas.
+    Instances count over the project's services that should run."""
+    limit = quotas(session, project_id)
+    others = [Service.project_id == project_id, Service.desired == "running"]
+    if replacing is not None:
+        others.append(Service.id != replacing.id)
+    else:
+        count = session.scalar(select(func.count()).select_from(Service).where(Service.project_id == project_id))
+        if count >= limit.services:
+            raise _over("model services", limit.services)
+    used = session.scalar(select(func.coalesce(func.sum(Service.instances), 0)).where(*others))
+    if used + instances > limit.instances:
+        raise _over(f"engine instances over running services ({used} in use)", limit.instances)
+
+
+def check_model(session: Session, project_id: str) -> None:
+    limit = quotas(session, project_id)
+    count = session.scalar(select(func.count()).select_from(MyModel).where(MyModel.project_id == project_id))
+    if count >= limit.models:
+        raise _over("models", limit.models)
+
+
+def check_job(session: Session, project_id: str, workers: int, batch_size: int, seq_len: int) -> None:
+    limit = quotas(session, project_id)
+    for value, name, what in ((workers, "workers", "Ray Train workers per job"),
+                              (batch_size, "batch_size", "samples in a job's global batch"),
+                              (seq_len, "seq_len", "tokens of a job's sequence length")):
+        if value > getattr(limit, name):
+            raise _over(what, getattr(limit, name))
