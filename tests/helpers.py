@@ -89,3 +89,29 @@ def lora_adapter(folder: Path, **changes) -> Path:
     (folder / "adapter_config.json").write_text(json.dumps(config))
     (folder / "adapter_model.safetensors").write_bytes(b"\0" * 64)
     return folder
+
+
+# -- races (tests/db) ------------------------------------------------------------------------------------
+def race(count: int, create) -> list[str]:
+    """Run `create(i)` for i in range(count) on as many threads at once; each outcome: "ok" or the code of the
+    PlatformError that refused it."""
+    import threading
+
+    from serve_apps.errors import PlatformError
+
+    start, outcomes = threading.Barrier(count), []
+
+    def one(i: int) -> None:
+        start.wait()
+        try:
+            create(i)
+            outcomes.append("ok")
+        except PlatformError as exc:
+            outcomes.append(exc.spec.code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return outcomes

@@ -6,16 +6,15 @@ from __future__ import annotations
 import pytest
 
 from cluster.finetune import service
-from cluster.state.db import TuningJob, migrate, session_scope
+from cluster.state.db import TuningJob, session_scope
 from serve_apps.errors import PlatformError
 
 pytestmark = pytest.mark.db
 
 
 @pytest.fixture
-def url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'maas.db'}"
-    migrate(url)
+def url(migrated, tmp_path):
+    url = migrated
     with session_scope(url) as session:
         session.add(TuningJob(id="ft-1", project_id="default", name="race", job_type="lora", model_ref="tiny-chat",
                               base_model="tiny-chat", dataset_path="/x", dataset_format="alpaca", params={},

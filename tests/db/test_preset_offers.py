@@ -14,7 +14,7 @@ import pytest
 
 from cluster.accounting.actor import AccountingActor
 from cluster.presets.service import register_builtin_models
-from cluster.state.db import ApiKey, ModelVersion, MyModel, Preset, PresetGrant, Project, migrate, session_scope
+from cluster.state.db import ApiKey, ModelVersion, MyModel, Preset, PresetGrant, Project, session_scope
 from serve_apps.contract import hash_key
 
 pytestmark = pytest.mark.db
@@ -23,9 +23,8 @@ Actor = AccountingActor.__ray_actor_class__  # the plain class behind the Ray ac
 
 
 @pytest.fixture
-def url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'maas.db'}"
-    migrate(url)
+def url(migrated):
+    url = migrated
     with session_scope(url) as session:
         register_builtin_models(session, ["tiny-chat"])
         session.add(Project(id="p1", name="p1"))

@@ -3,8 +3,6 @@ number of requests racing for the last places (each create locks its project's r
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from cluster.endpoints import service as endpoints
@@ -12,16 +10,15 @@ from cluster.endpoints.schemas import EndpointCreate
 from cluster.keys import service as keys
 from cluster.keys.schemas import KeyCreate
 from cluster.presets.service import register_builtin_models
-from cluster.state.db import ApiKey, Endpoint, Preset, PresetGrant, Project, migrate, session_scope
-from serve_apps.errors import PlatformError
+from cluster.state.db import ApiKey, Endpoint, Preset, PresetGrant, Project, session_scope
+from tests.helpers import race
 
 pytestmark = pytest.mark.db
 
 
 @pytest.fixture
-def url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'maas.db'}"
-    migrate(url)
+def url(migrated):
+    url = migrated
     with session_scope(url) as session:
         register_builtin_models(session, ["tiny-chat"])
         session.add(Project(id="p1", name="p1"))
@@ -29,26 +26,6 @@ def url(tmp_path):
         session.flush()
         session.add(PresetGrant(project_id="p1", model_id="tiny-chat"))
     return url
-
-
-def _race(count: int, create) -> list[str]:
-    """Run `count` creates at once; the outcome of each: "ok" or the refusal's error code."""
-    start, outcomes = threading.Barrier(count), []
-
-    def one(i: int) -> None:
-        start.wait()
-        try:
-            create(i)
-            outcomes.append("ok")
-        except PlatformError as exc:
-            outcomes.append(exc.spec.code)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return outcomes
 
 
 def test_parallel_key_creates_never_pass_the_30_key_limit(url):
@@ -60,7 +37,7 @@ def test_parallel_key_creates_never_pass_the_30_key_limit(url):
         with session_scope(url) as session:
             keys.create_key(session, "p1", KeyCreate(label=f"new{i}", description="x"))
 
-    outcomes = _race(12, create)
+    outcomes = race(12, create)
     assert sorted(outcomes) == ["MaaS.0400"] * 7 + ["ok"] * 5
     with session_scope(url) as session:
         assert session.query(ApiKey).filter_by(project_id="p1").count() == 30
@@ -71,7 +48,7 @@ def test_parallel_endpoint_creates_never_pass_the_10_endpoint_limit(url):
         with session_scope(url) as session:
             endpoints.create_endpoint(session, "p1", EndpointCreate(name=f"ep{i}", service="tiny-chat"))
 
-    outcomes = _race(14, create)
+    outcomes = race(14, create)
     assert sorted(outcomes) == ["MaaS.0400"] * 4 + ["ok"] * 10
     with session_scope(url) as session:
         assert session.query(Endpoint).filter_by(project_id="p1").count() == 10

@@ -4,24 +4,22 @@ creates race."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from cluster.projects import quotas
 from cluster.projects.schemas import QuotaSpec
 from cluster.services import service as services
 from cluster.services.schemas import ServiceCreate
-from cluster.state.db import MyModel, Project, Service, migrate, session_scope
+from cluster.state.db import MyModel, Project, Service, session_scope
 from serve_apps.errors import PlatformError
+from tests.helpers import race
 
 pytestmark = pytest.mark.db
 
 
 @pytest.fixture
-def url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'maas.db'}"
-    migrate(url)
+def url(migrated):
+    url = migrated
     with session_scope(url) as session:
         session.add(Project(id="p1", name="p1"))
     return url
@@ -68,21 +66,7 @@ def test_services_and_instances_must_fit(url):
 def test_parallel_service_creates_never_pass_the_services_quota(url):
     with session_scope(url) as session:
         quotas.set_quotas(session, "p1", QuotaSpec(services=3))
-    start, outcomes = threading.Barrier(8), []
-
-    def one(i: int) -> None:
-        start.wait()
-        try:
-            _create(url, f"s{i}")
-            outcomes.append("ok")
-        except PlatformError as exc:
-            outcomes.append(exc.spec.code)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    outcomes = race(8, lambda i: _create(url, f"s{i}"))
     assert sorted(outcomes) == ["MaaS.0400"] * 5 + ["ok"] * 3
 
 
