@@ -6,14 +6,13 @@ MAAS_ACCELERATOR, moderation), so both planes derive every path the same way.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import AliasChoices, Field, model_validator
 
-from serve_apps.settings import PlaneSettings
+from serve_apps.settings import PlaneSettings, hosts_and_networks
 
 GATEWAY_APP = "maas-gateway"
 CONTROL_APP = "maas-control"
@@ -60,14 +59,7 @@ class Settings(PlaneSettings):
 
     @cached_property
     def webhook_allow_list(self) -> dict:
-        hosts, networks = set(), []
-        for item in (i.strip() for i in self.webhook_allow.split(",")):
-            if not item:
-                continue
-            try:
-                networks.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                hosts.add(item.lower())
+        hosts, networks = hosts_and_networks(self.webhook_allow)
         return {"hosts": hosts, "networks": networks}
 
     def datasets_dir(self, project_id: str) -> Path:

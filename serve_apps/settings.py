@@ -36,14 +36,34 @@ class PlaneSettings(BaseSettings):
     def _absolute(cls, value: Path) -> Path:
         return value.expanduser().resolve()
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        hosts, _networks = hosts_and_networks(value)
+        if hosts:
+            raise ValueError(f"MAAS_TRUSTED_PROXIES takes IP addresses or networks, not {sorted(hosts)}")
+        return value
+
     @cached_property
     def trusted_proxy_networks(self) -> list:
-        return [ipaddress.ip_network(item.strip(), strict=False) for item in self.trusted_proxies.split(",")
-                if item.strip()]
+        return hosts_and_networks(self.trusted_proxies)[1]
 
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+
+def hosts_and_networks(text: str) -> tuple[set[str], list]:
+    """A comma-separated list of IP addresses or networks (as networks) and host names (lower-cased)."""
+    hosts, networks = set(), []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            hosts.add(item.lower())
+    return hosts, networks
 
 
 @lru_cache(maxsize=1)

@@ -41,7 +41,7 @@ RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint
 
 def _stripped(row: dict) -> dict:
     """A refused record, kept for accounting: its counts and ids, free text cleared, marked as invalid."""
-    return row | {"model": "", "client_ip": "", "error_code": "MaaS.0400", "service_id": row["service_id"][:128]}
+    return row | {"model": "", "client_ip": "", "error_code": "MaaS.0400"}
 
 
 def _row(record: UsageRecordDict) -> dict:
