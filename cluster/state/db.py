@@ -248,7 +248,8 @@ class ModelVersion(Base):
     description: Mapped[str] = mapped_column(String(100), default="")
     path: Mapped[str] = mapped_column(String(1024))
     kind: Mapped[str] = mapped_column(String(16), default="full")  # full | lora
-    source: Mapped[str] = mapped_column(String(128), default="upload")  # upload | finetune:<job id>
+    source: Mapped[str] = mapped_column(String(128), default="upload")  # upload | finetune:<id> | compress:<id>
+    quantization: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the compression strategy
     status: Mapped[str] = mapped_column(String(16), default="created")
     created_at: Mapped[int] = mapped_column(default=now)
 
@@ -283,5 +284,39 @@ class TuningJob(Base):
     run_seconds: Mapped[int] = mapped_column(default=0, server_default="0")  # running time of earlier stretches
     notify_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     notify_events: Mapped[list | None] = mapped_column(JSON, nullable=True)  # job statuses that are POSTed
+    created_at: Mapped[int] = mapped_column(default=now)
+    updated_at: Mapped[int] = mapped_column(default=now)
+
+
+class CompressionJob(Base):
+    """A compression job (spec §6.2): a model (catalog or a full version of mine) quantized by one strategy
+    into the next version of an output model; run as a Ray Job like a tuning job (`runtime.jobs`)."""
+
+    __tablename__ = "compression_jobs"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # cp-<12 hex>
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(String(1000), default="")
+    strategy: Mapped[str] = mapped_column(String(32))  # smoothquant-w8a8 | awq-w4a16 | gptq-w4a16
+    model_ref: Mapped[str] = mapped_column(String(128))  # a catalog model, or a my-model id or name
+    model_version: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    base_model: Mapped[str] = mapped_column(String(128))  # the catalog family
+    source_path: Mapped[str] = mapped_column(String(1024))  # the weights compressed
+    dataset_path: Mapped[str | None] = mapped_column(String(1024), nullable=True)  # None: built-in calibration
+    dataset_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)  # the CompressConfig fields the user chose
+    output_model: Mapped[str] = mapped_column(String(64))
+    output_dir: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default="creating")
+    status_reason: Mapped[str] = mapped_column(String(4000), default="")
+    submission_id: Mapped[str] = mapped_column(String(64), default="")
+    runs: Mapped[int] = mapped_column(default=0)
+    result_version: Mapped[str] = mapped_column(String(32), default="")
+    auto_stop_s: Mapped[int | None] = mapped_column(nullable=True)
+    running_since: Mapped[int | None] = mapped_column(nullable=True)
+    run_seconds: Mapped[int] = mapped_column(default=0, server_default="0")
+    notify_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    notify_events: Mapped[list | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[int] = mapped_column(default=now)
     updated_at: Mapped[int] = mapped_column(default=now)
