@@ -8,6 +8,13 @@ ENGINE ?= cpu
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(ENGINE)
+# Compression runs in its own venv: every llmcompressor release pins compressed-tensors exactly, and not to the
+# version vllm pins (README, "Two environments"). Jobs run its python: `.venv-compress/bin/python -m quantize.compress`.
+COMPRESS_VENV := .venv-compress
+COMPRESS_STAMP := $(COMPRESS_VENV)/.installed-$(ENGINE)
+COMPRESS_TORCH_cpu := torch==2.13.0+cpu
+COMPRESS_TORCH_cuda := torch==2.13.0
+COMPRESS_PINS := $(COMPRESS_TORCH_$(ENGINE)) llmcompressor==0.14.0.1 transformers==5.17.0 openpyxl==3.1.5 pyyaml==6.0.3
 
 .PHONY: install models up down status lint-imports test test-fast bench clean
 
@@ -20,7 +27,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec || true
 	touch $(STAMP)
 
-install: $(STAMP)
+$(COMPRESS_STAMP): Makefile
+	test -x $(COMPRESS_VENV)/bin/python || $(PYTHON) -m venv $(COMPRESS_VENV)
+	$(COMPRESS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(COMPRESS_VENV)/bin/python -m pip install -q $(COMPRESS_PINS)
+	# The project's job code (quantize/, train_jobs/: pure Python) is found through a .pth of links to it,
+	# not an install of the whole platform (whose pins are the other venv's).
+	mkdir -p $(COMPRESS_VENV)/maas-src
+	ln -sfn $(CURDIR)/quantize $(COMPRESS_VENV)/maas-src/quantize
+	ln -sfn $(CURDIR)/train_jobs $(COMPRESS_VENV)/maas-src/train_jobs
+	$(COMPRESS_VENV)/bin/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'maas-src.pth').write_text('$(CURDIR)/$(COMPRESS_VENV)/maas-src\n')"
+	$(COMPRESS_VENV)/bin/python -m pip check
+	touch $(COMPRESS_STAMP)
+
+install: $(STAMP) $(COMPRESS_STAMP)
 
 models: install
 	$(BIN)/maas models build
@@ -54,4 +74,4 @@ bench: install
 	$(BIN)/python benchmarks/serving_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(COMPRESS_VENV) .pytest_cache
