@@ -20,9 +20,11 @@ from sqlalchemy.exc import IntegrityError
 from cluster import auth
 from cluster.accounting import actor as accounting
 from cluster.deps import Admin, is_admin_request
+from cluster.compression import service as compression
+from cluster.compression.router import router as compression_router
 from cluster.endpoints.router import router as endpoints_router
 from cluster.finetune.router import router as finetune_router
-from cluster.finetune.service import register_output
+from cluster.finetune import service as finetune
 from cluster.keys.router import router as keys_router
 from cluster.my_models.router import router as my_models_router
 from cluster.presets.router import router as presets_router
@@ -34,7 +36,7 @@ from cluster.services import reconciler
 from cluster.services.router import mirror_router as services_mirror_router
 from cluster.services.router import router as services_router
 from cluster.settings import get_settings
-from cluster.state.db import migrate, session_scope
+from cluster.state.db import CompressionJob, TuningJob, migrate, session_scope
 from cluster.usage.router import router as usage_router
 from serve_apps.catalog import BUILTIN_MODELS, CatalogModel
 from serve_apps.errors import PlatformError
@@ -115,7 +117,7 @@ async def catalog(_: Admin):
 
 
 for mounted in (router, keys_router, projects_router, presets_router, endpoints_router, my_models_router,
-                services_router, services_mirror_router, usage_router, finetune_router):
+                services_router, services_mirror_router, usage_router, finetune_router, compression_router):
     app.include_router(mounted)
 
 
@@ -141,7 +143,8 @@ class ControlPlane:
         actor = accounting.get_or_create(get_settings().database_url)
         ray.get(actor.reload.remote())
         reconciler.start(get_settings().database_url)
-        jobs.start(get_settings().database_url, register_output)
+        jobs.start(get_settings().database_url, {TuningJob: finetune.register_output,
+                                                 CompressionJob: compression.register_output})
 
 
 def build_app(args: dict | None = None) -> serve.Application:

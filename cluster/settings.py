@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, model_validator
 
 from serve_apps.settings import PlaneSettings, hosts_and_networks
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 GATEWAY_APP = "maas-gateway"
 CONTROL_APP = "maas-control"
 
@@ -40,6 +41,9 @@ class Settings(PlaneSettings):
     max_upload_mb: int = Field(1024, gt=0, description="The largest dataset file an upload may send.")
     webhook_allow: str = Field("", description="Hosts or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) a "
                                                "webhook may reach although they are not public addresses.")
+    compress_python: Path = Field(REPO_ROOT / ".venv-compress" / "bin" / "python",
+                                  description="The python of the compression environment (llmcompressor), which "
+                                              "compression jobs run: `make install` builds .venv-compress.")
 
     @model_validator(mode="after")
     def _defaults(self) -> "Settings":
@@ -65,6 +69,10 @@ class Settings(PlaneSettings):
     def datasets_dir(self, project_id: str) -> Path:
         """Where a project's dataset uploads are kept."""
         return self.home / "datasets" / project_id
+
+    def compression_dir(self, project_id: str) -> Path:
+        """Where a project's compression jobs write their status and compressed models."""
+        return self.home / "compression" / project_id
 
     @property
     def logs_dir(self) -> Path:

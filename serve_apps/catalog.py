@@ -28,6 +28,7 @@ class Job(str, Enum):
     FULL = "finetune-full"
     LORA = "finetune-lora"
     PRETRAIN = "pretrain"
+    COMPRESS = "compress"
 
 
 class CatalogModel(BaseModel):
@@ -71,7 +72,7 @@ BUILTIN_MODELS: list[CatalogModel] = [
         types=[ModelType.TEXT_GENERATION],
         context_length=2048,
         capabilities=[Capability.TOOLS, Capability.THINKING],
-        supported_jobs=[Job.DEPLOY, Job.FULL, Job.LORA, Job.PRETRAIN],
+        supported_jobs=[Job.DEPLOY, Job.FULL, Job.LORA, Job.PRETRAIN, Job.COMPRESS],
         source="builtin:tiny-chat",
         thinking_kwarg="enable_thinking",
         thinking_default=False,

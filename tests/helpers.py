@@ -22,6 +22,7 @@ RAY_TEMP_DIR = f"/tmp/maas-test-ray-{RAY_PORT}"
 
 def start_ray_head(env: dict) -> None:
     """A Ray head of the tests' own (own ports and temp dir), beside any cluster a developer runs."""
+    env = env | {"PATH": os.pathsep.join([str(BIN), env.get("PATH", "")])}  # as `maas up` starts Ray
     done = subprocess.run([str(BIN / "ray"), "start", "--head", f"--port={RAY_PORT}",
                            f"--dashboard-port={DASHBOARD_PORT}", f"--temp-dir={RAY_TEMP_DIR}",
                            f"--ray-client-server-port={RAY_PORT + 1}", f"--dashboard-agent-listen-port={52400 + SLOT}",

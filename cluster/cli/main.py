@@ -9,6 +9,7 @@ from rich.table import Table
 from cluster.cli.common import JsonOpt, console
 from cluster.cli.common import fail as _fail
 from cluster.cli.common import print_json as _print_json
+from cluster.cli.compress import compress_app
 from cluster.cli.endpoints import endpoints_app
 from cluster.cli.finetune import finetune_app
 from cluster.cli.keys import keys_app
@@ -27,6 +28,7 @@ app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(presets_app, name="presets")
 app.add_typer(usage_app, name="usage")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(compress_app, name="compress")
 app.add_typer(services_app, name="services")
 # -- platform lifecycle ----------------------------------------------------------------------------
 @app.command()
@@ -51,6 +53,19 @@ def up(
         console.print(f"  [bold]Admin key (shown once, also saved to {get_settings().credentials_file}):[/bold] "
                       f"{result.new_admin_key}", soft_wrap=True)  # one line, to copy
     console.print("Next: [bold]maas keys create --label demo[/bold], then call the API with the key.")
+
+
+@app.command()
+def env() -> None:
+    """Print the shell variables Ray's own commands need to reach this platform: `eval "$(.venv/bin/maas env)"`,
+    then `ray job submit ...`, `serve deploy ...`, `serve status` work as written in the README."""
+    import shlex
+
+    from cluster.cli import platform
+
+    for name, value in platform.shell_env().items():
+        quoted = f'"{value}"' if name == "PATH" else shlex.quote(value)  # PATH keeps $PATH for the shell
+        print(f"export {name}={quoted}")
 
 
 @app.command()

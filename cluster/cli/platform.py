@@ -6,6 +6,7 @@ both ways of running the platform give the same thing.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -39,6 +40,28 @@ class UpResult:
     new_admin_key: str | None = None
 
 
+RAY_ENV_FILE = "ray_env.json"
+
+
+def shell_env() -> dict[str, str]:
+    """What a shell needs so that Ray's own commands (`ray job submit`, `serve deploy`, `serve status`) reach the
+    cluster `maas up` started, and a job's `python` is the platform's: printed by `maas env`."""
+    settings = get_settings()
+    try:
+        found = json.loads((settings.home / RAY_ENV_FILE).read_text())
+    except (OSError, ValueError):
+        found = {}
+    dashboard = found.get("dashboard") or "http://127.0.0.1:8265"
+    return {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), "$PATH"]),
+        "MAAS_HOME": str(settings.home),
+        "RAY_AUTH_MODE": found.get("auth_mode") or "token",  # Ray's CLIs read ~/.ray/auth_token in token mode
+        "RAY_API_SERVER_ADDRESS": dashboard,  # ray job submit / status / logs
+        "RAY_DASHBOARD_ADDRESS": dashboard,  # serve deploy / status / config
+        "MAAS_COMPRESS_PYTHON": str(settings.compress_python),
+    }
+
+
 def load_serve_config() -> dict:
     return yaml.safe_load(SERVE_CONFIG.read_text())
 
@@ -63,7 +86,10 @@ def _connect(console: Console) -> str:
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
     # FORWARDED_ALLOW_IPS="": the HTTP proxy's uvicorn leaves X-Forwarded-For alone (it would trust 127.0.0.1
     # and rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
-    env = os.environ | {"MAAS_HOME": str(settings.home), "FORWARDED_ALLOW_IPS": ""}
+    # The venv's bin first on the workers' PATH: a job's `python` (`ray job submit -- python -m ...`) is then
+    # the platform's python, with torch and the job code, whatever the submitting shell has activated.
+    env = os.environ | {"MAAS_HOME": str(settings.home), "FORWARDED_ALLOW_IPS": "",
+                        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
     with console.status("Starting a local Ray head..."):
         done = subprocess.run([_ray_bin(), "start", "--head", f"--num-cpus={LOGICAL_CPUS}",
                                "--disable-usage-stats", "--dashboard-host=127.0.0.1"],
@@ -182,6 +208,10 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
     if new_admin_key:
         save_credentials(settings.credentials_file, new_admin_key)
     dashboard = _connect(console)
+    # For `maas env`: how Ray's own commands reach this cluster (Ray's default auth is token; a cluster
+    # started with RAY_AUTH_MODE=disabled, as the tests' is, must be called without one).
+    (settings.home / RAY_ENV_FILE).write_text(json.dumps(
+        {"dashboard": dashboard, "auth_mode": os.environ.get("RAY_AUTH_MODE") or "token"}))
     deploy(console)
     deadline = start + timeout_s
     _wait_running(console, names, deadline)

@@ -105,6 +105,10 @@ def _base(session: Session, project_id: str, spec: JobCreate) -> tuple[str, Path
     resolved = registry.resolve_version(session, project_id, spec.model, spec.model_version)
     if resolved.kind != "full":
         raise PlatformError("MaaS.0400", reason="A LoRA version cannot be tuned further; tune its base model.")
+    if resolved.quantization:
+        raise PlatformError("MaaS.0400", reason=f"Version {resolved.version} of {spec.model!r} is compressed "
+                                                f"({resolved.quantization}): compressed models deploy only; tune "
+                                                "the original.")
     return resolved.base_model, resolved.path
 
 

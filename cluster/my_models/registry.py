@@ -27,7 +27,8 @@ from cluster.my_models.weights import (base_card, base_path, import_roots, job_o
                                         stage)
 from cluster.projects import quotas as project_quotas
 from cluster.settings import get_settings
-from cluster.state.db import ModelVersion, MyModel, Service, session_scope
+from cluster.state.db import (ACTIVE_JOB_STATES, CompressionJob, ModelVersion, MyModel, Service, TuningJob,
+                              session_scope)
 from cluster.state.lookup import find_owned, lock_project, owned
 from serve_apps.errors import PlatformError
 
@@ -44,7 +45,7 @@ def _check_room(session: Session, model: MyModel) -> list[int]:
 
 
 def _place(session: Session, model: MyModel, staging: Path, kind: str, source: str,
-           description: str) -> ModelVersion:
+           description: str, quantization: str | None = None) -> ModelVersion:
     """Number the staged copy (one more than the highest version) and record it."""
     target = None
     try:
@@ -57,7 +58,8 @@ def _place(session: Session, model: MyModel, staging: Path, kind: str, source: s
             raise PlatformError("MaaS.0409", reason=f"Another version of {model.name!r} is being added; "
                                                     "try again.") from None
         row = ModelVersion(id="mv-" + uuid.uuid4().hex[:12], model_id=model.id, version=number,
-                           description=description, path=str(target), kind=kind, source=source, status="created")
+                           description=description, path=str(target), kind=kind, source=source, status="created",
+                           quantization=quantization)
         session.add(row)
         session.flush()
         return row
@@ -109,13 +111,20 @@ def used_by_services(session: Session, model: MyModel, version: int | None = Non
             if version is None or str(v).lstrip("vV") == str(version)]
 
 
-def used_by_jobs(session: Session, model_id: str, version: int | None = None) -> list[str]:
-    """Jobs (fine-tuning, compression) whose input is the model; none exist yet."""
-    return []
+def used_by_jobs(session: Session, model: MyModel, version: int | None = None) -> list[str]:
+    """Fine-tuning and compression jobs still running on the model (or one version) as their input."""
+    users = []
+    for table, what in ((TuningJob, "tuning job"), (CompressionJob, "compression job")):
+        rows = session.execute(select(table.name, table.model_version).where(
+            table.project_id == model.project_id, table.model_ref.in_([model.id, model.name]),
+            table.status.in_(ACTIVE_JOB_STATES)).order_by(table.name)).all()
+        users += [f"{what} {name!r}" for name, v in rows
+                  if version is None or v is None or str(v).lstrip("vV") == str(version)]
+    return users
 
 
 def refuse_if_used(session: Session, model: MyModel, version: int | None) -> None:
-    users = used_by_services(session, model, version) + used_by_jobs(session, model.id, version)
+    users = used_by_services(session, model, version) + used_by_jobs(session, model, version)
     if users:
         what = f"Version {version} of model {model.name!r}" if version else f"The model {model.name!r}"
         raise PlatformError("MaaS.0409", reason=f"{what} cannot be deleted while it is in use by "
@@ -135,12 +144,13 @@ def resolve_version(session: Session, project_id: str, model_ref: str, version: 
                                    "description": model.description or base.description,
                                    "owned_by": project_id})
     return ResolvedModel(card=card, path=Path(row.path), kind=row.kind, base_model=base.id,
-                         base_path=base_path(base), model_id=model.id, version=row.version)
+                         base_path=base_path(base), model_id=model.id, version=row.version,
+                         quantization=row.quantization)
 
 
 def register_version(session: Session, project_id: str, model_name_or_id: str, path: str | Path, kind: str,
                      source: str, base_model: str | None = None, description: str = "",
-                     roots: list[Path] | None = None) -> VersionView:
+                     roots: list[Path] | None = None, quantization: str | None = None) -> VersionView:
     """Record a directory (by default one under the fine-tuning jobs' outputs; else under `roots`) as the next
     version of a model, creating the model (named `model_name_or_id`, on `base_model`) when the project has
     none by that name or id."""
@@ -163,7 +173,7 @@ def register_version(session: Session, project_id: str, model_name_or_id: str, p
         _check_room(session, model)
     kind_found, staging = stage(source_dir(path, roots), base_card(model.base_model), model.id, kind)
     session.add(model)
-    return VersionView.of(_place(session, model, staging, kind_found, source, description[:100]))
+    return VersionView.of(_place(session, model, staging, kind_found, source, description[:100], quantization))
 
 
 def create_model(project_id: str, spec: ModelCreate) -> ModelView:

@@ -49,14 +49,17 @@ class VersionView(BaseModel):
     description: str
     path: str = Field(description="Where the copied weights live.")
     kind: str = Field(description="full or lora")
-    source: str = Field(description="upload, or finetune:<job id>")
+    source: str = Field(description="upload, finetune:<job id> or compress:<job id>")
+    quantization: str | None = Field(None, description="The compression strategy of a compressed version "
+                                                       "(smoothquant-w8a8, awq-w4a16, gptq-w4a16).")
     status: str
     created_at: int
 
     @classmethod
     def of(cls, row: ModelVersion) -> "VersionView":
         return cls(id=row.id, model_id=row.model_id, version=row.version, description=row.description,
-                   path=row.path, kind=row.kind, source=row.source, status=row.status, created_at=row.created_at)
+                   path=row.path, kind=row.kind, source=row.source, quantization=row.quantization,
+                   status=row.status, created_at=row.created_at)
 
 
 class ModelView(BaseModel):
@@ -81,3 +84,4 @@ class ResolvedModel:
     base_path: Path
     model_id: str
     version: int
+    quantization: str | None = None  # compressed versions deploy only: no tuning, no further compression

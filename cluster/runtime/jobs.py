@@ -1,15 +1,18 @@
-"""Tuning jobs as Ray Jobs: submit, stop, and a thread that turns what Ray and the job's status.json say into
-the job's status (and registers the trained model when a job completes).
+"""Tuning and compression jobs as Ray Jobs: submit, stop, and a thread that turns what Ray and the job's
+status.json say into the job's status (and registers the job's model when it completes).
 
-The entrypoint is the same command a user can run with plain `ray job submit`:
-`python -m train_jobs.finetune --config <output_dir>/job.yaml`.
+The entrypoints are the same commands a user can run with plain `ray job submit`:
+`python -m train_jobs.finetune --config <output_dir>/job.yaml` (the platform's venv) and
+`.venv-compress/bin/python -m quantize.compress --config <output_dir>/job.yaml` (the compression venv).
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 import threading
+from typing import Callable, Union
 from pathlib import Path
 
 from sqlalchemy import select
@@ -18,12 +21,15 @@ from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.runtime.health import loop_health
 from cluster.runtime.webhooks import sender
 from cluster.runtime.running_time import count_running, running_seconds
-from cluster.state.db import TuningJob, now, session_scope
+from cluster.state.db import ACTIVE_JOB_STATES, CompressionJob, TuningJob, now, session_scope
 from serve_apps import ray_compat
 from train_jobs.progress import read_status
 
 log = logging.getLogger("maas.jobs")
-ACTIVE = {"creating", "pending", "starting", "running", "alarm", "stopping"}
+ACTIVE = set(ACTIVE_JOB_STATES)
+Job = Union[TuningJob, CompressionJob]
+# What a completed job's outputs become: (session, job row, status.json's outputs) -> the model version id.
+OnCompleted = Callable[[object, Job, dict], str]
 
 
 def job_client():
@@ -33,11 +39,11 @@ def job_client():
     return JobSubmissionClient(f"http://{ray_compat.dashboard_address()}")
 
 
-def submit(job: TuningJob, config_path: Path) -> str:
+def submit(job: Job, config_path: Path, module: str = "train_jobs.finetune", python: str = sys.executable) -> str:
     """Start one run of the job (the first, or a continue). Returns the Ray Job's submission id."""
     submission_id = f"{job.id}-run{job.runs + 1}"
     job_client().submit_job(
-        entrypoint=f"{sys.executable} -m train_jobs.finetune --config {config_path}",
+        entrypoint=f"{shlex.quote(python)} -m {module} --config {shlex.quote(str(config_path))}",
         submission_id=submission_id,
         runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}},
         metadata={"maas_job": job.id, "project": job.project_id})
@@ -48,7 +54,7 @@ def stop(submission_id: str) -> None:
     job_client().stop_job(submission_id)
 
 
-def logs(job: TuningJob) -> str:
+def logs(job: Job) -> str:
     client = job_client()
     parts = []
     for run in range(1, job.runs + 1):
@@ -74,7 +80,7 @@ def _status_from(ray_status: str, phase: str, current: str) -> str:
 class JobSync(threading.Thread):
     """Every few seconds: for each active job, read Ray's status and status.json, and update the row."""
 
-    def __init__(self, database_url: str, on_completed, interval_s: float = 2.0):
+    def __init__(self, database_url: str, on_completed: dict[type, OnCompleted], interval_s: float = 2.0):
         super().__init__(name="maas-job-sync", daemon=True)
         self.url, self.on_completed, self.interval_s = database_url, on_completed, interval_s
         self.woken = threading.Event()
@@ -95,7 +101,8 @@ class JobSync(threading.Thread):
         notes: list[tuple[str, dict]] = []
         registered = False
         with session_scope(self.url) as session:
-            jobs = session.scalars(select(TuningJob).where(TuningJob.status.in_(ACTIVE))).all()
+            jobs = [job for table in self.on_completed
+                    for job in session.scalars(select(table).where(table.status.in_(ACTIVE))).all()]
             if not jobs:
                 return
             client = job_client()
@@ -122,7 +129,7 @@ class JobSync(threading.Thread):
         for url, payload in notes:
             _post(url, payload)
 
-    def _sync_one(self, session, client, job: TuningJob) -> None:
+    def _sync_one(self, session, client, job: Job) -> None:
         try:
             info = client.get_job_info(job.submission_id)
         except RuntimeError:
@@ -133,10 +140,10 @@ class JobSync(threading.Thread):
         if job.status == "running" and job.auto_stop_s and _ran(job) >= job.auto_stop_s:
             stop(job.submission_id)
             job.status = "stopping"
-            job.status_reason = f"Auto-stopped after {_ran(job)} s of running " \
-                                f"(auto-stop {job.auto_stop_s} s); continue resumes from the latest checkpoint."
+            job.status_reason = f"Auto-stopped after {_ran(job)} s of running (auto-stop {job.auto_stop_s} s)" + (
+                "; continue resumes from the latest checkpoint." if isinstance(job, TuningJob) else ".")
 
-    def _follow(self, session, job: TuningJob, info) -> None:
+    def _follow(self, session, job: Job, info) -> None:
         """The job's status from Ray's and status.json's; on completion, register its output."""
         status_file = read_status(Path(job.output_dir))
         new = _status_from(info.status.value, status_file.get("phase", ""), job.status)
@@ -150,17 +157,17 @@ class JobSync(threading.Thread):
                 if report else "")
         if new == "completed":
             try:
-                job.result_version = self.on_completed(session, job, status_file.get("outputs", {}))
+                job.result_version = self.on_completed[type(job)](session, job, status_file.get("outputs", {}))
             except Exception as exc:  # the training worked; say why its model could not be kept
                 log.exception("registering the output of %s failed", job.id)
                 job.status, job.status_reason = "failed", f"registering the trained model failed: {exc}"
 
 
-def _ran(job: TuningJob) -> int:
+def _ran(job: Job) -> int:
     return running_seconds(job.run_seconds, job.running_since)
 
 
-def _count_running_time(job: TuningJob) -> None:
+def _count_running_time(job: Job) -> None:
     for column, value in count_running(job.status == "running", job.run_seconds, job.running_since, now()).items():
         setattr(job, column, value)
 
@@ -176,7 +183,7 @@ def _post(url: str, payload: dict) -> None:
 _sync: JobSync | None = None
 
 
-def start(database_url: str, on_completed) -> JobSync:
+def start(database_url: str, on_completed: dict[type, OnCompleted]) -> JobSync:
     global _sync
     if _sync is None or not _sync.is_alive():
         _sync = JobSync(database_url, on_completed)

@@ -254,6 +254,10 @@ class ModelVersion(Base):
     created_at: Mapped[int] = mapped_column(default=now)
 
 
+# Job statuses in which a job (tuning or compression) still has, or may get, a Ray Job running.
+ACTIVE_JOB_STATES = ("creating", "pending", "starting", "running", "alarm", "stopping")
+
+
 class TuningJob(Base):
     """A fine-tuning job (spec §7): its parameters, the Ray Job running it, and where its outputs go."""
 
