@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 from cluster import auth
 from cluster.accounting import actor as accounting
+from cluster.console.app import console
 from cluster.deps import Admin, is_admin_request
 from cluster.compression import service as compression
 from cluster.compression.router import router as compression_router
@@ -119,6 +120,7 @@ async def catalog(_: Admin):
 for mounted in (router, keys_router, projects_router, presets_router, endpoints_router, my_models_router,
                 services_router, services_mirror_router, usage_router, finetune_router, compression_router):
     app.include_router(mounted)
+app.mount("/console", console)  # the web console: /api/console/ behind Serve (cluster/console)
 
 
 def prepare(model_ids: list[str]) -> str | None:

@@ -10,8 +10,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cluster.state.db import AdminKey, ApiKey
+from cluster.state.db import AdminKey, ApiKey, Project
 from serve_apps.contract import hash_key
+from serve_apps.errors import PlatformError
 
 
 def ensure_admin_key(session: Session, wanted: str | None) -> str | None:
@@ -33,6 +34,21 @@ def is_admin(session: Session, secret: str) -> bool:
 def key_project(session: Session, secret: str) -> str | None:
     """The project of an API key, or None when no such key exists."""
     return session.scalar(select(ApiKey.project_id).where(ApiKey.key_hash == hash_key(secret)))
+
+
+def project_access(session: Session, secret: str, project_id: str) -> str:
+    """The one rule of who may act on a project (the REST routes and the console): the admin key on any
+    project that exists, an API key only on its own project."""
+    if is_admin(session, secret):
+        if session.get(Project, project_id) is None:
+            raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
+        return project_id
+    owner = key_project(session, secret)
+    if owner is None:
+        raise PlatformError("ModelArts.81003")
+    if owner != project_id:
+        raise PlatformError("MaaS.0403", reason=f"This key has no access to project {project_id!r}.")
+    return project_id
 
 
 def save_credentials(path: Path, secret: str) -> None:

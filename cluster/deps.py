@@ -11,7 +11,7 @@ from fastapi import Depends, Query, Request
 from cluster import auth
 from cluster.schemas import confirmation
 from cluster.settings import get_settings
-from cluster.state.db import Project, session_scope
+from cluster.state.db import session_scope
 from serve_apps.contract import bearer_token
 from serve_apps.errors import PlatformError
 
@@ -43,16 +43,7 @@ def require_project(project_id: str, request: Request) -> str:
     """The admin key may act on any project; an API key only on its own project."""
     secret = _bearer(request)
     with session_scope(get_settings().database_url) as session:
-        if auth.is_admin(session, secret):
-            if session.get(Project, project_id) is None:
-                raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
-            return project_id
-        owner = auth.key_project(session, secret)
-        if owner is None:
-            raise PlatformError("ModelArts.81003")
-        if owner != project_id:
-            raise PlatformError("MaaS.0403", reason=f"This key has no access to project {project_id!r}.")
-        return project_id
+        return auth.project_access(session, secret, project_id)
 
 
 Admin = Annotated[None, Depends(require_admin)]

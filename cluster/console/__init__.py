@@ -1,0 +1,1 @@
+"""The web console (cluster/console/app.py): server-rendered pages over the rooms, mounted by cluster.app."""
