@@ -10,10 +10,11 @@ LLM_POLICY = "autoscaling.serve:LLMPolicy"
 
 
 def serve_autoscaling_config(spec: ScalingSpec) -> dict[str, Any]:
-    initial = spec.initial_replicas if spec.initial_replicas is not None else max(spec.min_replicas, 1)
+    # Serve resets the target to initial_replicas on every config change: only a fixed count (or an explicit
+    # choice) sets it, so that a live change of an autoscaled deployment keeps the replicas it has.
+    initial = spec.min_replicas if spec.mode == "off" else spec.initial_replicas
     config: dict[str, Any] = {"min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
-                              "initial_replicas": min(initial, spec.max_replicas),
-                              "target_ongoing_requests": spec.target_ongoing_requests}
+                              "initial_replicas": initial, "target_ongoing_requests": spec.target_ongoing_requests}
     if spec.mode != "llm":
         return config  # off: min = max; requests: Serve's own policy and delays
     options = spec.llm

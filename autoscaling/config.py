@@ -45,7 +45,8 @@ class ScalingSpec(BaseModel):
                                           "on ongoing requests; off: a fixed count (min = max).")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0, description="At deploy time; default max(min, 1).")
+    initial_replicas: int | None = Field(None, ge=0, description="At deploy time (default: min_replicas); Serve "
+                                                                 "also resets the target to it on a config change.")
     target_ongoing_requests: float = Field(16, gt=0, description="The requests policy: ongoing requests per "
                                                                  "replica to aim for.")
     llm: LLMPolicyOptions = Field(default_factory=LLMPolicyOptions)

@@ -16,11 +16,14 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
 
+from autoscaling.builder import serve_autoscaling_config
+from autoscaling.config import LLMPolicyOptions, Mode, ScalingSpec
+from autoscaling.metrics import EngineStats
 from serve_apps.catalog import CatalogModel, ModelType, builtin
 from serve_apps.errors import context_length_exceeded
 from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
                                    LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
-                                   patch_tokenizer_service)
+                                   patch_tokenizer_service, watch_scheduler_stats)
 from serve_apps.settings import Accelerator, plane_settings
 
 
@@ -33,6 +36,11 @@ class ModelServiceSpec(BaseModel):
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
     target_ongoing_requests: int = Field(16, gt=0, description="Scale up above this many per replica.")
+    autoscale: Mode = Field("requests", description="llm: vLLM's queue and KV usage decide; requests: Serve's "
+                                                    "policy on ongoing requests; off: min = max replicas.")
+    autoscale_options: LLMPolicyOptions = Field(default_factory=LLMPolicyOptions)
+    max_batch: int | None = Field(None, gt=0, description="Requests one engine runs at once (vLLM max_num_seqs); "
+                                                          "more wait in its queue. None: vLLM's default.")
     max_ongoing_requests: int = Field(64, gt=0)
     stream_batching_interval_ms: float = Field(
         50, ge=0, description="After the first chunk (sent at once), chunks travel in batches this often.")
@@ -45,6 +53,11 @@ class ModelServiceSpec(BaseModel):
     @property
     def deployment_name(self) -> str:
         return f"engine-{self.model.id}"
+
+    @property
+    def scaling(self) -> ScalingSpec:
+        return ScalingSpec(mode=self.autoscale, min_replicas=self.min_replicas, max_replicas=self.max_replicas,
+                           target_ongoing_requests=self.target_ongoing_requests, llm=self.autoscale_options)
 
 
 class LocalWeightsCallback(CallbackBase):
@@ -92,8 +105,9 @@ class LocalLoraLoader(LoraModelLoader):
 
 
 class MaasLLMServer(LLMServer):
-    """`LLMServer` with first-chunk-immediate stream batching, and the product's context-length rule:
-    prompt + max_tokens over the context is refused (vLLM would silently shorten max_tokens)."""
+    """`LLMServer` with first-chunk-immediate stream batching, the product's context-length rule (prompt +
+    max_tokens over the context is refused; vLLM would silently shorten max_tokens), and the engine's queue
+    and KV usage reported to Serve's autoscaler (`record_autoscaling_stats`, for the `llm` policy)."""
 
     def _init_multiplex_loader(self, model_downloader_cls=None):
         # ray.serve.llm only downloads adapters from cloud storage; ours are local directories.
@@ -102,6 +116,12 @@ class MaasLLMServer(LLMServer):
     async def start(self):
         await super().start()
         patch_tokenizer_service(self.engine)
+        self._engine_stats = EngineStats()
+        watch_scheduler_stats(self.engine, self._engine_stats.record)
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        stats = getattr(self, "_engine_stats", None)
+        return stats.report() if stats is not None else {}
 
     def _batch_output_stream(self, generator: AsyncGenerator) -> AsyncGenerator:
         interval = self._get_batch_interval_ms()
@@ -157,6 +177,8 @@ def _engine_kwargs(spec: ModelServiceSpec) -> dict[str, Any]:
         kwargs["runner"] = "pooling"
     if spec.max_lora_adapters:
         kwargs.update(enable_lora=True, max_loras=spec.max_lora_adapters, max_lora_rank=spec.max_lora_rank)
+    if spec.max_batch:
+        kwargs["max_num_seqs"] = spec.max_batch
     kwargs.update(spec.engine_kwargs)
     return kwargs
 
@@ -182,12 +204,7 @@ def build_llm_config(spec: ModelServiceSpec) -> LLMConfig:
         runtime_env={"env_vars": env},
         deployment_config={
             "name": spec.deployment_name,
-            "autoscaling_config": {
-                "min_replicas": spec.min_replicas,
-                "initial_replicas": max(spec.min_replicas, 1),
-                "max_replicas": spec.max_replicas,
-                "target_ongoing_requests": spec.target_ongoing_requests,
-            },
+            "autoscaling_config": serve_autoscaling_config(spec.scaling),
             "max_ongoing_requests": spec.max_ongoing_requests,
             "ray_actor_options": placement["ray_actor_options"],
         },

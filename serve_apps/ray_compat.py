@@ -44,6 +44,37 @@ def patch_tokenizer_service(engine) -> None:
         engine._oai_serving_tokenization = getattr(engine._app_state, "serving_tokenization", None)
 
 
+class _SchedulerStatsSink:
+    """A vLLM stat logger that hands each step's scheduler stats to `on_stats(waiting, running, kv_usage)`."""
+
+    def __init__(self, on_stats) -> None:
+        self.on_stats = on_stats
+
+    def record(self, scheduler_stats=None, iteration_stats=None, mm_cache_stats=None, engine_idx=0) -> None:
+        if scheduler_stats is not None:
+            self.on_stats(scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
+                          scheduler_stats.num_running_reqs, scheduler_stats.kv_cache_usage)
+
+    def log(self) -> None: ...
+
+    def log_engine_initialized(self) -> None: ...
+
+    def record_sleep_state(self, *args, **kwargs) -> None: ...
+
+    def record_admission_rejection(self, *args, **kwargs) -> None: ...
+
+
+def watch_scheduler_stats(engine, on_stats) -> bool:
+    """Call `on_stats(waiting, running, kv_usage)` on every step of the engine behind a `LLMServer.engine`
+    (ray's `VLLMEngine._engine_client` is vLLM 0.32's `AsyncLLM`; its `logger_manager.stat_loggers` get
+    `SchedulerStats` per step; AsyncLLM has no public add_logger, vllm issue 17702). False if not found."""
+    manager = getattr(getattr(engine, "_engine_client", None), "logger_manager", None)
+    if manager is None:
+        return False
+    manager.stat_loggers.append(_SchedulerStatsSink(on_stats))
+    return True
+
+
 # -- ray.serve internals (checked against ray 2.60.0) -----------------------------------------------------
 def serve_details() -> dict[str, Any] | None:
     """`ServeInstanceDetails` as a dict (one controller call), or None when no Serve controller runs.

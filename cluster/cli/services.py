@@ -13,7 +13,15 @@ from cluster.cli.common import JsonOpt, ProjectOpt, call, console, fail, print_j
 services_app = typer.Typer(help="Model services: your own deployments of catalog models.", no_args_is_help=True)
 ConfirmOpt = typer.Option("", "--confirm", help="The confirmation word the action needs (YES or DELETE).")
 WaitOpt = typer.Option(False, "--wait", help="Follow the status until the service settles.")
-COLUMNS = ["id", "name", "model", "model_version", "status", "instances", "qps", "auto_stop", "description"]
+COLUMNS = ["id", "name", "model", "model_version", "status", "instances", "autoscale", "qps", "auto_stop",
+           "description"]
+AutoscaleOpt = typer.Option("off", "--autoscale", help="llm (vLLM's queue and KV usage), requests (Ray Serve's "
+                                                       "policy) or off (--instances, fixed).")
+MinOpt = typer.Option(None, "--min-instances", help="With --autoscale: the fewest instances (0: scale to zero).")
+MaxOpt = typer.Option(None, "--max-instances", help="With --autoscale: the most instances.")
+QuietOpt = typer.Option(None, "--quiet-period", help="llm: seconds without a waiting request before a scale-down.")
+PanicOpt = typer.Option(None, "--panic-window", help="llm: seconds requests must wait before a scale-up.")
+StableOpt = typer.Option(None, "--stable-window", help="llm: seconds of the averaging window.")
 SETTLED = {"Running", "Concerning", "Failed", "Terminated", "Deleted"}
 
 
@@ -33,6 +41,10 @@ def _detail(view: dict) -> None:
     for key, value in view.items():
         if key == "replicas":
             value = ", ".join(f"{r['id']} ({r['state'].lower()})" for r in value) or "-"
+        elif key == "last_scaling" and value:
+            signals = ", ".join(f"{k} {v:g}" for k, v in (value.get("signals") or {}).items())
+            value = (f"{_when(int(value['at']))}: {value['from_replicas']} -> {value['to_replicas']} "
+                     f"({value.get('policy', '')}) {value.get('reason', '')}" + (f" [{signals}]" if signals else ""))
         elif key.endswith("_at"):
             value = _when(value)
         table.add_row(key, "-" if value in (None, "", []) else str(value))
@@ -78,7 +90,12 @@ def deploy(name: str = typer.Argument(..., help="1-64: a CJK character or letter
                                                  "digits, - or _."),
            model: str = typer.Option(..., "--model", help="Catalog model id (`maas models list`)."),
            model_version: str = typer.Option("1", "--model-version", help="Model version."),
-           instances: int = typer.Option(1, "--instances", help="Engine instances (replicas)."),
+           instances: int = typer.Option(1, "--instances", help="Engine instances (replicas), fixed when "
+                                                                "--autoscale is off."),
+           autoscale: str = AutoscaleOpt, min_instances: int = MinOpt, max_instances: int = MaxOpt,
+           max_batch: int = typer.Option(None, "--max-batch", help="Requests one instance runs at once (vLLM "
+                                                                   "max_num_seqs); more wait in its queue."),
+           quiet_period: float = QuietOpt, panic_window: float = PanicOpt, stable_window: float = StableOpt,
            qps: int = typer.Option(None, "--qps", help="Requests per second limit (default: none)."),
            no_moderation: bool = typer.Option(False, "--no-moderation",
                                               help="Turn content moderation off (it is on by default)."),
@@ -93,7 +110,37 @@ def deploy(name: str = typer.Argument(..., help="1-64: a CJK character or letter
             "moderation": not no_moderation, "auto_stop": auto_stop, "description": description,
             "notify_url": notify_url,
             "notify_events": [e.strip() for e in notify_events.split(",") if e.strip()] if notify_events else []}
+    body |= _scaling(autoscale, min_instances, max_instances, quiet_period, panic_window, stable_window)
+    if max_batch is not None:
+        body["max_batch"] = max_batch
     _show(call("POST", f"/{project}/services", json=body), as_json, project, wait)
+
+
+def _scaling(autoscale: str, low: int | None, high: int | None, quiet: float | None, panic: float | None,
+             stable: float | None) -> dict:
+    body: dict = {"autoscale": autoscale}
+    if low is not None:
+        body["min_instances"] = low
+    if high is not None:
+        body["max_instances"] = high
+    options = {k: v for k, v in (("quiet_period_s", quiet), ("panic_window_s", panic),
+                                 ("stable_window_s", stable)) if v is not None}
+    if options:
+        body["autoscale_options"] = options
+    return body
+
+
+@services_app.command("autoscale")
+def autoscale_(service: str, autoscale: str = typer.Option(..., "--autoscale", help="llm, requests or off."),
+               min_instances: int = MinOpt, max_instances: int = MaxOpt,
+               instances: int = typer.Option(None, "--instances", help="With --autoscale off: the fixed count."),
+               quiet_period: float = QuietOpt, panic_window: float = PanicOpt, stable_window: float = StableOpt,
+               wait: bool = WaitOpt, project: str = ProjectOpt, as_json: bool = JsonOpt) -> None:
+    """Change how a running service scales (policy, bounds, windows); its replicas keep serving."""
+    body = _scaling(autoscale, min_instances, max_instances, quiet_period, panic_window, stable_window)
+    if instances is not None:
+        body["instances"] = instances
+    _show(call("POST", f"/{project}/services/{service}/autoscale", json=body), as_json, project, wait)
 
 
 @services_app.command("list")
@@ -107,7 +154,8 @@ def list_(project: str = ProjectOpt, as_json: bool = JsonOpt) -> None:
 @services_app.command("get")
 def get(service: str = typer.Argument(..., help="Service id or name."), project: str = ProjectOpt,
         as_json: bool = JsonOpt) -> None:
-    """Details, status (one of the API's 18 values) and instances."""
+    """Details, status (one of the API's 18 values), instances, replicas running and targeted, and the last
+    autoscaling decision with its signal."""
     _show(call("GET", f"/{project}/services/{service}"), as_json, project, wait=False)
 
 

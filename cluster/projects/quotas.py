@@ -4,7 +4,7 @@ both pass a count). No HTTP here."""
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from cluster.projects.schemas import QUOTA_FIELDS, QuotaSpec, QuotaView
@@ -37,7 +37,7 @@ def _over(what: str, limit: int) -> PlatformError:
 
 def check_service(session: Session, project_id: str, instances: int, replacing: Service | None = None) -> None:
     """A new service with `instances` (or `replacing` scaled to them) fits the services and instances quotas.
-    Instances count over the project's services that should run."""
+    Instances count over the project's services that should run; an autoscaled one counts its maximum."""
     limit = quotas(session, project_id)
     others = [Service.project_id == project_id, Service.desired == "running"]
     if replacing is not None:
@@ -46,7 +46,9 @@ def check_service(session: Session, project_id: str, instances: int, replacing: 
         count = session.scalar(select(func.count()).select_from(Service).where(Service.project_id == project_id))
         if count >= limit.services:
             raise _over("model services", limit.services)
-    used = session.scalar(select(func.coalesce(func.sum(Service.instances), 0)).where(*others))
+    peak = case((Service.autoscale != "off", func.coalesce(Service.max_instances, Service.instances)),
+                else_=Service.instances)
+    used = session.scalar(select(func.coalesce(func.sum(peak), 0)).where(*others))
     if used + instances > limit.instances:
         raise _over(f"engine instances over running services ({used} in use)", limit.instances)
 

@@ -9,9 +9,11 @@ keeps every rule of the lifecycle testable without an engine (tests/unit/test_se
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 
+from autoscaling.config import LLMPolicyOptions
 from cluster.runtime.running_time import count_running
 from cluster.state.db import Service
 from serve_apps.errors import PlatformError
@@ -110,12 +112,28 @@ class AppState:
     status: str  # ApplicationStatus: NOT_STARTED, DEPLOYING, DEPLOY_FAILED, RUNNING, UNHEALTHY, DELETING
     message: str = ""
     deployment_status: str = ""  # DeploymentStatus: UPDATING, HEALTHY, UNHEALTHY, UPSCALING, ...
-    instances: int | None = None  # the replica count it is configured for
+    instances: int | None = None  # the replica count it is configured for (autoscaled: its minimum)
     replicas: tuple[tuple[str, str], ...] = ()  # (replica id, ReplicaState)
+    scaling: tuple | None = None  # scaling_key() of its autoscaling config; None: a fixed `instances`
+    target: int | None = None  # the replica count Serve aims for now
 
     @property
     def running(self) -> int:
         return sum(state == "RUNNING" for _id, state in self.replicas)
+
+    @property
+    def scaling_key(self) -> tuple:
+        return self.scaling if self.scaling is not None else scaling_key("off", self.instances, self.instances)
+
+
+def scaling_key(mode: str, low: int | None, high: int | None, options: dict | None = None) -> tuple:
+    """How a deployment scales, comparable between a service row and Serve's config (a requests policy with
+    min = max is a fixed count; the llm policy's options count with their defaults)."""
+    if mode != "llm" and low == high:
+        return ("off", low, low, "")
+    if mode != "llm":
+        return (mode, low, high, "")
+    return (mode, low, high, json.dumps(LLMPolicyOptions(**(options or {})).model_dump(), sort_keys=True))
 
 
 # -- deciding ----------------------------------------------------------------------------------------------
@@ -138,6 +156,11 @@ class Snapshot:
     project_id: str = ""
     model_version: str = "1"
     previous_version: str | None = None
+    autoscale: str = "off"
+    min_instances: int | None = None
+    max_instances: int | None = None
+    autoscale_options: dict | None = field(default=None, hash=False)
+    max_batch: int | None = None
 
     @classmethod
     def of(cls, row: Service) -> "Snapshot":
@@ -145,7 +168,22 @@ class Snapshot:
                    generation=row.generation, instances=row.instances, app_name=row.app_name,
                    running_since=row.running_since, run_seconds=row.run_seconds, auto_stop_s=row.auto_stop_s,
                    status_reason=row.status_reason, project_id=row.project_id, model_version=row.model_version,
-                   previous_version=row.previous_version)
+                   previous_version=row.previous_version, autoscale=row.autoscale or "off",
+                   min_instances=row.min_instances, max_instances=row.max_instances,
+                   autoscale_options=row.autoscale_options, max_batch=row.max_batch)
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        """(fewest, most) engine replicas: the fixed count when autoscale is off."""
+        if self.autoscale == "off" or self.max_instances is None:
+            return self.instances, self.instances
+        return self.min_instances or 0, self.max_instances
+
+    @property
+    def scaling_key(self) -> tuple:
+        low, high = self.bounds
+        return scaling_key(self.autoscale if self.max_instances is not None else "off", low, high,
+                           self.autoscale_options)
 
 
 @dataclass
@@ -199,7 +237,9 @@ def _decide_running(snap: Snapshot, apps: dict[str, AppState]) -> Decision:
         return Decision(status.value, reason, deploy=target, delete=stale)
     if app.status == "DELETING":  # stopped and started again quickly: wait for the old one to go
         return Decision(snap.status, None, delete=stale)
-    resize = target if app.instances != snap.instances and app.status != "DEPLOY_FAILED" else None
+    resize = target if app.scaling_key != snap.scaling_key and app.status != "DEPLOY_FAILED" else None
+    floor = snap.bounds[0]  # autoscaled: fewer than the target is the autoscaler's business, not an alarm
+    expected = snap.instances if snap.autoscale == "off" else max(floor, app.target or 0)
     if app.status == "DEPLOY_FAILED":
         if serving and apps[serving].status == "RUNNING":
             decision = upgrade_failed(snap, serving, app.message)
@@ -211,10 +251,10 @@ def _decide_running(snap: Snapshot, apps: dict[str, AppState]) -> Decision:
         if serving:  # upgrade done: switch calls to the new application, then retire the old one
             return Decision(Status.RUNNING.value, "", changes={"app_name": target}, delete=[serving, *stale])
         changes = {} if snap.app_name == target else {"app_name": target}
-        if snap.status == Status.SCALE.value and app.running != snap.instances:
+        if snap.status == Status.SCALE.value and app.running != expected:
             return Decision(Status.SCALE.value, "", changes=changes, delete=stale)
-        if app.running < snap.instances:
-            return Decision(Status.CONCERNING.value, f"{app.running} of {snap.instances} instances running; "
+        if app.running < floor:
+            return Decision(Status.CONCERNING.value, f"{app.running} of {floor} instances running; "
                                                      "replacing the others.", changes=changes, delete=stale)
         return Decision(Status.RUNNING.value, "", changes=changes, delete=stale)
     if serving:
@@ -223,7 +263,9 @@ def _decide_running(snap: Snapshot, apps: dict[str, AppState]) -> Decision:
     if app.running:
         if resize or snap.status == Status.SCALE.value or app.deployment_status in ("UPSCALING", "DOWNSCALING"):
             return Decision(Status.SCALE.value, "", changes=changes, deploy=resize, delete=stale)
-        return Decision(Status.CONCERNING.value, (app.message or f"{app.running} of {snap.instances} instances "
+        if snap.autoscale != "off" and app.running >= floor:  # the autoscaler adds or removes a replica
+            return Decision(Status.RUNNING.value, "", changes=changes, delete=stale)
+        return Decision(Status.CONCERNING.value, (app.message or f"{app.running} of {floor} instances "
                                                  "running.")[:1024], changes=changes, deploy=resize, delete=stale)
     if app.status == "UNHEALTHY":
         return Decision(Status.CONCERNING.value, (app.message or "Unhealthy.")[:1024], deploy=resize, delete=stale)

@@ -27,12 +27,14 @@ from dataclasses import replace
 
 from sqlalchemy import delete, select, update
 
+from autoscaling.builder import policy_name
 from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.my_models import registry
 from cluster.runtime.events import Notification, deliver, record_event
 from cluster.runtime.health import loop_health
+from cluster.services.scaling import ScalingEvents
 from cluster.services.lifecycle import (APP_PREFIX, AppState, Decision, Snapshot, Status, decide, deletable,
-                                        service_id_of, upgrade_failed)
+                                        scaling_key, service_id_of, upgrade_failed)
 from cluster.settings import get_settings
 from cluster.state.db import Service, ServiceEvent, now, session_scope
 from serve_apps import ray_compat
@@ -59,15 +61,21 @@ def serve_details() -> dict[str, AppState]:
         if not name.startswith(APP_PREFIX):
             continue
         deployment = next(iter(app.deployments.values()), None)
-        instances, replicas, dep_status = None, (), ""
+        instances, replicas, dep_status, scaling, target = None, (), "", None, None
         if deployment is not None:
             dep_status = _value(deployment.status)
             auto = deployment.deployment_config.autoscaling_config
             auto = auto if isinstance(auto, dict) or auto is None else auto.model_dump()
             instances = (auto or {}).get("min_replicas", deployment.target_num_replicas)
             replicas = tuple((r.replica_id, _value(r.state)) for r in deployment.replicas)
+            target = deployment.target_num_replicas
+            if auto:
+                policy = auto.get("policy") or {}
+                options = (policy.get("policy_kwargs") or {}).get("options") if isinstance(policy, dict) else None
+                scaling = scaling_key(policy_name(auto), auto.get("min_replicas"), auto.get("max_replicas"), options)
         apps[name] = AppState(name=name, status=_value(app.status), message=app.message or "",
-                              deployment_status=dep_status, instances=instances, replicas=replicas)
+                              deployment_status=dep_status, instances=instances, replicas=replicas,
+                              scaling=scaling, target=target)
     return apps
 
 
@@ -82,6 +90,8 @@ class Reconciler(threading.Thread):
         self.url = database_url
         self.woken = threading.Event()
         self.replicas: dict[str, list[dict]] = {}
+        self.targets: dict[str, int | None] = {}
+        self.decisions = ScalingEvents()
         self.health = loop_health("reconciler")
         self._pruned_at = 0.0
 
@@ -104,6 +114,8 @@ class Reconciler(threading.Thread):
         apps = serve_details()
         self.replicas = {name: [{"id": rid, "state": state} for rid, state in app.replicas]
                          for name, app in apps.items()}
+        self.targets = {name: app.target for name, app in apps.items()}
+        self.post(self.decisions.record(self.url, apps))
         by_service: dict[str, dict[str, AppState]] = {}
         for name, app in apps.items():
             by_service.setdefault(service_id_of(name) or "", {})[name] = app
@@ -202,14 +214,16 @@ def _deploy(snap: Snapshot, name: str) -> None:
     else:
         model = builtin(snap.model_id)
         path = ensure_built(model, settings.models_dir)
-    spec = ModelServiceSpec(model=model, model_path=str(path), app_name=name,
-                            min_replicas=snap.instances, max_replicas=snap.instances,
-                            accelerator=settings.accelerator)
+    low, high = snap.bounds
+    mode = snap.autoscale if snap.max_instances is not None else "off"
+    spec = ModelServiceSpec(model=model, model_path=str(path), app_name=name, min_replicas=low, max_replicas=high,
+                            autoscale=mode, autoscale_options=snap.autoscale_options or {},
+                            max_batch=snap.max_batch, accelerator=settings.accelerator)
     # Pinned code version: a new instance count then leaves the running replicas alone.
     application = ray_compat.pin_code_version(build_model_app(spec), name)
     serve.run_many([RunTarget(target=application, name=name, route_prefix=None)],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
-    log.info("deployed %s with %d instance(s)", name, snap.instances)
+    log.info("deployed %s with %d-%d instance(s), autoscale %s", name, low, high, mode)
 
 
 def _delete_app(name: str) -> None:
@@ -247,3 +261,8 @@ def notify(notifications: list[Notification]) -> None:
 def replicas(name: str) -> list[dict]:
     """The engine replicas of a service application, as the last pass saw them."""
     return list(_current.replicas.get(name, [])) if _current is not None and name else []
+
+
+def target(name: str) -> int | None:
+    """The replica count Serve aims for in a service application, as the last pass saw it."""
+    return _current.targets.get(name) if _current is not None and name else None

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from cluster.deps import Confirmed, ProjectId, database_url
 from cluster.services import service as svc
 from cluster.services.lifecycle import Action
-from cluster.services.schemas import (EventView, MirrorAction, QpsRequest, ScaleRequest, ServiceCreate,
-                                      ServiceView, UpgradeRequest)
+from cluster.services.schemas import (AutoscaleRequest, EventView, MirrorAction, QpsRequest, ScaleRequest,
+                                      ServiceCreate, ServiceView, UpgradeRequest)
 from cluster.state.db import Service, session_scope
 
 router = APIRouter(prefix="/v1/{project_id}/services", tags=["services"])
@@ -53,6 +53,13 @@ async def stop_service(project_id: ProjectId, service: str):
 async def scale_service(project_id: ProjectId, service: str, spec: ScaleRequest):
     return await svc.transition(project_id, service, Action.SCALE, svc.scale_changes(spec),
                                     "Scaling to {row.instances} instances.")
+
+
+@router.post("/{service}/autoscale", response_model=ServiceView)
+async def autoscale_service(project_id: ProjectId, service: str, spec: AutoscaleRequest):
+    """Change the policy or the bounds live (from Running or Concerning); running replicas keep serving."""
+    return await svc.transition(project_id, service, Action.SCALE, svc.autoscale_changes(spec),
+                                svc.autoscale_message(spec))
 
 
 @router.post("/{service}/qps", response_model=ServiceView)

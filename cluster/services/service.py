@@ -22,6 +22,7 @@ from cluster.schemas import auto_stop_seconds, confirmation
 from cluster.services import reconciler
 from cluster.services.lifecycle import Action, Status, check_action
 from cluster.services.schemas import (
+    AutoscaleRequest,
     EventView,
     ScaleRequest,
     ServiceCreate,
@@ -42,7 +43,12 @@ def find(session: Session, project_id: str, service: str) -> Service:
 
 
 def view(row: Service) -> ServiceView:
-    return ServiceView.of(row, reconciler.replicas(row.app_name))
+    return ServiceView.of(row, reconciler.replicas(row.app_name), reconciler.target(row.app_name))
+
+
+def most_instances(autoscale: str, instances: int, max_instances: int | None) -> int:
+    """What a service may run at its peak: what the instances quota counts."""
+    return instances if autoscale == "off" or max_instances is None else max_instances
 
 
 async def after_change(notifications: list[Notification]) -> None:
@@ -66,9 +72,13 @@ def create(session: Session, project_id: str, spec: ServiceCreate) -> tuple[Serv
     if session.scalar(select(Service.id).where(Service.project_id == project_id, Service.name == spec.name)):
         raise PlatformError("MaaS.0409", reason=f"A service named {spec.name!r} already exists in this project.")
     lock_project(session, project_id)  # parallel creates count one after another
-    project_quotas.check_service(session, project_id, spec.instances)
+    project_quotas.check_service(session, project_id, most_instances(spec.autoscale, spec.instances,
+                                                                     spec.max_instances))
+    options = spec.autoscale_options.model_dump(exclude_unset=True) if spec.autoscale_options else None
     row = Service(id=uuid.uuid4().hex, project_id=project_id, name=spec.name, description=spec.description,
                   model_id=spec.model, model_version=spec.model_version, instances=spec.instances, qps=spec.qps,
+                  autoscale=spec.autoscale, min_instances=spec.min_instances, max_instances=spec.max_instances,
+                  autoscale_options=options, max_batch=spec.max_batch,
                   moderation=spec.moderation, notify_url=spec.notify_url,
                   notify_events=[s.value for s in spec.notify_events], auto_stop_s=auto_stop_seconds(spec.auto_stop),
                   desired="running", status=Status.PENDING.value, generation=1, app_name="")
@@ -118,6 +128,10 @@ def delete_changes(_row: Service) -> dict:
 
 def scale_changes(spec: ScaleRequest) -> Callable[[Service], dict]:
     def changes(row: Service) -> dict:
+        if (row.autoscale or "off") != "off":
+            raise PlatformError("MaaS.0409", reason=f"The service {row.name!r} autoscales ({row.autoscale}, "
+                                                    f"{row.min_instances}-{row.max_instances} instances): change "
+                                                    "its bounds with autoscale, or turn it off there.")
         if spec.instances == row.instances:
             raise PlatformError("MaaS.0409", reason=f"The service {row.name!r} already has {row.instances} "
                                                     f"instance{'s' * (row.instances != 1)}.")
@@ -129,6 +143,29 @@ def scale_changes(spec: ScaleRequest) -> Callable[[Service], dict]:
         return {"instances": spec.instances, "status": Status.SCALE.value, "status_reason": ""}
 
     return changes
+
+
+def autoscale_changes(spec: AutoscaleRequest) -> Callable[[Service], dict]:
+    def changes(row: Service) -> dict:
+        instances = spec.instances or row.instances
+        options = spec.autoscale_options.model_dump(exclude_unset=True) if spec.autoscale_options else None
+        values = {"autoscale": spec.autoscale, "min_instances": spec.min_instances,
+                  "max_instances": spec.max_instances, "autoscale_options": options, "instances": instances}
+        if all(getattr(row, k) == v for k, v in values.items()):
+            raise PlatformError("MaaS.0409", reason=f"The service {row.name!r} already scales that way.")
+        with session_scope(get_settings().database_url) as session:
+            project_quotas.check_service(session, row.project_id,
+                                         most_instances(spec.autoscale, instances, spec.max_instances), replacing=row)
+        return values | {"status": Status.SCALE.value, "status_reason": ""}
+
+    return changes
+
+
+def autoscale_message(spec: AutoscaleRequest) -> str:
+    """The event of an autoscale change (a `transition` message: {row.*} is filled in after the change)."""
+    if spec.autoscale == "off":
+        return "Autoscaling off: {row.instances} instances, fixed."
+    return f"Autoscaling {spec.autoscale} between {spec.min_instances} and {spec.max_instances} instances."
 
 
 def upgrade_changes(project_id: str, spec: UpgradeRequest) -> Callable[[Service], dict]:

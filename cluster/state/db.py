@@ -86,7 +86,13 @@ class Service(Base):
     model_id: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[str] = mapped_column(String(32), default="1")
     previous_version: Mapped[str | None] = mapped_column(String(32), nullable=True)  # before the last upgrade
-    instances: Mapped[int] = mapped_column(default=1)
+    instances: Mapped[int] = mapped_column(default=1)  # the fixed count when autoscale is off
+    autoscale: Mapped[str] = mapped_column(String(16), default="off", server_default="off")  # llm | requests | off
+    min_instances: Mapped[int | None] = mapped_column(nullable=True)  # bounds when autoscale is on
+    max_instances: Mapped[int | None] = mapped_column(nullable=True)
+    autoscale_options: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # LLMPolicyOptions overrides
+    max_batch: Mapped[int | None] = mapped_column(nullable=True)  # requests one engine runs at once
+    last_scaling: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the last autoscaling decision
     qps: Mapped[int | None] = mapped_column(nullable=True)
     moderation: Mapped[bool] = mapped_column(Boolean, default=True)
     auto_stop_s: Mapped[int | None] = mapped_column(nullable=True)

@@ -113,7 +113,7 @@ def test_builder_gives_serve_a_valid_config_for_each_mode():
     config = AutoscalingConfig(**llm)
     assert config.policy.policy_function == LLM_POLICY
     assert (config.upscale_delay_s, config.downscale_delay_s, config.metrics_interval_s) == (0, 0, 0.5)
-    assert (config.min_replicas, config.initial_replicas, config.max_replicas) == (0, 1, 2)
+    assert (config.min_replicas, config.initial_replicas, config.max_replicas) == (0, None, 2)
     assert policy_name(config.model_dump()) == "llm"
     requests = AutoscalingConfig(**serve_autoscaling_config(ScalingSpec(mode="requests", max_replicas=3)))
     assert requests.policy.is_default_policy_function() and requests.upscale_delay_s == 30
