@@ -1,0 +1,98 @@
+"""The KubeRay manifests (ray_configs/kuberay/) against the CRDs' own openAPIV3Schema (copies of KubeRay's, in
+../shared/reference/kuberay-crds/), their serveConfigV2 through Ray Serve's ServeDeploySchema, and against
+ray_configs/maas.yaml: the RayService must deploy the same applications `maas up` does. The CRDs are copied in
+tests/data/kuberay-crds/ (with their licence and the commit they come from)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+
+KUBERAY = ROOT / "ray_configs" / "kuberay"
+CRDS = ROOT / "tests" / "data" / "kuberay-crds"  # unchanged copies of KubeRay's CRDs, with their licence
+
+
+@lru_cache(maxsize=None)
+def _schema(kind: str) -> dict:
+    crd = yaml.load((CRDS / f"ray.io_{kind.lower()}s.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader",
+                                                                                        yaml.SafeLoader))
+    [version] = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def _documents(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
+
+
+def _strict(schema: dict) -> dict:
+    """Kubernetes prunes unknown fields; here an unknown field (a typo) must fail instead."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if schema.get("type") == "object" and "properties" in schema and "additionalProperties" not in schema \
+                and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+def _kubernetes_formats() -> jsonschema.FormatChecker:
+    checker = jsonschema.FormatChecker()
+    checker.checks("int-or-string")(lambda value: isinstance(value, (int, str)))
+    return checker
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-finetune.yaml", "rayjob-compress.yaml"])
+def test_manifests_validate_against_the_crds(name):
+    resources = [d for d in _documents(name) if d["apiVersion"] == "ray.io/v1"]
+    assert resources
+    for resource in resources:
+        validator = jsonschema.Draft7Validator(_strict(_schema(resource["kind"])), format_checker=_kubernetes_formats())
+        errors = sorted(validator.iter_errors(resource), key=lambda e: list(e.path))
+        assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors[:10])
+
+
+def test_a_typo_in_a_manifest_is_caught():
+    [service, *_] = _documents("rayservice.yaml")
+    service["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParms"] = {}
+    validator = jsonschema.Draft7Validator(_strict(_schema("RayService")))
+    assert any("rayStartParms" in e.message for e in validator.iter_errors(service))
+
+
+def test_the_rayservice_deploys_what_maas_up_deploys():
+    from ray.serve.schema import ServeDeploySchema
+
+    [service, *_] = _documents("rayservice.yaml")
+    served = yaml.safe_load(service["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(served) if hasattr(ServeDeploySchema, "model_validate") else \
+        ServeDeploySchema.parse_obj(served)
+    local = yaml.safe_load((ROOT / "ray_configs" / "maas.yaml").read_text())
+    assert served["applications"] == local["applications"]
+    assert served["proxy_location"] == "EveryNode" and served["http_options"]["host"] == "0.0.0.0"
+
+
+def test_secrets_and_shared_storage_are_wired_in_every_pod():
+    [service, claim] = _documents("rayservice.yaml")
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"]
+                                                             for g in cluster["workerGroupSpecs"]]
+    assert {g["groupName"] for g in cluster["workerGroupSpecs"]} == {"cpu", "gpu"}
+    for pod in pods:
+        [container] = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["MAAS_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "maas-secrets"
+        assert env["MAAS_STORAGE"]["value"] == "/mnt/maas-storage"
+        assert {"name": "maas-storage", "mountPath": "/mnt/maas-storage"} in container["volumeMounts"]
+    assert claim["kind"] == "PersistentVolumeClaim" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+def test_the_jobs_run_the_readme_entrypoints():
+    assert _documents("rayjob-finetune.yaml")[0]["spec"]["entrypoint"].startswith("python -m train_jobs.finetune ")
+    assert "-m quantize.compress --config" in _documents("rayjob-compress.yaml")[0]["spec"]["entrypoint"]
+    assert "RUN make install ENGINE=" in Path(KUBERAY / "Dockerfile").read_text()
