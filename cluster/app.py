@@ -31,7 +31,7 @@ from cluster.my_models.router import router as my_models_router
 from cluster.presets.router import router as presets_router
 from cluster.presets.service import register_builtin_models
 from cluster.projects.router import router as projects_router
-from cluster.runtime import jobs
+from cluster.runtime import jobs, nodes
 from cluster.runtime.health import report as health_report
 from cluster.services import reconciler
 from cluster.services.router import mirror_router as services_mirror_router
@@ -138,6 +138,7 @@ def prepare(model_ids: list[str]) -> str | None:
 @serve.ingress(app)
 class ControlPlane:
     def __init__(self, model_ids: list[str]):
+        nodes.check_database(get_settings().database_url, nodes.alive_nodes())
         secret = prepare(model_ids)
         if secret:  # a `serve deploy` without `maas up`: the key goes to the credentials file, never to a log
             auth.save_credentials(get_settings().credentials_file, secret)

@@ -68,11 +68,15 @@ class Settings(PlaneSettings):
 
     def datasets_dir(self, project_id: str) -> Path:
         """Where a project's dataset uploads are kept."""
-        return self.home / "datasets" / project_id
+        return self.storage_dir / "datasets" / project_id
+
+    def finetune_dir(self) -> Path:
+        """Where tuning jobs write checkpoints (Ray Train's storage_path) and outputs."""
+        return self.storage_dir / "finetune"
 
     def compression_dir(self, project_id: str) -> Path:
         """Where a project's compression jobs write their status and compressed models."""
-        return self.home / "compression" / project_id
+        return self.storage_dir / "compression" / project_id
 
     @property
     def logs_dir(self) -> Path:

@@ -21,6 +21,9 @@ class PlaneSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAAS_", extra="ignore")
 
     home: Path = Field(Path.home() / ".maas", description="State: the SQLite file, models, credentials, logs.")
+    storage: Path | None = Field(None, description="Shared storage every node mounts (NFS, CephFS, a RWX volume): "
+                                                   "models, my-model versions, datasets, checkpoints and "
+                                                   "compression outputs. Default: MAAS_HOME (one machine).")
     accelerator: Accelerator = Field("cpu", description="Placement of engine replicas.")
     moderation_terms: str = Field("", description="Comma-separated terms the built-in moderator flags.")
     moderation_terms_file: Path | None = Field(None, description="More terms, one a line (default: "
@@ -31,10 +34,10 @@ class PlaneSettings(BaseSettings):
     metrics_token: str | None = Field(None, description="A bearer token that may read /metrics (besides the "
                                                         "admin key), for a Prometheus scraper.")
 
-    @field_validator("home")
+    @field_validator("home", "storage")
     @classmethod
-    def _absolute(cls, value: Path) -> Path:
-        return value.expanduser().resolve()
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return value.expanduser().resolve() if value is not None else None
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -49,8 +52,13 @@ class PlaneSettings(BaseSettings):
         return hosts_and_networks(self.trusted_proxies)[1]
 
     @property
+    def storage_dir(self) -> Path:
+        """Where everything a replica or a worker on another node reads lives (MAAS_STORAGE or MAAS_HOME)."""
+        return self.storage or self.home
+
+    @property
     def models_dir(self) -> Path:
-        return self.home / "models"
+        return self.storage_dir / "models"
 
 
 def hosts_and_networks(text: str) -> tuple[set[str], list]:

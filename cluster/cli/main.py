@@ -56,6 +56,21 @@ def up(
 
 
 @app.command()
+def join(address: str = typer.Argument(..., help="The head's GCS address, host:6379."),
+         resources: str = typer.Option("", help='Custom resources of this node type, JSON: {"maas-gpu": 1}.'),
+         num_cpus: int = typer.Option(None, help="Logical CPUs (default 16, as the head)."),
+         num_gpus: int = typer.Option(None)) -> None:
+    """Add this machine to the platform's Ray cluster as a worker node: engines and training workers may be
+    placed on it. Needs the same MAAS_STORAGE mount, and the head's ~/.ray/auth_token with token auth."""
+    from cluster.cli import platform
+
+    try:
+        platform.join(console, address, resources, num_cpus, num_gpus)
+    except platform.StartupError as exc:
+        _fail(exc)
+
+
+@app.command()
 def env() -> None:
     """Print the shell variables Ray's own commands need to reach this platform: `eval "$(.venv/bin/maas env)"`,
     then `ray job submit ...`, `serve deploy ...`, `serve status` work as written in the README."""

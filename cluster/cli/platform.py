@@ -20,6 +20,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from cluster.runtime import nodes
 from cluster.settings import get_settings
 from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE
 
@@ -208,6 +209,10 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
     if new_admin_key:
         save_credentials(settings.credentials_file, new_admin_key)
     dashboard = _connect(console)
+    try:
+        nodes.check_database(settings.database_url, nodes.alive_nodes())
+    except nodes.ClusterUnsupported as exc:
+        raise StartupError(str(exc)) from None
     # For `maas env`: how Ray's own commands reach this cluster (Ray's default auth is token; a cluster
     # started with RAY_AUTH_MODE=disabled, as the tests' is, must be called without one).
     (settings.home / RAY_ENV_FILE).write_text(json.dumps(
@@ -220,6 +225,30 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
         _probe_models(base_url, model_apps, deadline)
     return UpResult(base_url=base_url, dashboard_url=dashboard, seconds=time.time() - start, models=model_apps,
                     new_admin_key=new_admin_key)
+
+
+def join(console: Console, address: str, resources: str = "", num_cpus: int | None = None,
+         num_gpus: int | None = None) -> None:
+    """Start a Ray worker node on this machine in the platform's cluster (`ray start --address`), with the venv
+    first on the workers' PATH and this shell's MAAS_* settings (MAAS_STORAGE must be the same mount)."""
+    settings = get_settings()
+    if settings.storage is None:
+        console.print("[yellow]MAAS_STORAGE is not set: engines and training workers on this node will look for "
+                      "models and datasets under its own MAAS_HOME.[/yellow]")
+    command = [_ray_bin(), "start", f"--address={address}", "--disable-usage-stats"]
+    if resources:
+        try:
+            json.loads(resources)
+        except ValueError:
+            raise StartupError(f"--resources must be a JSON object, e.g. '{{\"maas-gpu\": 1}}', not {resources!r}")
+        command.append(f"--resources={resources}")
+    command += [f"--num-cpus={num_cpus}"] if num_cpus is not None else [f"--num-cpus={LOGICAL_CPUS}"]
+    command += [f"--num-gpus={num_gpus}"] if num_gpus is not None else []
+    env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StartupError(f"`ray start --address {address}` failed:\n{done.stdout}\n{done.stderr}")
+    console.print(f"Joined the Ray cluster at {address} as a worker node.")
 
 
 def down(console: Console, keep_ray: bool = False) -> None:

@@ -149,7 +149,7 @@ def create_job(session: Session, project_id: str, spec: JobCreate) -> JobView:
                     notify_url=spec.notify_url, notify_events=spec.notify_events,
                     output_model=spec.output_model, status="creating", status_reason="", runs=0,
                     submission_id="", result_version="", data_count=0, iterations=0,
-                    output_dir=str(get_settings().home / "finetune" / project_id / job_id))
+                    output_dir=str(get_settings().finetune_dir() / project_id / job_id))
     config = _config(row, weights, spec)
     try:
         samples = read_dataset(dataset, config.dataset_format.value, kind=config.dataset_kind)

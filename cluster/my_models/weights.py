@@ -88,7 +88,7 @@ def import_roots() -> list[Path]:
 
 def job_outputs_root() -> Path:
     """Where fine-tuning jobs write the models that become versions (the platform's own files)."""
-    return get_settings().home / "finetune"
+    return get_settings().finetune_dir()
 
 
 def source_dir(path: str | Path, roots: list[Path]) -> Path:
