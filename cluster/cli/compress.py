@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cluster.cli.common import JsonOpt, ProjectOpt, call, client, console, fail, print_json
+from cluster.cli.common import JsonOpt, ProjectOpt, call, client, console, err, fail, print_json
 
 compress_app = typer.Typer(help="Model compression jobs (SmoothQuant W8A8, AWQ W4A16, GPTQ W4A16).",
                            no_args_is_help=True)
@@ -33,9 +33,11 @@ def _table(rows: list[dict]) -> None:
     console.print(table)
 
 
-def _follow(project: str, job_id: str) -> dict:
+def _follow(project: str, job_id: str, as_json: bool) -> dict:
+    """Poll until the job ends, with a progress bar (on stderr when stdout carries the JSON)."""
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
-                  TextColumn("eta {task.fields[eta]}"), TimeElapsedColumn(), console=console) as progress:
+                  TextColumn("eta {task.fields[eta]}"), TimeElapsedColumn(),
+                  console=err if as_json else console) as progress:
         task = progress.add_task(job_id, total=100, eta="-")
         while True:
             job = call("GET", f"/{project}/compression/{job_id}")
@@ -83,7 +85,7 @@ def create(name: str, model: str = typer.Option(..., "--model", help="A catalog 
             "notify_events": [e.strip() for e in notify_events.split(",") if e.strip()]}
     job = call("POST", f"/{project}/compression", json=body)
     if follow and job["status"] not in DONE:
-        job = _follow(project, job["id"])
+        job = _follow(project, job["id"], as_json)
     if as_json:
         return print_json(job)
     _table([job])
