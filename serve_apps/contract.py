@@ -98,6 +98,7 @@ class UsageRecord(RecordBase):
     tpot_ms: float | None
     client_ip: str
     stream: bool
+    playground: NotRequired[bool]  # a console playground call: recorded, left out of call statistics
 
 
 class AdmissionRequest(NamedTuple):

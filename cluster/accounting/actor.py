@@ -36,7 +36,8 @@ FLUSH_DELAY_S = 0.002  # group commit: records arriving within this window share
 SETTLED_MEMORY = 200_000
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
                    "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
-                   "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False}
+                   "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False,
+                   "playground": False}
 
 
 def _stripped(row: dict) -> dict:

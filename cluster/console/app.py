@@ -89,6 +89,10 @@ def reason(exc: Exception) -> str:
     return str(exc)
 
 
+def status_of(exc: Exception) -> int:
+    return exc.status if isinstance(exc, PlatformError) else 400
+
+
 def viewer_of(request: Request) -> Viewer:
     viewer = sessions.get(request.cookies.get(COOKIE))
     if viewer is None:
@@ -273,7 +277,7 @@ async def create_key(request: Request, project: str):
         spec = KeyCreate(label=form.get("label", ""), description=form.get("description", ""))
         created = await keys_router.create_key(project, spec)
     except (PlatformError, ValidationError) as exc:
-        return await _keys_page(request, viewer, project, 400, error=reason(exc), form=dict(form))
+        return await _keys_page(request, viewer, project, status_of(exc), error=reason(exc), form=dict(form))
     return await _keys_page(request, viewer, project, created=created)
 
 
@@ -284,7 +288,7 @@ async def delete_key(request: Request, project: str, key_id: str):
     try:
         await keys_router.delete_key(project, key_id)
     except PlatformError as exc:
-        return await _keys_page(request, viewer, project, exc.status, error=reason(exc))
+        return await _keys_page(request, viewer, project, status_of(exc), error=reason(exc))
     return go(request, f"/p/{project}/keys", "API key deleted.")
 
 
@@ -418,7 +422,7 @@ async def deploy_service(request: Request, project: str):
                              description=form.get("description", ""))
         created = await services_router.create_service(project, spec)
     except (PlatformError, ValidationError) as exc:
-        return await _services_page(request, viewer, project, 400, error=reason(exc), form=dict(form))
+        return await _services_page(request, viewer, project, status_of(exc), error=reason(exc), form=dict(form))
     return go(request, f"/p/{project}/services/{created.id}", f"Service {created.name} is deploying.")
 
 
@@ -465,8 +469,7 @@ async def service_action(request: Request, project: str, service: str, action: s
         else:
             raise Refused(404, "There is no such page.")
     except (PlatformError, ValidationError) as exc:
-        return await _service_page(request, viewer, project, service, 400 if isinstance(exc, ValidationError)
-                                   else exc.status, error=reason(exc))
+        return await _service_page(request, viewer, project, service, status_of(exc), error=reason(exc))
     return go(request, f"/p/{project}/services/{view.id}", f"{action.capitalize()} requested: {view.status}.")
 
 
@@ -537,7 +540,7 @@ async def create_job(request: Request, project: str):
                          global_batch_size=form.get("global_batch_size") or 32)
         job = await run_in_threadpool(finetune_router.create_job, project, spec)
     except (PlatformError, ValidationError) as exc:
-        return await _finetune_page(request, viewer, project, 400, error=reason(exc), form=dict(form))
+        return await _finetune_page(request, viewer, project, status_of(exc), error=reason(exc), form=dict(form))
     return await _finetune_page(request, viewer, project, 200 if job.status != "failed" else 400, created=job,
                                 bad_rows=row_errors(job.status_reason))
 
@@ -586,7 +589,7 @@ async def offers_action(request: Request, project: str, action: str):
         else:
             raise Refused(404, "There is no such page.")
     except (PlatformError, ValidationError) as exc:
-        return await _offers_page(request, viewer, project, 400, error=reason(exc))
+        return await _offers_page(request, viewer, project, status_of(exc), error=reason(exc))
     return go(request, f"/p/{project}/offers", "Done.")
 
 
@@ -610,5 +613,5 @@ async def create_project(request: Request):
         created = await projects_router.create_project(ProjectCreate(id=form.get("id", ""),
                                                                      name=form.get("name", "")), None)
     except (PlatformError, ValidationError) as exc:
-        return await _projects_page(request, viewer, 400, error=reason(exc), form=dict(form))
+        return await _projects_page(request, viewer, status_of(exc), error=reason(exc), form=dict(form))
     return go(request, "/admin/projects", f"Project {created.id} created.")

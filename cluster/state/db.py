@@ -186,6 +186,7 @@ class UsageRecord(Base):
     tpot_ms: Mapped[float | None] = mapped_column(Float, nullable=True)  # streams only
     client_ip: Mapped[str] = mapped_column(String(64), default="")
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    playground: Mapped[bool] = mapped_column(Boolean, default=False)  # console playground: not in statistics
 
 
 @lru_cache(maxsize=4)

@@ -27,7 +27,9 @@ def _rate(part: int, whole: int) -> float:
 
 def _where(q: UsageQuery, start: datetime, end: datetime) -> ColumnElement[bool]:
     u = UsageRecord
-    conditions = [u.project_id == q.project_id, u.ts >= start.timestamp(), u.ts < end.timestamp()]
+    # Playground calls are recorded (limits and free quotas count them) but are not call statistics (§5.1).
+    conditions = [u.project_id == q.project_id, u.ts >= start.timestamp(), u.ts < end.timestamp(),
+                  u.playground.is_(False)]
     if q.service_type:
         conditions.append(u.service_type == q.service_type)
     if q.service_id:

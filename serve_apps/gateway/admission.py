@@ -33,6 +33,7 @@ class Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     settled: bool = False
+    playground: bool = False  # X-MaaS-Playground: 1 (the console's playground; spec §5.1)
 
     def usage(self, usage: Any) -> None:
         if usage is None:
@@ -57,7 +58,7 @@ class Call:
             "request_id": uuid.uuid4().hex, "ts": self.ts, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "status_code": status, "error_code": error_code,
             "latency_ms": (time.perf_counter() - self.started) * 1000, "ttft_ms": ttft, "tpot_ms": tpot,
-            "client_ip": self.client_ip, "stream": self.stream,
+            "client_ip": self.client_ip, "stream": self.stream, "playground": self.playground,
         }
 
 

@@ -1,0 +1,183 @@
+"""The web console's pages and rules through cluster.app on SQLite, without Ray (the accounting actor's reload
+and the reconciler's wake-up are replaced by no-ops): login, cookie, CSRF, a project key's reach, a key shown
+once, the platform's messages, bad dataset rows, playground calls left out of the statistics. The same in a
+real browser on the real platform: tests/e2e/test_console.py."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import pytest
+from starlette.testclient import TestClient
+
+from cluster.settings import get_settings
+from cluster.state.db import UsageRecord, session_scope
+
+ADMIN = "admin-console-db"
+CONSOLE = "/api/console"
+
+
+class _Remote:
+    async def remote(self, *args):
+        return None
+
+
+class _Actor:
+    add_key = revoke_key = reload = _Remote()
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAAS_HOME", str(tmp_path_factory.mktemp("console")))
+        patch.delenv("MAAS_DATABASE_URL", raising=False)
+        patch.setenv("MAAS_ADMIN_KEY", ADMIN)
+        get_settings.cache_clear()
+        import cluster.keys.router as keys_router
+        import cluster.presets.router as presets_router
+        import cluster.services.service as services
+        from cluster.app import app, prepare
+
+        async def nothing(*_args, **_kwargs):
+            return None
+
+        patch.setattr(keys_router, "accounting_actor", lambda: _Actor())
+        patch.setattr(presets_router, "reload_accounting", nothing)
+        patch.setattr(services, "after_change", nothing)
+        prepare(["tiny-chat", "all-minilm-l6-v2"])
+        yield app
+    get_settings.cache_clear()
+
+
+def _login(app, key: str) -> tuple[TestClient, str]:
+    client = TestClient(app, raise_server_exceptions=False)
+    form = client.get(f"{CONSOLE}/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', form.text)[1]
+    page = client.post(f"{CONSOLE}/login", data={"csrf": token, "key": key})
+    assert page.status_code == 200 and page.url.path.endswith("/models"), page.text[-500:]
+    return client, re.search(r'data-csrf="([^"]+)"', page.text)[1]
+
+
+@pytest.fixture(scope="module")
+def admin(app):
+    return _login(app, ADMIN)
+
+
+@pytest.fixture(scope="module")
+def team(app, admin):
+    """Project team-c, and the console session of one of its keys."""
+    client, csrf = admin
+    assert client.post(f"{CONSOLE}/admin/projects", data={"csrf": csrf, "id": "team-c"}).status_code == 200
+    created = client.post(f"{CONSOLE}/p/team-c/keys", data={"csrf": csrf, "label": "c1", "description": "d"})
+    secret = re.search(r'id="new-secret">(sk-[^<]+)<', created.text)[1]
+    return (*_login(app, secret), secret)
+
+
+def test_login_refuses_an_unknown_key_and_a_forged_form(app):
+    client = TestClient(app, raise_server_exceptions=False)
+    assert client.get(f"{CONSOLE}/p/default/models").url.path == f"{CONSOLE}/login"  # not logged in
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get(f"{CONSOLE}/login").text)[1]
+    refused = client.post(f"{CONSOLE}/login", data={"csrf": token, "key": "sk-nope"})
+    assert refused.status_code == 401 and "Unknown API key" in refused.text
+    forged = TestClient(app, raise_server_exceptions=False).post(f"{CONSOLE}/login",
+                                                                 data={"csrf": token, "key": ADMIN})
+    assert forged.status_code == 401 and "expired" in forged.text  # no login cookie: not this browser's form
+
+
+def test_the_session_cookie_is_signed_httponly_strict_and_holds_no_key(app, team):
+    _client, _csrf, secret = team
+    page = _login_response(app, secret)
+    cookie = next(c for c in page.headers.get_list("set-cookie") if c.startswith("maas_console="))
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and f"Path={CONSOLE}/" in cookie
+    assert secret not in cookie
+    value = re.search(r"maas_console=([^;]+)", cookie)[1]
+    tampered = TestClient(app, raise_server_exceptions=False, cookies={"maas_console": value[:-2] + "xx"})
+    assert tampered.get(f"{CONSOLE}/p/team-c/models").url.path == f"{CONSOLE}/login"
+
+
+def _login_response(app, key: str):
+    client = TestClient(app, raise_server_exceptions=False, follow_redirects=False)
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get(f"{CONSOLE}/login").text)[1]
+    return client.post(f"{CONSOLE}/login", data={"csrf": token, "key": key})
+
+
+def test_a_form_without_the_csrf_token_is_refused(team):
+    client, _csrf, _secret = team
+    refused = client.post(f"{CONSOLE}/p/team-c/keys", data={"label": "x", "description": "d"})
+    assert refused.status_code == 403 and "did not come from this console" in refused.text
+    assert "x" not in [k for k in re.findall(r'data-label="([^"]+)"', client.get(f"{CONSOLE}/p/team-c/keys").text)]
+
+
+def test_a_key_is_shown_once_then_masked(team):
+    client, csrf, _secret = team
+    created = client.post(f"{CONSOLE}/p/team-c/keys", data={"csrf": csrf, "label": "once", "description": "d"})
+    secret = re.search(r'id="new-secret">(sk-[^<]+)<', created.text)[1]
+    listed = client.get(f"{CONSOLE}/p/team-c/keys").text
+    assert secret not in listed and f"{secret[:4]}********{secret[-4:]}" in listed
+    again = client.post(f"{CONSOLE}/p/team-c/keys", data={"csrf": csrf, "label": "once", "description": "d"})
+    assert again.status_code == 409 and "An API key labelled &#39;once&#39; already exists." in again.text
+    bad = client.post(f"{CONSOLE}/p/team-c/keys", data={"csrf": csrf, "label": "no spaces", "description": "d"})
+    assert bad.status_code == 400 and "label must be 1-100 characters" in bad.text
+
+
+def test_a_project_key_sees_only_its_project(team):
+    client, _csrf, _secret = team
+    other = client.get(f"{CONSOLE}/p/default/services")
+    assert other.status_code == 403 and "This key has no access to project &#39;default&#39;." in other.text
+    assert client.get(f"{CONSOLE}/admin/projects").status_code == 403
+    assert client.get(f"{CONSOLE}/p/team-c/services").status_code == 200
+    missing = client.get(f"{CONSOLE}/p/team-c/nothing-here")
+    assert missing.status_code == 404 and "Traceback" not in missing.text
+
+
+def test_the_admin_sees_every_project_and_creates_one(admin):
+    client, csrf = admin
+    assert client.get(f"{CONSOLE}/p/default/keys").status_code == 200
+    made = client.post(f"{CONSOLE}/admin/projects", data={"csrf": csrf, "id": "made-here", "name": "Made"})
+    assert made.status_code == 200 and "Project made-here created." in made.text
+    twice = client.post(f"{CONSOLE}/admin/projects", data={"csrf": csrf, "id": "made-here"})
+    assert twice.status_code == 409 and "already exists" in twice.text
+    assert client.get(f"{CONSOLE}/p/no-such-project/keys").status_code == 404
+
+
+def test_deploy_form_shows_the_platforms_message(team):
+    client, csrf, _secret = team
+    bad = client.post(f"{CONSOLE}/p/team-c/services", data={"csrf": csrf, "name": "1bad", "model": "tiny-chat"})
+    assert bad.status_code == 400 and "name must be 1-64 characters" in bad.text
+    made = client.post(f"{CONSOLE}/p/team-c/services", data={"csrf": csrf, "name": "svc-c", "model": "tiny-chat"})
+    assert made.status_code == 200 and "Service svc-c is deploying." in made.text
+    assert '"model": "svc-c"' in made.text  # the how-to-call snippets
+    early = client.post(made.url.path + "/scale", data={"csrf": csrf, "instances": "2"})
+    assert early.status_code == 409 and "scale is allowed only when Running, Concerning" in early.text
+
+
+def test_a_bad_dataset_shows_its_rows(team, tmp_path):
+    client, csrf, _secret = team
+    data = b'{"instruction": "hi", "output": "ho"}\n{"instruction": "", "output": "x"}\nnot json\n'
+    page = client.post(f"{CONSOLE}/p/team-c/finetune/datasets",
+                       data={"csrf": csrf, "name": "bad-data", "model": "tiny-chat", "type": "lora",
+                             "format": "alpaca", "output_model": "bad-out"},
+                       files={"dataset": ("bad.jsonl", data, "application/jsonl")})
+    assert page.status_code == 400
+    rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>", page.text)
+    assert [(line, field) for line, field, _ in rows] == [("2", "instruction"), ("3", "line")]
+
+
+def test_usage_page_charts_api_calls_and_leaves_out_the_playground(team):
+    client, _csrf, _secret = team
+    now = time.time()
+    with session_scope(get_settings().database_url) as session:
+        for i in range(6):
+            session.add(UsageRecord(request_id=uuid.uuid4().hex, ts=now - 60 * i, project_id="team-c",
+                                    service_type="free", service_id="tiny-chat", model="tiny-chat",
+                                    prompt_tokens=3, completion_tokens=4, status_code=200 if i else 429,
+                                    error_code="" if i else "ModelArts.81101", latency_ms=10.0,
+                                    playground=i >= 4))
+    page = client.get(f"{CONSOLE}/p/team-c/usage")
+    assert page.status_code == 200
+    assert re.search(r'id="total-calls">(\d+)<', page.text)[1] == "4"  # the two playground calls are left out
+    assert re.search(r'id="total-failures">(\d+)<', page.text)[1] == "1"
+    chart = re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', page.text, re.S)[1]
+    assert '"calls": [' in chart and "ModelArts.81101" in page.text
