@@ -47,6 +47,7 @@ def up(
     console.print(f"[bold green]MaaS is up[/bold green] in {result.seconds:.0f} s")
     console.print(f"  OpenAI API     {result.base_url}/v1")
     console.print(f"  Control plane  {result.base_url}/api/v1   (docs: {result.base_url}/api/docs)", soft_wrap=True)
+    console.print(f"  Console        {result.base_url}/api/console/   (log in with an API key)", soft_wrap=True)
     console.print(f"  Ray dashboard  {result.dashboard_url}")
     console.print(f"  Models         {', '.join(result.models)}")
     if result.new_admin_key:

@@ -8,6 +8,7 @@ def test_up_prints_the_urls_and_models(platform):
     out = platform.up_output
     assert "MaaS is up" in out
     assert f"{platform.base_url}/v1" in out and f"{platform.base_url}/api/docs" in out
+    assert f"{platform.base_url}/api/console/" in out  # the web console
     assert "tiny-chat" in out and "all-minilm-l6-v2" in out
     assert "Admin key" not in out  # MAAS_ADMIN_KEY was given, so none is generated or shown
     # Only the progress and the summary: no JSON log lines (httpx, Alembic, vLLM) or Serve option dumps.
