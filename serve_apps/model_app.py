@@ -15,6 +15,7 @@ from typing import Any, AsyncGenerator
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+from vllm.entrypoints.serve.engine.protocol import ErrorResponse as VLLMErrorResponse
 
 from autoscaling.builder import serve_autoscaling_config
 from autoscaling.config import LLMPolicyOptions, Mode, ScalingSpec
@@ -23,7 +24,7 @@ from serve_apps.catalog import CatalogModel, ModelType, builtin
 from serve_apps.errors import context_length_exceeded
 from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
                                    LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
-                                   patch_tokenizer_service, watch_scheduler_stats)
+                                   patch_tokenizer_service, vllm_serving, watch_scheduler_stats)
 from serve_apps.settings import Accelerator, plane_settings
 
 
@@ -139,6 +140,37 @@ class MaasLLMServer(LLMServer):
             return _single(error)
         return await super().completions(request, raw_request_info)
 
+    async def responses(self, request: dict):
+        """The OpenAI Responses API (vLLM's own, which ray.serve.llm does not route): a JSON body in, a JSON
+        dict or a stream of SSE events (`event: <type>` + `data: {...}`) out."""
+        from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
+
+        return await self._serve_api("openai_serving_responses", ResponsesRequest, "create_responses", request)
+
+    async def messages(self, request: dict):
+        """The Anthropic Messages API (vLLM's own): a JSON body in, a JSON dict or its SSE stream out."""
+        from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
+
+        return await self._serve_api("anthropic_serving_messages", AnthropicMessagesRequest, "create_messages",
+                                     request)
+
+    async def _serve_api(self, name: str, model: type[BaseModel], method: str, body: dict):
+        try:
+            serving = vllm_serving(self.engine, name)
+            request = model.model_validate(body)
+        except (NotImplementedError, ValueError) as exc:
+            return _single(ErrorResponse(error=ErrorInfo(message=str(exc), type="BadRequestError", code=400)))
+        await self._maybe_resolve_lora_from_multiplex()
+        try:
+            result = await getattr(serving, method)(request)
+        except Exception as exc:  # vLLM's routers turn these into error answers too
+            result = serving.create_error_response(exc)
+        if isinstance(result, VLLMErrorResponse):
+            return _single(ErrorResponse(error=ErrorInfo(**result.error.model_dump())))
+        if isinstance(result, BaseModel):
+            return _single(result.model_dump(mode="json", by_alias=True, exclude_none=name.startswith("anthropic")))
+        return self._batch_output_stream(result if name.startswith("anthropic") else _sse_events(result))
+
     async def _over_context(self, request, unit: str) -> ErrorResponse | None:
         max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
         limit = self._llm_config.engine_kwargs.get("max_model_len")
@@ -165,11 +197,19 @@ async def _single(item):
     yield item
 
 
+async def _sse_events(events):
+    """vLLM's Responses events as SSE, as its own router sends them."""
+    async for event in events:
+        yield f"event: {event.type}\ndata: {event.model_dump_json(indent=None, by_alias=True)}\n\n"
+
+
 def _engine_kwargs(spec: ModelServiceSpec) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"max_model_len": spec.model.context_length, "enforce_eager": spec.accelerator == "cpu"}
     if spec.model.is_chat:
         # Compact JSON under constrained decoding: a small model cannot pad a tool call with whitespace.
-        kwargs.update(enable_auto_tool_choice=True, tool_call_parser="hermes",
+        # Strict level `parameter`: a forced or required tool call's arguments follow the tool's schema, not
+        # only its envelope (vLLM's default leaves a tool without `strict: true` free arguments).
+        kwargs.update(enable_auto_tool_choice=True, tool_call_parser="hermes", tool_strict_level="parameter",
                       structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
         if spec.model.thinking_kwarg:
             kwargs["reasoning_parser"] = "qwen3"
@@ -252,5 +292,6 @@ def ensure_built(model: CatalogModel, directory: Path) -> Path:
 def supports(model: CatalogModel, route: str) -> bool:
     """Which OpenAI route a model type answers."""
     needed = {"chat": ModelType.TEXT_GENERATION, "completions": ModelType.TEXT_GENERATION,
+              "responses": ModelType.TEXT_GENERATION, "messages": ModelType.TEXT_GENERATION,
               "embeddings": ModelType.EMBEDDING, "rerank": ModelType.RERANK}[route]
     return needed in model.types

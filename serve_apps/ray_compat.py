@@ -44,6 +44,15 @@ def patch_tokenizer_service(engine) -> None:
         engine._oai_serving_tokenization = getattr(engine._app_state, "serving_tokenization", None)
 
 
+def vllm_serving(engine, name: str):
+    """One of vLLM's serving objects that ray.serve.llm's engine builds but does not expose (ray 2.60 keeps
+    vLLM's app state in `VLLMEngine._app_state`): `openai_serving_responses`, `anthropic_serving_messages`."""
+    serving = getattr(getattr(engine, "_app_state", None), name, None)
+    if serving is None:
+        raise NotImplementedError(f"this engine has no {name}")
+    return serving
+
+
 class _SchedulerStatsSink:
     """A vLLM stat logger that hands each step's scheduler stats to `on_stats(waiting, running, kv_usage)`."""
 
