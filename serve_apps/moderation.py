@@ -91,9 +91,38 @@ def message_text(message: Any) -> str:
     return "\n".join(p for p in parts if p)
 
 
+_NOT_TEXT = {"type", "role", "id", "call_id", "tool_use_id", "status", "signature", "model"}
+_SCHEMAS = {"parameters", "input_schema", "schema"}
+_API_FIELDS = {"input", "instructions", "system", "messages", "tools"}
+
+
+def _strings(value: Any, parts: list[str]) -> None:
+    if isinstance(value, str):
+        parts.append(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key in _SCHEMAS and isinstance(item, dict):
+                parts.append(json.dumps(item, ensure_ascii=False))
+            elif key not in _NOT_TEXT:
+                _strings(item, parts)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _strings(item, parts)
+
+
+def output_text(value: Any) -> str:
+    """Every text in a Responses or Anthropic Messages structure (an answer's `output`/`content`, or a
+    request's input): texts, reasoning, tool names, arguments and schemas; not ids, roles or types."""
+    parts: list[str] = []
+    _strings(value, parts)
+    return "\n".join(p for p in parts if p)
+
+
 def request_text(body: Any) -> str:
     """The text a chat or completion request sends to the model: every message, and the tools' names,
-    descriptions and parameter schemas."""
+    descriptions and parameter schemas (Responses and Anthropic Messages bodies: the same, by their fields)."""
+    if hasattr(body, "max_output_tokens") or hasattr(body, "stop_sequences"):
+        return output_text(body.model_dump(mode="json", include=_API_FIELDS, exclude_none=True))
     if getattr(body, "messages", None) is not None:
         parts = [message_text(message) for message in body.messages]
         for tool in getattr(body, "tools", None) or []:

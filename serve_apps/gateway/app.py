@@ -30,11 +30,12 @@ from serve_apps.errors import OpenAIError, PlatformError, error_for
 from serve_apps.gateway.admission import (Call, NaturalBatcher, Settler, client_ip, estimate_prompt_tokens,
                                           is_actor_error)
 from serve_apps.gateway.guard import GatewayGuard
-from serve_apps.gateway.protocol import (ChatRequest, CompletionRequest, EmbeddingRequest, RerankRequest,
-                                         completion_budget)
-from serve_apps.gateway.streams import StreamRelay
+from serve_apps.gateway.protocol import (ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest,
+                                         RerankRequest, ResponsesRequest, completion_budget)
+from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatShape, MessagesShape, ResponsesShape,
+                                       StreamRelay)
 from serve_apps.model_app import supports
-from serve_apps.moderation import load_moderator, message_text, request_text
+from serve_apps.moderation import load_moderator, message_text, output_text, request_text
 from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_request
 from serve_apps.settings import plane_settings
 
@@ -107,6 +108,23 @@ def _rename_reasoning(message: dict) -> None:
         message["reasoning_content"] = message.pop("reasoning")
 
 
+def _openai_shape(content: dict, fields: tuple[str, ...] = NULL_FIELDS) -> dict:
+    """An answer without vLLM's own fields (null unless the caller asked for them)."""
+    for part in (content, *content.get("choices", ())):
+        for name in fields:
+            if name in part and part[name] is None:
+                del part[name]
+    return content
+
+
+def _thinking_default(body, card: CatalogModel) -> None:
+    """Thinking is off unless the caller asks (or the catalog says otherwise)."""
+    if card.thinking_kwarg:
+        kwargs = dict(body.chat_template_kwargs or {})
+        kwargs.setdefault(card.thinking_kwarg, card.thinking_default)
+        body.chat_template_kwargs = kwargs
+
+
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
@@ -165,8 +183,7 @@ class Gateway:
         answer = await self.admit(request, body.model, estimate_prompt_tokens(text), completion_budget(body))
         route = answer.get("route")
         call = Call(answer["record"], client_ip(request.headers, request.client), answer.get("reservation"),
-                    stream=bool(getattr(body, "stream", False)),
-                    playground=request.headers.get("x-maas-playground") == "1")
+                    stream=bool(getattr(body, "stream", False)))
         request.state.call = call
         if answer.get("error"):
             raise error_for(answer["error"], model=body.model, **answer.get("params", {}))
@@ -192,6 +209,14 @@ class Gateway:
                 for m in answer["models"]]
         return {"object": "list", "data": sorted(data, key=lambda m: m["id"])}
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str, request: Request):
+        models = await self.models(request)
+        for entry in models["data"]:
+            if entry["id"] == model_id:
+                return entry
+        raise error_for("model_not_found", model=model_id)
+
     @app.get("/metrics")
     async def metrics(self, request: Request):
         """Prometheus metrics of every call: for the admin key or MAAS_METRICS_TOKEN only (they name every
@@ -210,11 +235,7 @@ class Gateway:
     @app.post("/v1/chat/completions")
     async def chat(self, body: ChatRequest, request: Request):
         routed, call, handle = await self._route(request, body, "chat", request_text(body))
-        card = routed.card
-        if card.thinking_kwarg:
-            kwargs = dict(body.chat_template_kwargs or {})
-            kwargs.setdefault(card.thinking_kwarg, card.thinking_default)
-            body.chat_template_kwargs = kwargs
+        _thinking_default(body, routed.card)
         return await self._generate(routed, call, handle, "chat", sanitize_chat_request(body))
 
     @app.post("/v1/completions")
@@ -222,7 +243,21 @@ class Gateway:
         routed, call, handle = await self._route(request, body, "completions", request_text(body))
         return await self._generate(routed, call, handle, "completions", body)
 
+    @app.post("/v1/responses")
+    async def responses(self, body: ResponsesRequest, request: Request):
+        routed, call, handle = await self._route(request, body, "responses", request_text(body))
+        _thinking_default(body, routed.card)
+        return await self._generate(routed, call, handle, "responses", body)
+
+    @app.post("/v1/messages")
+    async def messages(self, body: MessagesRequest, request: Request):
+        routed, call, handle = await self._route(request, body, "messages", request_text(body))
+        _thinking_default(body, routed.card)
+        return await self._generate(routed, call, handle, "messages", body)
+
     async def _generate(self, routed: Routed, call: Call, handle, method: str, body) -> Response:
+        if method in ("responses", "messages"):  # vLLM's own protocol models: validated again by the engine
+            return await self._generate_api(routed, call, handle, method, body)
         client_wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
         if body.stream:  # usage always comes back from the engine, for accounting
             body.stream_options = StreamOptions(include_usage=True)
@@ -234,7 +269,7 @@ class Gateway:
             raise OpenAIError(head.error.code, head.error.message, head.error.type)
         moderator = self.moderator if routed.route["moderation"] else None
         if not body.stream:
-            content = head.model_dump()
+            content = _openai_shape(head.model_dump())
             call.usage(content.get("usage"))
             texts = []
             for choice in content.get("choices", []):
@@ -249,7 +284,31 @@ class Gateway:
             self.settler.submit(call, 200)
             return _json(200, content)
         renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
-        relay = StreamRelay(call, moderator, client_wants_usage, renames)
+        relay = StreamRelay(call, moderator, ChatShape(client_wants_usage, renames))
+        return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
+
+    async def _generate_api(self, routed: Routed, call: Call, handle, method: str, body) -> Response:
+        """/v1/responses and /v1/messages: the engine answers a JSON dict, or a stream of SSE events."""
+        generator = getattr(handle, method).remote(body.model_dump(mode="json", exclude_unset=True))
+        first = await generator.__anext__()
+        batch = first if isinstance(first, list) else [first]
+        head = batch[0]
+        if isinstance(head, ErrorResponse):
+            raise OpenAIError(head.error.code, head.error.message, head.error.type)
+        moderator = self.moderator if routed.route["moderation"] else None
+        if isinstance(head, dict):
+            usage = head.get("usage") or {}
+            call.prompt_tokens = usage.get("input_tokens", 0) or 0
+            call.completion_tokens = usage.get("output_tokens", 0) or 0
+            if moderator is not None and moderator.flagged(output_text(head.get("output") or head.get("content"))):
+                raise PlatformError("ModelArts.81011")
+            if routed.lora:
+                head["model"] = routed.called_as
+            self.settler.submit(call, 200)
+            return _json(200, _openai_shape(head, RESPONSE_NULL_FIELDS))
+        renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
+        shape = ResponsesShape(renames) if method == "responses" else MessagesShape(renames)
+        relay = StreamRelay(call, moderator, shape)
         return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
 
     async def _stream(self, relay: StreamRelay, call: Call, first: list, rest) -> AsyncIterator[str]:

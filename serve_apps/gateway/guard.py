@@ -10,7 +10,14 @@ from serve_apps.contract import bearer_token, hash_key
 from serve_apps.errors import PlatformError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
-ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/models"}
+ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/models", "/v1/responses",
+          "/v1/messages"}
+
+
+def api_key(headers: dict) -> str:
+    """The caller's key: `Authorization: Bearer <key>`, or `x-api-key: <key>` (how the anthropic SDK sends it)."""
+    return (bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+            or headers.get(b"x-api-key", b"").decode("latin-1").strip())
 
 
 def _json(status: int, body: dict) -> JSONResponse:
@@ -18,16 +25,17 @@ def _json(status: int, body: dict) -> JSONResponse:
 
 
 class GatewayGuard:
-    """ASGI middleware: no request to a /v1 route passes without a Bearer header and a body ≤ 8 MB."""
+    """ASGI middleware: no request to a /v1 route passes without a key (Bearer or x-api-key) and a body ≤ 8 MB."""
 
     def __init__(self, inner):
         self.inner = inner
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in ROUTES:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or (path not in ROUTES and not path.startswith("/v1/models/")):
             return await self.inner(scope, receive, send)
         headers = dict(scope["headers"])
-        token = bearer_token(headers.get(b"authorization", b"").decode("latin-1"))
+        token = api_key(headers)
         if not token:
             return await _json(400, PlatformError("ModelArts.81002").body())(scope, receive, send)
         length = headers.get(b"content-length")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest as _Messages
+from vllm.entrypoints.openai.responses.protocol import ResponsesRequest as _Responses
 from serve_apps.ray_compat import ChatCompletionRequest as _Chat
 from serve_apps.ray_compat import CompletionRequest as _Completion
 from serve_apps.ray_compat import EmbeddingCompletionRequest as _Embedding
@@ -43,10 +45,26 @@ class CompletionRequest(_Completion):
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = 1
 
 
+class ResponsesRequest(_Responses):
+    """POST /v1/responses (OpenAI Responses API), validated again by the engine from its JSON."""
+
+    model_config = _STRICT
+    model: str
+    max_output_tokens: TokenCount = None
+
+
+class MessagesRequest(_Messages):
+    """POST /v1/messages (Anthropic Messages API), validated again by the engine from its JSON."""
+
+    model_config = _STRICT
+    max_tokens: Annotated[int, Field(ge=1)]
+
+
 def completion_budget(body) -> int | None:
     """The most tokens a call may generate, over all its choices: what admission reserves against TPM (None:
     no maximum given, the rest of the context is reserved)."""
-    per_choice = getattr(body, "max_completion_tokens", None) or getattr(body, "max_tokens", None)
+    per_choice = (getattr(body, "max_completion_tokens", None) or getattr(body, "max_tokens", None)
+                  or getattr(body, "max_output_tokens", None))
     choices = max(getattr(body, "n", None) or 1, getattr(body, "best_of", None) or 1)
     return None if per_choice is None else per_choice * choices
 

@@ -1,8 +1,9 @@
 """Relaying an engine's SSE stream to the caller: usage capture, moderation of the streamed output, and the
-renames the product needs (`reasoning` -> `reasoning_content`).
+rewrites the product needs, for each API's stream shape (chat/completions, Responses, Anthropic Messages).
 
-Chunks arrive as strings `data: {...}\n\n`, in batches. They are only parsed as JSON when they must be:
-the usage chunk always (accounting), every chunk when the output is moderated.
+Chunks arrive as strings (`data: {...}\n\n`, or `event: <type>\ndata: {...}\n\n`), in batches. They are only
+parsed as JSON when they must be: the usage chunks always (accounting), every chunk when the output is
+moderated. Rewrites are plain string replacements, once per batch.
 """
 
 from __future__ import annotations
@@ -11,79 +12,173 @@ import json
 import time
 from typing import AsyncIterator
 
-from serve_apps.errors import OpenAIError
+from serve_apps.errors import OpenAIError, PlatformError
 from serve_apps.gateway.admission import Call
 from serve_apps.moderation import Moderator, StreamCheck, message_text
 from serve_apps.ray_compat import ErrorResponse
 
+# vLLM-only fields of chat and completion chunks, always null unless asked for: not the OpenAI shape.
+NULL_FIELDS = ("token_ids", "routed_experts", "prompt_logprobs", "prompt_token_ids", "prompt_text",
+               "kv_transfer_params", "ec_transfer_params", "metrics")
+RESPONSE_NULL_FIELDS = (*NULL_FIELDS, "input_messages", "output_messages")
+CHAT_REWRITES = {'"reasoning":': '"reasoning_content":', **{f',"{name}":null': "" for name in NULL_FIELDS}}
+RESPONSES_REWRITES = {f',"{name}":null': "" for name in RESPONSE_NULL_FIELDS}
+
 
 def _payload(chunk: str) -> dict | None:
-    text = chunk.strip()
-    if not text.startswith("data: {"):
+    start = chunk.find("data: {")
+    if start < 0:
         return None
     try:
-        return json.loads(text[6:])
+        return json.loads(chunk[start + 6:])
     except ValueError:
         return None
 
 
-def _delta_text(payload: dict) -> str:
-    """Every text a chunk carries: content, reasoning, tool-call arguments (all are moderated)."""
-    parts = []
-    for choice in payload.get("choices") or []:
-        delta = choice.get("delta") or {}
-        parts.append(message_text(delta) or choice.get("text") or "")
-    return "".join(parts)
+def _sse(event: str, body: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps(body)}\n\n"
 
 
-def _content_filter_chunk(payload: dict | None) -> str:
-    base = payload or {}
-    chunk = {"id": base.get("id", ""), "object": base.get("object", "chat.completion.chunk"),
-             "created": base.get("created", int(time.time())), "model": base.get("model", ""),
-             "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]}
-    return f"data: {json.dumps(chunk)}\n\n"
+class ChatShape:
+    """/v1/chat/completions and /v1/completions: `data:` chunks, a usage chunk with no choices, `[DONE]`."""
+
+    def __init__(self, keep_usage: bool, renames: dict[str, str] | None = None):
+        self.keep_usage = keep_usage
+        self.rewrites = {**CHAT_REWRITES, **(renames or {})}
+
+    def usage(self, chunk: str, call: Call) -> bool:
+        """Account a usage chunk; True when the chunk is not sent on."""
+        if '"choices":[]' not in chunk or '"usage":{' not in chunk:
+            return False
+        payload = _payload(chunk)
+        if payload is not None:
+            call.usage(payload.get("usage"))
+        return not self.keep_usage
+
+    @staticmethod
+    def text(payload: dict) -> str:
+        """Every text a chunk carries: content, reasoning, tool-call arguments (all are moderated)."""
+        parts = []
+        for choice in payload.get("choices") or []:
+            delta = choice.get("delta") or {}
+            parts.append(message_text(delta) or choice.get("text") or "")
+        return "".join(parts)
+
+    @staticmethod
+    def error(item: ErrorResponse) -> str:
+        return f"data: {json.dumps(OpenAIError(item.error.code, item.error.message).body())}\n\n"
+
+    @staticmethod
+    def filtered(payload: dict | None) -> str:
+        base = payload or {}
+        chunk = {"id": base.get("id", ""), "object": base.get("object", "chat.completion.chunk"),
+                 "created": base.get("created", int(time.time())), "model": base.get("model", ""),
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]}
+        return f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+
+
+class ResponsesShape:
+    """/v1/responses: typed events; the terminal `response.completed` (or incomplete/failed) holds usage."""
+
+    TERMINAL = ("event: response.completed", "event: response.incomplete", "event: response.failed")
+    DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta", "response.reasoning_text.delta")
+
+    def __init__(self, renames: dict[str, str] | None = None):
+        self.rewrites = {**RESPONSES_REWRITES, **(renames or {})}
+
+    def usage(self, chunk: str, call: Call) -> bool:
+        if chunk.startswith(self.TERMINAL):
+            usage = ((_payload(chunk) or {}).get("response") or {}).get("usage") or {}
+            call.prompt_tokens = usage.get("input_tokens", 0) or 0
+            call.completion_tokens = usage.get("output_tokens", 0) or 0
+        return False
+
+    @classmethod
+    def text(cls, payload: dict) -> str:
+        return payload.get("delta") or "" if payload.get("type") in cls.DELTAS else ""
+
+    @staticmethod
+    def error(item: ErrorResponse) -> str:
+        return _sse("error", {"type": "error", "code": str(item.error.code), "message": item.error.message,
+                              "param": None})
+
+    @staticmethod
+    def filtered(payload: dict | None) -> str:
+        error = PlatformError("ModelArts.81011")
+        return _sse("error", {"type": "error", "code": error.spec.code, "message": error.message, "param": None})
+
+
+class MessagesShape:
+    """/v1/messages: Anthropic events; `message_start` holds the input tokens, `message_delta` the output."""
+
+    def __init__(self, renames: dict[str, str] | None = None):
+        self.rewrites = dict(renames or {})
+
+    def usage(self, chunk: str, call: Call) -> bool:
+        if chunk.startswith("event: message_start"):
+            usage = ((_payload(chunk) or {}).get("message") or {}).get("usage") or {}
+            call.prompt_tokens = usage.get("input_tokens", 0) or call.prompt_tokens
+        elif chunk.startswith("event: message_delta"):
+            usage = (_payload(chunk) or {}).get("usage") or {}
+            call.prompt_tokens = usage.get("input_tokens") or call.prompt_tokens
+            call.completion_tokens = usage.get("output_tokens", 0) or call.completion_tokens
+        return False
+
+    @staticmethod
+    def text(payload: dict) -> str:
+        if payload.get("type") != "content_block_delta":
+            return ""
+        delta = payload.get("delta") or {}
+        return delta.get("text") or delta.get("partial_json") or delta.get("thinking") or ""
+
+    @staticmethod
+    def error(item: ErrorResponse) -> str:
+        return _sse("error", {"type": "error", "error": {"type": "api_error", "message": item.error.message}})
+
+    @staticmethod
+    def filtered(payload: dict | None) -> str:
+        error = PlatformError("ModelArts.81011")
+        return _sse("error", {"type": "error", "error": {"type": error.spec.code, "message": error.message}})
 
 
 class StreamRelay:
-    def __init__(self, call: Call, moderator: Moderator | None, keep_usage: bool,
-                 renames: dict[str, str] | None = None):
+    def __init__(self, call: Call, moderator: Moderator | None, shape):
         self.call = call
-        self.renames = {'"reasoning":': '"reasoning_content":', **(renames or {})}
+        self.shape = shape
         self.check = StreamCheck(moderator) if moderator is not None else None
-        self.keep_usage = keep_usage
         self.chunks = 0
 
+    def _rewrite(self, text: str) -> str:
+        for old, new in self.shape.rewrites.items():
+            if old in text:
+                text = text.replace(old, new)
+        return text
+
     async def run(self, first: list, rest) -> AsyncIterator[str]:
-        batch = first
+        batch, shape = first, self.shape
         while True:
             out = []
             self.call.chunk_seen()
             for chunk in batch:
                 if isinstance(chunk, ErrorResponse):
-                    out.append(f"data: {json.dumps(OpenAIError(chunk.error.code, chunk.error.message).body())}\n\n")
+                    out.append(shape.error(chunk))
                     continue
-                if '"choices":[]' in chunk and '"usage":{' in chunk:
+                if shape.usage(chunk, self.call):
+                    continue
+                if self.check is not None:
                     payload = _payload(chunk)
-                    if payload is not None:
-                        self.call.usage(payload.get("usage"))
-                    if not self.keep_usage:
-                        continue
-                elif self.check is not None:
-                    payload = _payload(chunk)
-                    text = _delta_text(payload) if payload is not None else ""
+                    text = shape.text(payload) if payload is not None else ""
                     self.chunks += bool(text)
                     if text and self.check.add(text):
                         # Flagged: what was not sent yet stays unsent; the stream ends as filtered. The engine
                         # sends no usage now, so the completion is counted as the chunks generated.
                         self.call.completion_tokens = self.call.completion_tokens or self.chunks
-                        yield "".join(out) + _content_filter_chunk(payload) + "data: [DONE]\n\n"
+                        yield self._rewrite("".join(out)) + shape.filtered(payload)
                         rest.cancel()
                         return
-                for old, new in self.renames.items():
-                    chunk = chunk.replace(old, new)
                 out.append(chunk)
             if out:
-                yield "".join(out)
+                yield self._rewrite("".join(out))
             try:
                 batch = await rest.__anext__()
             except StopAsyncIteration:
