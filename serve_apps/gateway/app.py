@@ -183,7 +183,8 @@ class Gateway:
         answer = await self.admit(request, body.model, estimate_prompt_tokens(text), completion_budget(body))
         route = answer.get("route")
         call = Call(answer["record"], client_ip(request.headers, request.client), answer.get("reservation"),
-                    stream=bool(getattr(body, "stream", False)))
+                    stream=bool(getattr(body, "stream", False)),
+                    playground=request.headers.get("x-maas-playground") == "1")
         request.state.call = call
         if answer.get("error"):
             raise error_for(answer["error"], model=body.model, **answer.get("params", {}))
