@@ -35,7 +35,7 @@ from cluster.endpoints import router as endpoints_router
 from cluster.endpoints.schemas import Confirm as EndpointConfirm
 from cluster.endpoints.schemas import EndpointCreate
 from cluster.finetune import router as finetune_router
-from cluster.finetune.schemas import JobCreate
+from cluster.finetune.schemas import JobCreate, Promote
 from cluster.keys import router as keys_router
 from cluster.keys.schemas import KeyCreate
 from cluster.my_models import router as my_models_router
@@ -543,6 +543,49 @@ async def create_job(request: Request, project: str):
         return await _finetune_page(request, viewer, project, status_of(exc), error=reason(exc), form=dict(form))
     return await _finetune_page(request, viewer, project, 200 if job.status != "failed" else 400, created=job,
                                 bad_rows=row_errors(job.status_reason))
+
+
+async def _job_page(request: Request, viewer: Viewer, project: str, job: str, status: int = 200, search: str = "",
+                   **context):
+    view = await run_in_threadpool(finetune_router.get_job, project, job)
+    points = await run_in_threadpool(finetune_router.job_metrics, project, view.id)
+    try:
+        logs = (await run_in_threadpool(finetune_router.job_logs, project, view.id, search)).body.decode()
+    except Exception:  # noqa: BLE001 - the Ray job's logs may be unreachable; the page still renders
+        logs = "(logs not available)"
+    try:
+        checkpoints = await run_in_threadpool(finetune_router.job_checkpoints, project, view.id)
+    except PlatformError:
+        checkpoints = []
+    loss = {"steps": [p.get("step") for p in points if "loss" in p], "loss": [p["loss"] for p in points if "loss" in p]}
+    return await page(request, "job.html", viewer, project, status, job=view, loss=loss, logs=logs[-200_000:],
+                      search=search, checkpoints=checkpoints, bad_rows=row_errors(view.status_reason), **context)
+
+
+@console.get("/p/{project}/finetune/{job}", response_class=HTMLResponse)
+async def job_page(request: Request, project: str, job: str, search: str = "", notice: str = ""):
+    viewer = access(request, project)
+    return await _job_page(request, viewer, project, job, search=search, notice=notice)
+
+
+@console.post("/p/{project}/finetune/{job}/{action}", response_class=HTMLResponse)
+async def job_action(request: Request, project: str, job: str, action: str):
+    viewer = access(request, project)
+    form = await posted(request, viewer)
+    try:
+        if action == "stop":
+            view = await run_in_threadpool(finetune_router.stop_job, project, job)
+        elif action == "continue":
+            view = await run_in_threadpool(finetune_router.continue_job, project, job)
+        elif action == "promote":
+            await run_in_threadpool(finetune_router.promote_checkpoint, project, job, form.get("checkpoint", ""),
+                                    Promote(output_model=form.get("output_model") or None))
+            view = await run_in_threadpool(finetune_router.get_job, project, job)
+        else:
+            raise Refused(404, "There is no such page.")
+    except (PlatformError, ValidationError) as exc:
+        return await _job_page(request, viewer, project, job, status_of(exc), error=reason(exc))
+    return go(request, f"/p/{project}/finetune/{view.id}", f"{action.capitalize()} requested: {view.status}.")
 
 
 # -- my models, presets, endpoints (spec §4.2-4.4, §6.1) ---------------------------------------------------

@@ -163,6 +163,12 @@ def test_a_bad_dataset_shows_its_rows(team, tmp_path):
     assert page.status_code == 400
     rows = re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>", page.text)
     assert [(line, field) for line, field, _ in rows] == [("2", "instruction"), ("3", "line")]
+    job = re.search(r'/finetune/(ft-[0-9a-f]+)"', page.text)[1]
+    detail = client.get(f"{CONSOLE}/p/team-c/finetune/{job}")  # its own page: status, the same rows, no logs yet
+    assert detail.status_code == 200 and 'id="job-status">failed<' in detail.text
+    assert len(re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td><td>([^<]+)</td></tr>", detail.text)) == 2
+    refused = client.post(f"{CONSOLE}/p/team-c/finetune/{job}/continue", data={"csrf": csrf})
+    assert refused.status_code == 409 and "continue is allowed from" in refused.text
 
 
 def test_usage_page_charts_api_calls_and_leaves_out_the_playground(team):

@@ -91,3 +91,10 @@ function usageCharts() {
                            { label: "TPOT p50", data: data.tpot_p50, borderColor: "#2f6fec" }]),
   ];
 }
+
+function lossChart() {
+  const data = JSON.parse(document.getElementById("loss-data").textContent);
+  window.maasLoss = new Chart(document.getElementById("chart-loss"), {
+    type: "line", data: { labels: data.steps, datasets: [{ label: "loss", data: data.loss, borderColor: "#2f6fec" }] },
+    options: { animation: false, elements: { point: { radius: 0 } }, scales: { x: { title: { display: true, text: "step" } } } } });
+}
