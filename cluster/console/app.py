@@ -42,7 +42,7 @@ from cluster.my_models import router as my_models_router
 from cluster.presets import router as presets_router
 from cluster.presets.schemas import ActivateSpec
 from cluster.projects import router as projects_router
-from cluster.projects.schemas import ProjectCreate
+from cluster.projects.schemas import ProjectCreate, QuotaSpec
 from cluster.schemas import confirmation
 from cluster.services import router as services_router
 from cluster.services.schemas import QpsRequest, ScaleRequest, ServiceCreate
@@ -639,7 +639,9 @@ async def offers_action(request: Request, project: str, action: str):
 # -- admin: projects ---------------------------------------------------------------------------------------
 async def _projects_page(request: Request, viewer: Viewer, status: int = 200, **context):
     projects = await projects_router.list_projects(None)
-    return await page(request, "projects.html", viewer, None, status, project_rows=projects, **context)
+    quotas = {p.id: await projects_router.get_quotas(p.id) for p in projects}
+    return await page(request, "projects.html", viewer, None, status, project_rows=projects, quotas=quotas,
+                      quota_fields=list(QuotaSpec.model_fields), **context)
 
 
 @console.get("/admin/projects", response_class=HTMLResponse)
@@ -658,3 +660,21 @@ async def create_project(request: Request):
     except (PlatformError, ValidationError) as exc:
         return await _projects_page(request, viewer, status_of(exc), error=reason(exc), form=dict(form))
     return go(request, "/admin/projects", f"Project {created.id} created.")
+
+
+@console.post("/admin/projects/{project}/{action}", response_class=HTMLResponse)
+async def project_action(request: Request, project: str, action: str):
+    viewer = admin_only(request)
+    form = await posted(request, viewer)
+    try:
+        if action == "delete":
+            confirmation("DELETE", "Deleting a project")(form.get("confirm", ""))
+            await projects_router.delete_project(project, None, None)
+        elif action == "quotas":
+            await projects_router.set_quotas(project, QuotaSpec(**{f: form.get(f) or None for f in QuotaSpec.model_fields}),
+                                             None)
+        else:
+            raise Refused(404, "There is no such page.")
+    except (PlatformError, ValidationError) as exc:
+        return await _projects_page(request, viewer, status_of(exc), error=reason(exc))
+    return go(request, "/admin/projects", f"Project {project}: {action} done.")

@@ -140,6 +140,12 @@ def test_the_admin_sees_every_project_and_creates_one(admin):
     twice = client.post(f"{CONSOLE}/admin/projects", data={"csrf": csrf, "id": "made-here"})
     assert twice.status_code == 409 and "already exists" in twice.text
     assert client.get(f"{CONSOLE}/p/no-such-project/keys").status_code == 404
+    quota = client.post(f"{CONSOLE}/admin/projects/made-here/quotas", data={"csrf": csrf, "services": "3"})
+    assert quota.status_code == 200 and 'placeholder="3"' in quota.text
+    unconfirmed = client.post(f"{CONSOLE}/admin/projects/made-here/delete", data={"csrf": csrf, "confirm": "yes"})
+    assert unconfirmed.status_code == 400 and "DELETE" in unconfirmed.text
+    gone = client.post(f"{CONSOLE}/admin/projects/made-here/delete", data={"csrf": csrf, "confirm": "DELETE"})
+    assert gone.status_code == 200 and 'data-id="made-here"' not in gone.text
 
 
 def test_deploy_form_shows_the_platforms_message(team):
