@@ -476,12 +476,13 @@ async def service_action(request: Request, project: str, service: str, action: s
 # -- call statistics (spec §9.2) ---------------------------------------------------------------------------
 @console.get("/p/{project}/usage", response_class=HTMLResponse)
 async def usage_page(request: Request, project: str, range: str = "today", granularity: str = "",
-                     service_id: str = ""):
+                     service_id: str = "", key_id: str = ""):
     viewer = access(request, project)
     error = ""
     granularity = granularity or ("minute" if range == "today" else "")
     try:
-        params = UsageFilter(range=range, granularity=granularity or None, service_id=service_id or None)
+        params = UsageFilter(range=range, granularity=granularity or None, service_id=service_id or None,
+                             key_ids=[key_id] if key_id else [])
     except (PlatformError, ValidationError) as exc:
         error, params = reason(exc), UsageFilter(range="today", granularity="minute")
     summary = await run_in_threadpool(usage_router.usage_summary, project, params)
@@ -494,10 +495,21 @@ async def usage_page(request: Request, project: str, range: str = "today", granu
              "tokens": [b.total_tokens for b in buckets],
              "ttft_p50": [b.ttft_ms.p50 for b in buckets], "ttft_p99": [b.ttft_ms.p99 for b in buckets],
              "tpot_p50": [b.tpot_ms.p50 for b in buckets]}
-    export = (f"{base(request).removesuffix('/console')}/v1/{project}/usage/export?range={params.range}"
-              f"&granularity={params.granularity}")
+    export = f"{base(request)}/p/{project}/usage/export?" + str(request.url.query)
+    keys = await keys_router.list_keys(project)
     return await page(request, "usage.html", viewer, project, summary=summary, failures=failures, chart=chart,
-                params=params, error=error, export=export)
+                      params=params, error=error, export=export, keys=keys)
+
+
+@console.get("/p/{project}/usage/export")
+async def usage_export(request: Request, project: str, range: str = "today", granularity: str = "",
+                       service_id: str = "", key_id: str = ""):
+    """The xlsx export of the same filters (one sheet per chart), through the REST route's function."""
+    access(request, project)
+    granularity = granularity or ("minute" if range == "today" else "")
+    params = usage_router.ExportParams(range=range, granularity=granularity or None, service_id=service_id or None,
+                                       key_ids=[key_id] if key_id else [])
+    return await run_in_threadpool(usage_router.usage_export, project, params)
 
 
 # -- fine-tuning (spec §7) ---------------------------------------------------------------------------------

@@ -193,3 +193,6 @@ def test_usage_page_charts_api_calls_and_leaves_out_the_playground(team):
     assert re.search(r'id="total-failures">(\d+)<', page.text)[1] == "1"
     chart = re.search(r'<script type="application/json" id="usage-data">(.*?)</script>', page.text, re.S)[1]
     assert '"calls": [' in chart and "ModelArts.81101" in page.text
+    export = client.get(f"{CONSOLE}/p/team-c/usage/export?range=today")
+    assert export.status_code == 200 and export.content[:2] == b"PK"  # an xlsx (zip) file
+    assert 'attachment; filename="usage-team-c-' in export.headers["content-disposition"]
