@@ -45,7 +45,7 @@ from cluster.projects import router as projects_router
 from cluster.projects.schemas import ProjectCreate, QuotaSpec
 from cluster.schemas import confirmation
 from cluster.services import router as services_router
-from cluster.services.schemas import QpsRequest, ScaleRequest, ServiceCreate
+from cluster.services.schemas import QpsRequest, ScaleRequest, ServiceCreate, UpgradeRequest
 from cluster.settings import get_settings
 from cluster.state.db import ApiKey, Service, session_scope
 from cluster.usage import router as usage_router
@@ -462,6 +462,9 @@ async def service_action(request: Request, project: str, service: str, action: s
                 instances=form.get("instances") or 0, confirm=form.get("confirm", "")))
         elif action == "qps":
             view = await services_router.set_service_qps(project, service, QpsRequest(qps=form.get("qps") or 0))
+        elif action == "upgrade":
+            view = await services_router.upgrade_service(project, service, UpgradeRequest(
+                model_version=form.get("model_version", "")))
         elif action == "delete":
             confirmation("DELETE", "Deleting a service")(form.get("confirm", ""))
             view = await services_router.delete_service(project, service, None)

@@ -157,6 +157,8 @@ def test_deploy_form_shows_the_platforms_message(team):
     assert '"model": "svc-c"' in made.text  # the how-to-call snippets
     early = client.post(made.url.path + "/scale", data={"csrf": csrf, "instances": "2"})
     assert early.status_code == 409 and "scale is allowed only when Running, Concerning" in early.text
+    upgrade = client.post(made.url.path + "/upgrade", data={"csrf": csrf, "model_version": "2"})
+    assert upgrade.status_code == 409 and "upgrade is allowed only when" in upgrade.text
 
 
 def test_a_bad_dataset_shows_its_rows(team, tmp_path):
