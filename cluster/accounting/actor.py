@@ -230,23 +230,40 @@ class AccountingActor:
 
     async def settle_many(self, settlements: list[Settlement]) -> int:
         """Reconcile reservations to the real usage and make the records durable (one transaction) before
-        answering; a re-sent record changes nothing (request_id)."""
-        fresh = [_row(record) for reservation_id, record in settlements if self._settle(reservation_id, record)]
-        if fresh:
-            try:
-                await self._durable(fresh)
-            except Exception:
-                self._settled.difference_update(r["request_id"] for r in fresh)  # the re-send must count
-                raise
-        return len(fresh)
+        answering. Windows, free quota and metrics move once per request id, the first time it is seen, whether
+        or not its row could be written then; the row is written (insert-or-ignore by request_id) on every send
+        until one is acknowledged. So a database outage delays records and counts nothing twice when the
+        gateways re-send them. Returns how many settlements were new."""
+        await self._forget_stored(settlements)
+        fresh = sum(self._settle(reservation_id, record) for reservation_id, record in settlements)
+        await self._durable([_row(record) for _, record in settlements])
+        return fresh
+
+    async def _forget_stored(self, settlements: list[Settlement]) -> None:
+        """After a restart this actor has forgotten which records it settled: a re-sent one whose row is already
+        stored (its ack was lost with the old actor) is counted by the windows and quotas rebuilt from SQL, so
+        it must not be counted again."""
+        unknown = [record["request_id"] for reservation_id, record in settlements
+                   if record["request_id"] not in self._settled and reservation_id is not None
+                   and reservation_id not in self._reservations]
+        if unknown:
+            for request_id in await asyncio.to_thread(self._stored_ids, unknown):
+                self._remember(request_id)
+
+    def _stored_ids(self, request_ids: list[str]) -> set[str]:
+        with session_scope(self._url) as session:
+            return set(session.scalars(select(UsageRecord.request_id).where(UsageRecord.request_id.in_(request_ids))))
+
+    def _remember(self, request_id: str) -> None:
+        self._settled.add(request_id)
+        self._settled_order.append(request_id)
+        if len(self._settled_order) > SETTLED_MEMORY:
+            self._settled.discard(self._settled_order.popleft())
 
     def _settle(self, reservation_id: str | None, record: UsageRecordDict) -> bool:
         if record["request_id"] in self._settled:
             return False
-        self._settled.add(record["request_id"])
-        self._settled_order.append(record["request_id"])
-        if len(self._settled_order) > SETTLED_MEMORY:
-            self._settled.discard(self._settled_order.popleft())
+        self._remember(record["request_id"])
         tokens = record.get("prompt_tokens", 0) + record.get("completion_tokens", 0)
         held = self._reservations.pop(reservation_id, None) if reservation_id else None
         quota_key = None
