@@ -99,7 +99,8 @@ def decide(signals: Signals, state: dict, options: LLMPolicyOptions, min_replica
         if pressed_share >= STABLE_SHARE:
             want = target + 1
             reason = f"stable: under pressure {pressed_share:.0%} of the last {options.stable_window_s:g} s"
-    if not pressed and not reason and quiet_since is not None and now - quiet_since >= options.quiet_period_s:
+    if (not pressed and not reason and not starting and quiet_since is not None
+            and now - quiet_since >= options.quiet_period_s):
         peak = max(s[1] + s[2] for s in samples)
         if peak == 0 and signals.ongoing == 0:
             floor = 0

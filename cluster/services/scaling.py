@@ -56,15 +56,22 @@ class ScalingEvents:
         return [(app, decision) for _seq, app, decision in items if decision.get("at", 0) >= self.started - 1]
 
     def _observed(self, apps: dict[str, AppState]) -> list[tuple[str, dict]]:
-        """Target changes of applications on Serve's requests policy (it publishes no decisions)."""
+        """Target changes nobody publishes: those of Serve's requests policy, and a wake from zero (Serve starts
+        the first replica itself when a request waits, before any policy runs)."""
         found = []
         previous, self.targets = self.targets, {name: app.target for name, app in apps.items()}
         for name, app in apps.items():
-            before = previous.get(name)
-            if app.scaling_key[0] == "requests" and None not in (before, app.target) and before != app.target:
-                found.append((name, {"at": time.time(), "from_replicas": before, "to_replicas": app.target,
-                                     "policy": "requests", "signals": {},
-                                     "reason": "Serve's policy: ongoing requests per replica against the target"}))
+            before, mode = previous.get(name), app.scaling_key[0]
+            if None in (before, app.target) or before == app.target:
+                continue
+            if mode == "requests":
+                reason = "Serve's policy: ongoing requests per replica against the target"
+            elif mode == "llm" and before == 0:
+                reason = "woken by a request (Serve's cold start)"
+            else:
+                continue
+            found.append((name, {"at": time.time(), "from_replicas": before, "to_replicas": app.target,
+                                 "policy": mode, "signals": {}, "reason": reason}))
         return found
 
     def record(self, database_url: str, apps: dict[str, AppState]) -> list[Notification]:
