@@ -151,3 +151,13 @@ def test_engine_stats_report_idle_once_the_engine_stops_stepping():
     stats.record(3, 4, 0.5, at=10.0)
     assert stats.report(now=10.5) == {WAITING: 3.0, RUNNING: 4.0, KV_USAGE: 0.5}
     assert stats.report(now=10.0 + IDLE_AFTER_S + 0.1) == {WAITING: 0.0, RUNNING: 0.0, KV_USAGE: 0.0}
+
+
+def test_never_scales_down_while_a_replica_starts():
+    """Serve's cold start set the target to 1 for a waiting request: nothing runs yet, but the policy waits."""
+    state = {"quiet_since": 0.0}
+    for step in range(300):
+        now = 1.0 + step * TICK
+        signals = Signals(now=now, running_replicas=0, target_replicas=1, waiting=0, running=0, kv_usage=0)
+        want, state, decision = decide(signals, state, OPTIONS, 0, 2)
+        assert want == 1 and decision is None
