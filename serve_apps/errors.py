@@ -33,6 +33,8 @@ PLATFORM_ERRORS: dict[str, ErrorSpec] = {spec.code: spec for spec in [
     ErrorSpec(429, "MaaS.0429", "Too many requests, exceeded the service's limit of {qps} requests per second."),
     ErrorSpec(413, "MaaS.0413", "Request body too large: the limit is {limit} bytes."),
     ErrorSpec(503, "MaaS.0503", "The platform is starting or the model is not ready: {reason}"),
+    # Recorded only (the caller is gone): a stream the client closed before its end.
+    ErrorSpec(499, "MaaS.0499", "The client closed the connection before the answer was complete."),
     ErrorSpec(400, "Modelarts.6206", "Key fields describing the model structure are missing from config.json, "
                                      "or their values are inconsistent with standard open source"),
     ErrorSpec(400, "MaaS.0400", "{reason}"),

@@ -32,6 +32,7 @@ class Call:
     last_chunk_at: float | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    usage_final: bool = False  # the engine's final usage was seen (else the counts are what was delivered)
     settled: bool = False
     playground: bool = False  # X-MaaS-Playground: 1 (the console's playground; spec §5.1)
 
@@ -131,6 +132,13 @@ class Settler:
 
     @property
     def pending(self) -> int:
+        return len(self._pending)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait (at most `timeout_s`) until every pending settlement is acknowledged; returns how many are
+        still pending. A replica stopped on purpose (scale-in, upgrade, `maas down`) calls this first."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=timeout_s)
         return len(self._pending)
 
 

@@ -8,6 +8,7 @@ Streams always ask the engine for usage; the usage chunk is removed again for cl
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -40,6 +41,10 @@ from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_req
 from serve_apps.settings import plane_settings
 
 log = logging.getLogger("maas.gateway")
+# Settlements not yet acknowledged (the database or the actor is down) that one replica holds before it refuses
+# new calls with 503: bounded memory, and never a call answered that could not be recorded.
+MAX_PENDING_SETTLEMENTS = 10_000
+SHUTDOWN_DRAIN_S = 15.0  # within Serve's graceful_shutdown_timeout_s (20 s)
 
 app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -125,6 +130,18 @@ def _thinking_default(body, card: CatalogModel) -> None:
         body.chat_template_kwargs = kwargs
 
 
+async def _first(generator):
+    """The engine's first answer; its failure (a replica that died, an engine error) is the platform's 503,
+    settled like every refusal (the reservation and the in-flight gauge are released)."""
+    try:
+        return await generator.__anext__()
+    except (OpenAIError, PlatformError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        log.warning("the engine failed (%s: %s)", type(exc).__name__, exc)
+        raise PlatformError("MaaS.0503", reason="the model's engine failed; try again") from None
+
+
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
@@ -137,6 +154,12 @@ class Gateway:
         self._admissions = NaturalBatcher(self._admit_batch)
         self.moderator = load_moderator()
 
+    async def __del__(self):
+        """Stopped on purpose (scale-in, upgrade, `maas down`): the pending settlements go out first."""
+        left = await self.settler.drain(SHUTDOWN_DRAIN_S)
+        if left:
+            log.error("stopping with %d usage records not acknowledged by the accounting actor", left)
+
     # -- who is calling, may they, and what serves the model ----------------------------------------
     async def _accounting(self):
         if self._actor is None:
@@ -148,6 +171,9 @@ class Gateway:
 
     async def admit(self, request: Request, model: str | None, prompt_tokens: int = 0,
                     max_tokens: int | None = None) -> Admission:
+        if self.settler.pending >= MAX_PENDING_SETTLEMENTS:  # the ledger is unreachable: never answer unrecorded
+            raise PlatformError("MaaS.0503", reason="usage cannot be recorded right now (the usage ledger is "
+                                                    "unreachable); try again later")
         try:
             answer = await self._admissions(AdmissionRequest(request.state.key_hash, model, prompt_tokens,
                                                              max_tokens))
@@ -260,10 +286,11 @@ class Gateway:
         if method in ("responses", "messages"):  # vLLM's own protocol models: validated again by the engine
             return await self._generate_api(routed, call, handle, method, body)
         client_wants_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-        if body.stream:  # usage always comes back from the engine, for accounting
-            body.stream_options = StreamOptions(include_usage=True)
+        client_wants_running = bool(client_wants_usage and body.stream_options.continuous_usage_stats)
+        if body.stream:  # usage always comes back from the engine, in every chunk: a broken stream is counted too
+            body.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=True)
         generator = getattr(handle, method).remote(body)
-        first = await generator.__anext__()
+        first = await _first(generator)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
         if isinstance(head, ErrorResponse):
@@ -285,13 +312,13 @@ class Gateway:
             self.settler.submit(call, 200)
             return _json(200, content)
         renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
-        relay = StreamRelay(call, moderator, ChatShape(client_wants_usage, renames))
+        relay = StreamRelay(call, moderator, ChatShape(client_wants_usage, renames, client_wants_running))
         return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
 
     async def _generate_api(self, routed: Routed, call: Call, handle, method: str, body) -> Response:
         """/v1/responses and /v1/messages: the engine answers a JSON dict, or a stream of SSE events."""
         generator = getattr(handle, method).remote(body.model_dump(mode="json", exclude_unset=True))
-        first = await generator.__anext__()
+        first = await _first(generator)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
         if isinstance(head, ErrorResponse):
@@ -313,16 +340,31 @@ class Gateway:
         return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
 
     async def _stream(self, relay: StreamRelay, call: Call, first: list, rest) -> AsyncIterator[str]:
+        """Relay the stream; whatever ends it, the call is settled once with the tokens the engine generated.
+        The client goes away: the engine's request is cancelled (vLLM aborts it), 499. The engine fails: the
+        client gets an error event and the stream's end instead of a dropped connection, 503."""
+        status, code = 200, ""
         try:
             async for text in relay.run(first, rest):
                 yield text
-        finally:  # also when the client goes away: what was generated is still accounted for
-            self.settler.submit(call, 200)
+        except (asyncio.CancelledError, GeneratorExit):
+            status, code = 499, "MaaS.0499"
+            rest.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001  (any engine failure mid-stream)
+            log.warning("the engine failed mid-stream (%s: %s)", type(exc).__name__, exc)
+            status, code = 503, "MaaS.0503"
+            yield relay.shape.failure(PlatformError("MaaS.0503", reason="the model's engine failed while "
+                                                                        "answering; try again").message)
+        finally:
+            if status != 200 or not call.usage_final:
+                relay.partial()
+            self.settler.submit(call, status, code)
 
     @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request):
         _route, call, handle = await self._route(request, body, "embeddings", _input_text(body.input))
-        result = await handle.embeddings.remote(body).__anext__()
+        result = await _first(handle.embeddings.remote(body))
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
         call.usage(result.usage)
@@ -334,7 +376,7 @@ class Gateway:
         name = body.model
         _route, call, handle = await self._route(request, body, "rerank", _input_text([body.query, *body.documents]))
         score = ScoreRequest(model=body.model, text_1=body.query, text_2=body.documents)
-        result = await handle.score.remote(score).__anext__()
+        result = await _first(handle.score.remote(score))
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
         call.prompt_tokens = result.usage.total_tokens

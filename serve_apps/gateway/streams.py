@@ -42,9 +42,11 @@ def _sse(event: str, body: dict) -> str:
 class ChatShape:
     """/v1/chat/completions and /v1/completions: `data:` chunks, a usage chunk with no choices, `[DONE]`."""
 
-    def __init__(self, keep_usage: bool, renames: dict[str, str] | None = None):
+    def __init__(self, keep_usage: bool, renames: dict[str, str] | None = None, keep_running_usage: bool = True):
         self.keep_usage = keep_usage
+        self.keep_running_usage = keep_running_usage  # the client asked for continuous_usage_stats itself
         self.rewrites = {**CHAT_REWRITES, **(renames or {})}
+        self.running_usage = ""  # the latest chunk's usage (continuous usage stats), as text
 
     def usage(self, chunk: str, call: Call) -> bool:
         """Account a usage chunk; True when the chunk is not sent on."""
@@ -53,7 +55,32 @@ class ChatShape:
         payload = _payload(chunk)
         if payload is not None:
             call.usage(payload.get("usage"))
+            call.usage_final = True
         return not self.keep_usage
+
+    def running(self, chunk: str) -> str:
+        """Keep the engine's running count (every chunk carries it: continuous usage stats) and send the chunk
+        on without it, unless the client asked for it: the OpenAI shape has usage in the last chunk only."""
+        start = chunk.rfind(',"usage":{')
+        if start < 0:
+            return chunk
+        end = chunk.find("}", start)
+        self.running_usage = chunk[start + 9:end + 1]
+        return chunk if self.keep_running_usage else chunk[:start] + chunk[end + 1:]
+
+    def partial(self, call: Call, deltas: int) -> None:
+        """The stream ended before its usage chunk: the tokens the engine had counted by the last chunk."""
+        if call.usage_final:
+            return
+        try:
+            call.usage(json.loads(self.running_usage)) if self.running_usage else None
+        except ValueError:
+            pass
+        call.completion_tokens = call.completion_tokens or deltas
+
+    @staticmethod
+    def failure(message: str) -> str:
+        return f"data: {json.dumps(OpenAIError(503, message, 'ServiceUnavailableError').body())}\n\ndata: [DONE]\n\n"
 
     @staticmethod
     def text(payload: dict) -> str:
@@ -97,6 +124,17 @@ class ResponsesShape:
     def text(cls, payload: dict) -> str:
         return payload.get("delta") or "" if payload.get("type") in cls.DELTAS else ""
 
+    def running(self, chunk: str) -> str:
+        return chunk
+
+    @staticmethod
+    def partial(call: Call, deltas: int) -> None:
+        call.completion_tokens = call.completion_tokens or deltas  # the delta events sent, one token each
+
+    @staticmethod
+    def failure(message: str) -> str:
+        return _sse("error", {"type": "error", "code": "MaaS.0503", "message": message, "param": None})
+
     @staticmethod
     def error(item: ErrorResponse) -> str:
         return _sse("error", {"type": "error", "code": str(item.error.code), "message": item.error.message,
@@ -124,6 +162,17 @@ class MessagesShape:
             call.completion_tokens = usage.get("output_tokens", 0) or call.completion_tokens
         return False
 
+    def running(self, chunk: str) -> str:
+        return chunk
+
+    @staticmethod
+    def partial(call: Call, deltas: int) -> None:
+        call.completion_tokens = call.completion_tokens or deltas
+
+    @staticmethod
+    def failure(message: str) -> str:
+        return _sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": message}})
+
     @staticmethod
     def text(payload: dict) -> str:
         if payload.get("type") != "content_block_delta":
@@ -147,6 +196,7 @@ class StreamRelay:
         self.shape = shape
         self.check = StreamCheck(moderator) if moderator is not None else None
         self.chunks = 0
+        self.deltas = 0  # chunks sent on: the completion's size when the stream breaks before its usage
 
     def _rewrite(self, text: str) -> str:
         for old, new in self.shape.rewrites.items():
@@ -165,6 +215,8 @@ class StreamRelay:
                     continue
                 if shape.usage(chunk, self.call):
                     continue
+                chunk = shape.running(chunk)
+                self.deltas += 1
                 if self.check is not None:
                     payload = _payload(chunk)
                     text = shape.text(payload) if payload is not None else ""
@@ -173,6 +225,7 @@ class StreamRelay:
                         # Flagged: what was not sent yet stays unsent; the stream ends as filtered. The engine
                         # sends no usage now, so the completion is counted as the chunks generated.
                         self.call.completion_tokens = self.call.completion_tokens or self.chunks
+                        self.call.usage_final = True
                         yield self._rewrite("".join(out)) + shape.filtered(payload)
                         rest.cancel()
                         return
@@ -183,3 +236,7 @@ class StreamRelay:
                 batch = await rest.__anext__()
             except StopAsyncIteration:
                 return
+
+    def partial(self) -> None:
+        """The stream broke (client gone, engine failed): account what the engine had generated."""
+        self.shape.partial(self.call, self.deltas)

@@ -1,0 +1,123 @@
+"""Usage that is never lost when a stream breaks (issue 11): the client that goes away mid-stream and the engine
+replica killed mid-stream are each recorded once, with the tokens the engine had generated for the call (its
+running usage, continuous_usage_stats), and the client of a dead engine gets an error event and the stream's
+end instead of a dropped connection. The database outage and the re-sends: tests/db/test_settlement_once.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.helpers import BIN, DASHBOARD_PORT, wait_status
+
+CHAT = "tiny-chat"
+
+
+def _records(platform, key_id: str) -> list[dict]:
+    with create_engine(platform.database_url).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(text("SELECT * FROM usage_records WHERE key_id = :k"),
+                                                          {"k": key_id})]
+
+
+def _wait_records(platform, key_id: str, count: int, timeout: float = 30) -> list[dict]:
+    deadline = time.time() + timeout
+    while True:
+        rows = _records(platform, key_id)
+        if len(rows) >= count or time.time() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def _stream(platform, key: str, model: str, max_tokens: int):
+    return httpx.stream("POST", platform.base_url + "/v1/chat/completions", timeout=120,
+                        headers={"Authorization": f"Bearer {key}"},
+                        json={"model": model, "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
+                              "messages": [{"role": "user", "content": "tell me a long story"}]})
+
+
+def _content_chunks(lines) -> tuple[int, list[dict]]:
+    """(content chunks seen, every other event) of an SSE line iterator, until it ends."""
+    content, others = 0, []
+    for line in lines:
+        if not line.startswith("data: "):
+            continue
+        if line == "data: [DONE]":
+            others.append({"done": True})
+            continue
+        event = json.loads(line[6:])
+        if event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
+            content += 1
+            assert "usage" not in event  # the running usage the gateway asks for is not sent on
+        else:
+            others.append(event)
+    return content, others
+
+
+def test_a_client_that_goes_away_mid_stream_is_recorded_499_with_its_tokens(platform):
+    key = platform.new_key("goes-away")
+    delivered = 0
+    with _stream(platform, key["key"], CHAT, 1500) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("data: {") and '"content"' in line:
+                delivered += 1
+            if delivered == 40:
+                break  # the client goes away, 40 tokens in
+    [row] = _wait_records(platform, key["id"], 1)
+    time.sleep(1)
+    assert len(_records(platform, key["id"])) == 1  # once
+    assert row["status_code"] == 499 and row["error_code"] == "MaaS.0499"
+    assert row["prompt_tokens"] > 0
+    assert 40 <= row["completion_tokens"] < 1500, row  # what the engine generated up to the last chunk relayed
+
+
+def test_a_whole_stream_still_bills_the_engines_final_count(platform):
+    key = platform.new_key("whole-stream")
+    with _stream(platform, key["key"], CHAT, 64) as response:
+        delivered, others = _content_chunks(response.iter_lines())
+    assert others[-1] == {"done": True}
+    [row] = _wait_records(platform, key["id"], 1)
+    assert row["status_code"] == 200 and row["completion_tokens"] == 64 and delivered >= 60
+
+
+def _replica_pids(platform, app: str) -> list[int]:
+    done = subprocess.run([str(BIN / "ray"), "list", "actors", "-f", "state=ALIVE", "--format", "json", "--limit",
+                           "1000", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}"],
+                          env=platform.env, capture_output=True, text=True, timeout=60)
+    actors = json.loads(done.stdout or "[]")
+    return [int(a["pid"]) for a in actors if a.get("class_name", "").startswith("ServeReplica:" + app + ":")]
+
+
+@pytest.mark.disruptive  # kills a service's engine replica
+def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_and_is_recorded(platform):
+    view = platform.maas_json("services", "deploy", "fault-svc", "--model", CHAT)
+    try:
+        view = wait_status(platform, "fault-svc", {"Running"})
+        [pid] = _replica_pids(platform, view["app_name"])
+        key = platform.new_key("engine-dies")
+        delivered = 0
+        with _stream(platform, key["key"], "fault-svc", 1500) as response:
+            lines = response.iter_lines()
+            for line in lines:
+                if line.startswith("data: {") and '"content"' in line:
+                    delivered += 1
+                if delivered == 30:
+                    os.kill(pid, signal.SIGKILL)
+                    break
+            more, others = _content_chunks(lines)  # the rest of the stream: it must end, not drop
+        assert others and others[-1] == {"done": True}, others[-3:]
+        errors = [e for e in others if e.get("object") == "error"]
+        assert errors and errors[0]["code"] == 503, others[-3:]
+        [row] = _wait_records(platform, key["id"], 1)
+        assert row["status_code"] == 503 and row["error_code"] == "MaaS.0503"
+        assert row["completion_tokens"] >= 30, row
+        assert row["completion_tokens"] <= delivered + more + 1, (row, delivered, more)
+    finally:
+        platform.maas("services", "delete", "fault-svc", "--confirm", "DELETE", check=False)
