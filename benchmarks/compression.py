@@ -29,8 +29,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+HERE = Path(__file__).resolve().parent
+# The project's packages first, and not this folder: benchmarks/autoscaling.py would shadow the package.
+sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 
 STRATEGIES = ["smoothquant-w8a8", "awq-w4a16", "gptq-w4a16"]
 TARGETS = {"smoothquant-w8a8": (0.03, 0.90), "awq-w4a16": (0.10, 0.75), "gptq-w4a16": (0.10, 0.75)}
@@ -110,9 +111,14 @@ def main() -> None:
     if args.child:
         print("RESULT " + json.dumps(measure(args.child[0], int(args.child[1]), int(args.child[2]))))
         return
-    from machine import machine
+    import importlib.util
 
     import yaml
+
+    spec = importlib.util.spec_from_file_location("bench_machine", HERE / "machine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    machine = module.machine
 
     work = Path(tempfile.mkdtemp(prefix="maas-bench-compress-"))
     original = tiny_chat_dir()
