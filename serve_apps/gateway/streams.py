@@ -3,12 +3,13 @@ rewrites the product needs, for each API's stream shape (chat/completions, Respo
 
 Chunks arrive as strings (`data: {...}\n\n`, or `event: <type>\ndata: {...}\n\n`), in batches. They are only
 parsed as JSON when they must be: the usage chunks always (accounting), every chunk when the output is
-moderated. Rewrites are plain string replacements, once per batch.
+moderated. Rewrites are one regex pass and plain replacements, once per batch.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import AsyncIterator
 
@@ -21,8 +22,14 @@ from serve_apps.ray_compat import ErrorResponse
 NULL_FIELDS = ("token_ids", "routed_experts", "prompt_logprobs", "prompt_token_ids", "prompt_text",
                "kv_transfer_params", "ec_transfer_params", "metrics")
 RESPONSE_NULL_FIELDS = (*NULL_FIELDS, "input_messages", "output_messages")
-CHAT_REWRITES = {'"reasoning":': '"reasoning_content":', **{f',"{name}":null': "" for name in NULL_FIELDS}}
-RESPONSES_REWRITES = {f',"{name}":null': "" for name in RESPONSE_NULL_FIELDS}
+
+
+def _nulls(fields: tuple[str, ...]) -> re.Pattern:
+    """One regex pass cuts them all (5.6 us per batch of 6 chunks; a guarded replace per field: 45 us)."""
+    return re.compile(r',"(?:' + "|".join(fields) + r')":null')
+
+
+CHAT_NULLS, RESPONSE_NULLS = _nulls(NULL_FIELDS), _nulls(RESPONSE_NULL_FIELDS)
 
 
 def _payload(chunk: str) -> dict | None:
@@ -42,10 +49,12 @@ def _sse(event: str, body: dict) -> str:
 class ChatShape:
     """/v1/chat/completions and /v1/completions: `data:` chunks, a usage chunk with no choices, `[DONE]`."""
 
+    nulls = CHAT_NULLS
+
     def __init__(self, keep_usage: bool, renames: dict[str, str] | None = None, keep_running_usage: bool = True):
         self.keep_usage = keep_usage
         self.keep_running_usage = keep_running_usage  # the client asked for continuous_usage_stats itself
-        self.rewrites = {**CHAT_REWRITES, **(renames or {})}
+        self.rewrites = {'"reasoning":': '"reasoning_content":', **(renames or {})}
         self.running_usage = ""  # the latest chunk's usage (continuous usage stats), as text
 
     def usage(self, chunk: str, call: Call) -> bool:
@@ -107,11 +116,12 @@ class ChatShape:
 class ResponsesShape:
     """/v1/responses: typed events; the terminal `response.completed` (or incomplete/failed) holds usage."""
 
+    nulls = RESPONSE_NULLS
     TERMINAL = ("event: response.completed", "event: response.incomplete", "event: response.failed")
     DELTAS = ("response.output_text.delta", "response.function_call_arguments.delta", "response.reasoning_text.delta")
 
     def __init__(self, renames: dict[str, str] | None = None):
-        self.rewrites = {**RESPONSES_REWRITES, **(renames or {})}
+        self.rewrites = dict(renames or {})
 
     def usage(self, chunk: str, call: Call) -> bool:
         if chunk.startswith(self.TERMINAL):
@@ -148,6 +158,8 @@ class ResponsesShape:
 
 class MessagesShape:
     """/v1/messages: Anthropic events; `message_start` holds the input tokens, `message_delta` the output."""
+
+    nulls = None  # vLLM's converter already leaves its own fields out
 
     def __init__(self, renames: dict[str, str] | None = None):
         self.rewrites = dict(renames or {})
@@ -199,6 +211,8 @@ class StreamRelay:
         self.deltas = 0  # chunks sent on: the completion's size when the stream breaks before its usage
 
     def _rewrite(self, text: str) -> str:
+        if self.shape.nulls is not None:
+            text = self.shape.nulls.sub("", text)
         for old, new in self.shape.rewrites.items():
             if old in text:
                 text = text.replace(old, new)
