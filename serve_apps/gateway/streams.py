@@ -42,6 +42,20 @@ def _payload(chunk: str) -> dict | None:
         return None
 
 
+def _object_end(text: str, start: int) -> int:
+    """The index after the JSON object that opens at `start` (counting braces: usage holds no strings)."""
+    depth = 0
+    for index in range(start, len(text)):
+        char = text[index]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return len(text)
+
+
 def _sse(event: str, body: dict) -> str:
     return f"event: {event}\ndata: {json.dumps(body)}\n\n"
 
@@ -73,9 +87,9 @@ class ChatShape:
         start = chunk.rfind(',"usage":{')
         if start < 0:
             return chunk
-        end = chunk.find("}", start)
-        self.running_usage = chunk[start + 9:end + 1]
-        return chunk if self.keep_running_usage else chunk[:start] + chunk[end + 1:]
+        end = _object_end(chunk, start + 9)  # usage may nest (prompt_tokens_details: {...})
+        self.running_usage = chunk[start + 9:end]
+        return chunk if self.keep_running_usage else chunk[:start] + chunk[end:]
 
     def partial(self, call: Call, deltas: int) -> None:
         """The stream ended before its usage chunk: the tokens the engine had counted by the last chunk."""

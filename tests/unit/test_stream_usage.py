@@ -11,8 +11,10 @@ from serve_apps.gateway.streams import ChatShape, StreamRelay
 
 
 def _chunk(i: int, prompt: int = 7) -> str:
+    """As vLLM 0.32 writes a chunk with continuous usage: the usage nests, and fields follow it."""
     body = {"id": "c", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}],
-            "usage": {"prompt_tokens": prompt, "total_tokens": prompt + i, "completion_tokens": i}}
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt + i, "completion_tokens": i,
+                      "prompt_tokens_details": {"cached_tokens": 0}}, "system_fingerprint": None}
     return "data: " + json.dumps(body, separators=(",", ":")) + "\n\n"
 
 
@@ -53,6 +55,7 @@ def test_running_usage_is_kept_and_stripped():
     text, relay = asyncio.run(_relay(shape, [_chunk(1), _chunk(2)], _Engine([[_chunk(3)]],
                                                                          RuntimeError("replica died")), call))
     assert '"usage"' not in text and text.count('"content"') == 3
+    assert all(json.loads(line[6:]) for line in text.split("\n\n") if line)  # still JSON, every chunk
     assert (call.prompt_tokens, call.completion_tokens, call.usage_final) == (7, 3, False)
 
 
