@@ -1,4 +1,4 @@
-"""Autoscaling reaction: Ray Serve's default policy (`requests`) beside the platform's `llm` policy, one load step.
+"""Autoscaling reaction (named so as not to shadow the `autoscaling` package on a benchmark's sys.path): Ray Serve's default policy (`requests`) beside the platform's `llm` policy, one load step.
 
 For each policy, one after the other on a local Ray cluster this script starts (so only one policy's engines
 compete for the cores): `tiny-chat` is deployed as a model application (min 1, max 2 replicas, `--batch`
@@ -16,8 +16,8 @@ Serve's target and running replicas every 0.2 s. Reported per policy:
 On a 2-core machine a second replica adds no compute: the figures show reaction, not throughput.
 Raw numbers go to benchmarks/results/autoscaling.json.
 
-    .venv/bin/python benchmarks/autoscaling.py                     # both policies, 90 s step
-    .venv/bin/python benchmarks/autoscaling.py --step 40 --after 60 --only llm
+    .venv/bin/python benchmarks/autoscaling_reaction.py                     # both policies, 90 s step
+    .venv/bin/python benchmarks/autoscaling_reaction.py --step 40 --after 60 --only llm
 """
 
 from __future__ import annotations
@@ -33,10 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# This file's name is the `autoscaling` package's: its own folder must not shadow the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(ROOT))
-from benchmarks.machine import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 RESULTS = ROOT / "benchmarks" / "results" / "autoscaling.json"
 POLICIES = ["requests", "llm"]
