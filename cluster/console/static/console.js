@@ -56,8 +56,11 @@ function playground(url) {
           for (const line of event.split("\n")) {
             if (!line.startsWith("data:")) continue;
             const data = line.slice(5).trim(); if (data === "[DONE]") continue;
-            const chunk = JSON.parse(data);
+            let chunk;
+            try { chunk = JSON.parse(data); } catch (e) { console.warn("playground: not JSON", data); continue; }
+            answer.div.dataset.events = String(Number(answer.div.dataset.events || 0) + 1);
             if (chunk.error) throw new Error(chunk.error.message || JSON.stringify(chunk.error));
+            if (chunk.object === "error") throw new Error(chunk.message || "The model failed.");
             for (const choice of chunk.choices || []) {
               const delta = choice.delta || {};
               if (delta.reasoning_content) answer.reasoning.textContent += delta.reasoning_content;
@@ -72,6 +75,7 @@ function playground(url) {
       history.push({ role: "assistant", content });
       answer.div.dataset.state = "done";
     } catch (error) {
+      console.error("playground:", error);
       answer.div.dataset.state = "error"; answer.div.remove(); history.pop();
       $("pg-error").textContent = error.message; $("pg-error").hidden = false;
     } finally { $("pg-send").disabled = false; }
