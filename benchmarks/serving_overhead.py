@@ -4,12 +4,17 @@ One run measures, one server at a time (so only one engine competes for the CPU 
   bare     vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`), a subprocess
   rayllm   ray.serve.llm's `build_openai_app` with its defaults, on a local Ray cluster this script starts
   rayllm0  the same with experimental_configs={"stream_batching_interval_ms": 0}
-  gateway  the platform (`maas up`): an already running one, or one this script starts (--start-platform)
+  gateway  the platform (`maas up`): an already running one, or one this script starts (--start-platform) on
+           a Ray head of its own (own ports, stopped by pid); its cold start counts that head's start too
 
-For each server and concurrency level (default 1 and 16) it sends N streaming requests (32 at c=1, 64
-otherwise) of exactly 32 output tokens (`ignore_eos`), after a few unmeasured warm-ups, and reports
-TTFT (send -> first chunk with content) and end-to-end p50/p99, output tokens/s (tokens / level wall
-time) and, on gateway rows with --start-platform, the cold start (`maas up` launch -> first 200 answer).
+For each server and concurrency level (default 1, 16 and 64) it sends N streaming requests (default 256)
+of exactly 32 output tokens (`ignore_eos`), each level after an unmeasured warm-up at that same concurrency
+(a first batch of c requests pays the engine's warm-up: without it, c=16 on bare vLLM read 637 tok/s
+instead of ~3,000), and reports TTFT (send -> first chunk with content) and end-to-end p50/p99, output
+tokens/s (tokens / level wall time) and, on gateway rows with --start-platform, the cold start (`maas up`
+launch -> first 200 answer). Rounds are interleaved (default 3: every server once per round, each round in
+a rotated order, each server started afresh): the table shows the median over rounds and the spread
+(min-max), so one noisy minute on a shared machine does not decide a comparison.
 Raw numbers go to benchmarks/results/serving_overhead.json.
 
 Full run (owns every server; the platform must not be running):
@@ -25,6 +30,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -120,13 +126,12 @@ async def bench_server(base_url: str, headers: dict, args) -> dict:
     conns = max(args.concurrency) + 8
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     async with httpx.AsyncClient(timeout=httpx.Timeout(600), limits=limits, trust_env=False) as client:
-        for _ in range(args.warmup):
-            r = await one_request(client, url, headers, args.max_tokens)
-            if not r["ok"]:
-                raise RuntimeError(f"warm-up request failed: {r['error']}")
         levels = {}
         for i, c in enumerate(args.concurrency):
             n = args.requests_per_level or args.requests[min(i, len(args.requests) - 1)]
+            warm = await run_level(client, url, headers, c, max(args.warmup, 2 * c), args.max_tokens)
+            if not any(r["ok"] for r in warm):
+                raise RuntimeError(f"warm-up at c={c} failed: {warm[0]['error']}")
             load = os.getloadavg()[0]
             t0 = time.perf_counter()
             results = await run_level(client, url, headers, c, n, args.max_tokens)
@@ -134,6 +139,7 @@ async def bench_server(base_url: str, headers: dict, args) -> dict:
             ok = [r for r in results if r["ok"]]
             ttft, e2e = [r["ttft_ms"] for r in ok], [r["e2e_ms"] for r in ok]
             levels[c] = {"concurrency": c, "requests": n, "ok": len(ok), "wall_s": wall, "loadavg_1m_before": load,
+                         "warmup_requests": len(warm),
                          "output_tokens": sum(r["tokens"] for r in ok),
                          "output_tok_s": sum(r["tokens"] for r in ok) / wall,
                          "ttft_p50_ms": pct(ttft, 50), "ttft_p99_ms": pct(ttft, 99),
@@ -219,16 +225,60 @@ def ray_serve_llm(args, batching_ms: float | None):
         yield base_url, {}, {"startup_s": time.perf_counter() - t0}
     finally:
         serve.shutdown()
+        ray.shutdown()  # no idle Ray cluster beside the next server
+
+
+@contextmanager
+def private_ray_head(platform_env: dict):
+    """A Ray head of this run's own (own ports and temp dir) for `maas up` to join through RAY_ADDRESS, stopped
+    by pid at the end: `maas down` of a cluster it started runs `ray stop`, which stops every cluster here.
+    The head gets the platform's MAAS_* settings: the control plane's processes read them from the cluster."""
+    import psutil
+
+    port, temp = free_port(), tempfile.mkdtemp(prefix="maas-bench-ray-")
+    cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=16",
+           f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+           f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", "--dashboard-host=127.0.0.1"]
+    env = {k: v for k, v in platform_env.items() if k != "RAY_ADDRESS"} | {"FORWARDED_ALLOW_IPS": ""}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
+    try:
+        yield f"127.0.0.1:{port}", time.perf_counter() - t0
+    finally:
+        roots = [p for p in psutil.process_iter(["cmdline"])
+                 if any(temp in arg or arg.endswith(f":{port}") for arg in p.info["cmdline"] or [])]
+        victims = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
+        for proc in victims.values():
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(list(victims.values()), timeout=30)
 
 
 @contextmanager
 def gateway(args):
-    env = {**os.environ, "MAAS_HOME": str(args.maas_home)}
     if not args.start_platform:  # a running platform (main() checked there is a key)
         yield args.gateway_url, {"Authorization": f"Bearer {args.api_key}"}, {"cold_start_s": None}
         return
     if answers(args.gateway_url):
         raise RuntimeError(f"--start-platform: something already answers at {args.gateway_url}; stop it first")
+    # A fresh MAAS_HOME each start (new database and admin key), the built models shared from --maas-home.
+    home = Path(tempfile.mkdtemp(prefix="maas-bench-home-"))
+    (home / "models").symlink_to(Path(args.maas_home, "models").resolve())
+    try:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MAAS_", "RAY_"))}, "MAAS_HOME": str(home),
+               "RAY_AUTH_MODE": "disabled", "MAAS_PORT": args.gateway_url.rsplit(":", 1)[-1]}
+        with private_ray_head(env) as (address, head_s):
+            env["RAY_ADDRESS"] = address
+            with _platform(args, env, head_s) as answer:
+                yield answer
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@contextmanager
+def _platform(args, env: dict, head_s: float):
     maas = str(BIN / "maas")
     t0 = time.perf_counter()
     log("maas up ...")
@@ -252,28 +302,52 @@ def gateway(args):
             if time.perf_counter() - t0 > args.start_timeout + 900:
                 raise TimeoutError("gateway never answered 200")
             time.sleep(0.5)
-        cold = time.perf_counter() - t0
-        log(f"cold start {cold:.1f} s (maas up returned after {up_s:.1f} s)")
-        yield args.gateway_url, headers, {"cold_start_s": cold, "maas_up_s": up_s}
+        cold = time.perf_counter() - t0 + head_s
+        log(f"cold start {cold:.1f} s (Ray head {head_s:.1f} s; maas up returned after {up_s:.1f} s)")
+        yield args.gateway_url, headers, {"cold_start_s": cold, "maas_up_s": up_s, "ray_head_s": head_s}
     finally:
         log("maas down")
         subprocess.run([maas, "down"], env=env, stdout=subprocess.DEVNULL)
 
 
 # -- main ------------------------------------------------------------------------------------------
-def table(results: dict) -> str:
-    f = lambda v, d=0: "n/a" if v is None else f"{v:.{d}f}"
-    rows = ["| server | concurrency | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | e2e p99 ms | output tok/s "
-            "| cold start s |", "|---|---|---|---|---|---|---|---|"]
-    for name, res in results.items():
-        if "error" in res:
-            rows.append(f"| {name} | failed: {res['error'][:150]} | | | | | | |")
-            continue
-        cold = f(res.get("cold_start_s"), 1) if name == "gateway" else ""
-        for lv in res["levels"].values():
-            rows.append(f"| {name} | {lv['concurrency']} | {f(lv['ttft_p50_ms'])} | {f(lv['ttft_p99_ms'])} | "
-                        f"{f(lv['e2e_p50_ms'])} | {f(lv['e2e_p99_ms'])} | {f(lv['output_tok_s'], 1)} | {cold} |")
-    return "\n".join(rows)
+def summary(rounds: list[dict]) -> dict:
+    """Per server and concurrency: the median over rounds of each figure, and its min and max."""
+    out: dict = {}
+    for name in {name for r in rounds for name in r}:
+        runs = [r[name] for r in rounds if name in r]
+        good = [run for run in runs if "error" not in run]
+        entry = {"rounds": len(runs), "failed_rounds": [run["error"] for run in runs if "error" in run],
+                 "cold_start_s": [run["cold_start_s"] for run in good if run.get("cold_start_s") is not None],
+                 "levels": {}}
+        for c in sorted({c for run in good for c in run["levels"]}):
+            lvs = [run["levels"][c] for run in good if c in run["levels"]]
+            entry["levels"][c] = {"errors": sum(lv["requests"] - lv["ok"] for lv in lvs), **{
+                key: {"median": pct(vals, 50), "min": min(vals), "max": max(vals)} if vals else None
+                for key in ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "output_tok_s")
+                for vals in [[lv[key] for lv in lvs if lv[key] is not None]]}}
+        out[name] = entry
+    return out
+
+
+def table(summary_: dict) -> str:
+    def f(stat, d=0):
+        if not stat:
+            return "n/a"
+        return f"{stat['median']:,.{d}f} ({stat['min']:,.{d}f}-{stat['max']:,.{d}f})"
+
+    rows = ["| server | c | TTFT p50 ms | TTFT p99 ms | e2e p50 ms | output tok/s | errors | rounds | cold start s |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in [s for s in SERVERS if s in summary_]:
+        res = summary_[name]
+        cold = ", ".join(f"{v:.0f}" for v in res["cold_start_s"]) if name == "gateway" else ""
+        if not res["levels"]:
+            rows.append(f"| {name} | failed: {'; '.join(res['failed_rounds'])[:150]} | | | | | | | |")
+        for c, lv in res["levels"].items():
+            rounds = f"{res['rounds'] - len(res['failed_rounds'])}/{res['rounds']}"
+            rows.append(f"| {name} | {c} | {f(lv['ttft_p50_ms'], 1)} | {f(lv['ttft_p99_ms'])} | {f(lv['e2e_p50_ms'])} "
+                        f"| {f(lv['output_tok_s'])} | {lv['errors']} | {rounds} | {cold} |")
+    return "\n".join(rows) + "\n(median over rounds, min-max in parentheses)"
 
 
 def parse_args():
@@ -285,11 +359,12 @@ def parse_args():
     p.add_argument("--gateway-url", default=f"http://127.0.0.1:{os.environ.get('MAAS_PORT', '8000')}")
     p.add_argument("--api-key", default=os.environ.get("MAAS_API_KEY"))
     p.add_argument("--start-platform", action="store_true", help="run `maas up` (and `maas down` at the end)")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    p.add_argument("--requests", type=int, nargs="+", default=[32, 64], help="per concurrency level, in order")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--requests", type=int, nargs="+", default=[256], help="per concurrency level, in order")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds: every server once per round")
     p.add_argument("--requests-per-level", type=int, help="overrides --requests for every level")
     p.add_argument("--max-tokens", type=int, default=32)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=4, help="warm-up requests per level (at least 2 x c)")
     p.add_argument("--ray-serve-port", type=int, default=8100)
     p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for a server to be ready")
     p.add_argument("--output", default=str(RESULTS))
@@ -314,29 +389,30 @@ def main() -> None:
     info["platform_running_at_start"] = answers(args.gateway_url)
     if info["platform_running_at_start"] and set(args.only) - {"gateway"}:
         log(f"WARNING: a platform answers at {args.gateway_url}: it shares the CPU with the other servers")
-    results: dict = {}
-    for name in [s for s in SERVERS if s in args.only]:  # fixed order: the platform last
-        if name == "gateway" and "ray" in sys.modules:
-            import ray
-            ray.shutdown()  # our private Ray cluster must be gone before `maas up` starts its own
-        log(f"== {name}")
-        try:
-            with servers[name]() as (base_url, headers, startup):
-                results[name] = {**startup, "base_url": base_url,
-                                 "levels": asyncio.run(bench_server(base_url, headers, args))}
-        except Exception as exc:  # keep going: one broken server must not lose the others' numbers
-            log(f"{name} failed: {type(exc).__name__}: {exc}")
-            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    if "ray" in sys.modules:
-        import ray
-        ray.shutdown()
+    names = [s for s in SERVERS if s in args.only]
+    rounds: list[dict] = []
+    for number in range(args.rounds):
+        order = names[number % len(names):] + names[:number % len(names)]  # interleaved: rotate each round
+        results: dict = {}
+        for name in order:
+            log(f"== round {number + 1}/{args.rounds}: {name}")
+            try:
+                with servers[name]() as (base_url, headers, startup):
+                    results[name] = {**startup, "base_url": base_url,
+                                     "levels": asyncio.run(bench_server(base_url, headers, args))}
+            except Exception as exc:  # keep going: one broken server must not lose the others' numbers
+                log(f"{name} failed: {type(exc).__name__}: {exc}")
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        rounds.append(results)
+    summarized = summary(rounds)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in vars(args).items() if k != "api_key"}
     out.write_text(json.dumps({"machine": info, "config": config, "prompt": PROMPT,
-                               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}, indent=1))
+                               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "summary": summarized,
+                               "rounds": rounds}, indent=1))
     print(f"machine: {info['cpu_count']} CPUs, {info['cpu_model']}")
-    print(table(results))
+    print(table(summarized))
     print(f"raw numbers: {out}")
 
 
