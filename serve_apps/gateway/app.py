@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from ray import serve
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
@@ -73,6 +73,14 @@ def _finish(request: Request, status: int, code: str) -> None:
     call = getattr(request.state, "call", None)
     if call is not None:
         request.app.state.gateway.settler.submit(call, status, code)
+
+
+@app.get("/console", include_in_schema=False)
+@app.get("/console/", include_in_schema=False)
+async def console() -> RedirectResponse:
+    """The web console lives in the control plane (Serve sends only /api there): /console is where `maas up`
+    and the README send people."""
+    return RedirectResponse("/api/console/", status_code=307)
 
 
 @app.exception_handler(PlatformError)
