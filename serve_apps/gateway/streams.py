@@ -85,7 +85,7 @@ class ChatShape:
         """Keep the engine's running count (every chunk carries it: continuous usage stats) and send the chunk
         on without it, unless the client asked for it: the OpenAI shape has usage in the last chunk only."""
         start = chunk.rfind(',"usage":{')
-        if start < 0:
+        if start < 0 or '"choices":[]' in chunk:  # none, or the final usage chunk a client asked for: as is
             return chunk
         end = _object_end(chunk, start + 9)  # usage may nest (prompt_tokens_details: {...})
         self.running_usage = chunk[start + 9:end]

@@ -70,3 +70,13 @@ def test_the_final_usage_chunk_wins_over_the_running_count():
     text, relay = asyncio.run(_relay(ChatShape(keep_usage=False), [_chunk(1)], _Engine([[_chunk(2), final]]), call))
     relay.partial()  # a no-op once the engine's final count was seen
     assert (call.completion_tokens, call.usage_final) == (10, True) and "total_tokens\":17" not in text
+
+
+def test_the_final_usage_chunk_a_client_asked_for_keeps_its_usage():
+    call = Call({"project_id": "p"}, "")
+    final = 'data: {"id":"c","choices":[],"usage":{"prompt_tokens":7,"total_tokens":9,"completion_tokens":2}}\n\n'
+    text, _ = asyncio.run(_relay(ChatShape(keep_usage=True, keep_running_usage=False), [_chunk(1)],
+                                 _Engine([[_chunk(2), final]]), call))
+    events = [json.loads(line[6:]) for line in text.split("\n\n") if line]
+    assert [("usage" in e) for e in events] == [False, False, True]
+    assert events[-1]["usage"]["completion_tokens"] == 2
