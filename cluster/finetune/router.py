@@ -85,9 +85,7 @@ def job_metrics(project_id: ProjectId, job: str, since_step: int = 0) -> list[di
 def job_logs(project_id: ProjectId, job: str, search: str = "", download: bool = False):
     with session_scope(database_url()) as session:
         row = service.find(session, project_id, job)
-    text = jobs.logs(row)
-    if search:
-        text = "\n".join(line for line in text.splitlines() if search.lower() in line.lower()) + "\n"
+    text = jobs.searched_logs(row, search)
     headers = {"Content-Disposition": f'attachment; filename="{row.name}.log"'} if download else {}
     return PlainTextResponse(text, headers=headers)
 

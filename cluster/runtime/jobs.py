@@ -65,6 +65,14 @@ def logs(job: Job) -> str:
     return "".join(parts)
 
 
+def searched_logs(job: Job, search: str = "") -> str:
+    """The job's logs, or only the lines containing `search` (case-insensitive): tuning and compression alike."""
+    text = logs(job)
+    if search:
+        text = "\n".join(line for line in text.splitlines() if search.lower() in line.lower()) + "\n"
+    return text
+
+
 def _status_from(ray_status: str, phase: str, current: str) -> str:
     if ray_status == "PENDING":
         return "pending"
