@@ -131,12 +131,25 @@ class Settlement(NamedTuple):
     record: UsageRecord
 
 
+class WitnessReport(NamedTuple):
+    """An engine replica's count of one admitted call (serve_apps.witness): what the actor settles the call
+    with if the gateway that carried it never does."""
+
+    reservation: str
+    prompt_tokens: int
+    completion_tokens: int
+    started: float  # when the engine took the call (epoch seconds)
+    stream: bool
+
+
 class ActorMethods(Protocol):
     """The accounting actor's methods the gateway calls (through `.remote`)."""
 
     async def admit_many(self, requests: list[AdmissionRequest]) -> list[Admission]: ...
 
     async def settle_many(self, settlements: list[Settlement]) -> int: ...
+
+    async def witness_many(self, reports: list[WitnessReport]) -> None: ...  # from engine replicas
 
     def list_models(self, key_hash: str) -> ModelList: ...
 

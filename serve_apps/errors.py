@@ -35,6 +35,8 @@ PLATFORM_ERRORS: dict[str, ErrorSpec] = {spec.code: spec for spec in [
     ErrorSpec(503, "MaaS.0503", "The platform is starting or the model is not ready: {reason}"),
     # Recorded only (the caller is gone): a stream the client closed before its end.
     ErrorSpec(499, "MaaS.0499", "The client closed the connection before the answer was complete."),
+    # Recorded only: the gateway replica that carried the call died; the engine's own count was settled.
+    ErrorSpec(502, "MaaS.0502", "The gateway replica carrying the call stopped before the answer was complete."),
     ErrorSpec(400, "Modelarts.6206", "Key fields describing the model structure are missing from config.json, "
                                      "or their values are inconsistent with standard open source"),
     ErrorSpec(400, "MaaS.0400", "{reason}"),

@@ -26,6 +26,7 @@ from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, E
                                    LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
                                    patch_tokenizer_service, vllm_serving, watch_scheduler_stats)
 from serve_apps.settings import Accelerator, plane_settings
+from serve_apps.witness import UsageWitness, witnessed
 
 
 class ModelServiceSpec(BaseModel):
@@ -130,29 +131,40 @@ class MaasLLMServer(LLMServer):
             return super()._batch_output_stream(generator)
         return FirstChunkBatcher(generator, interval_ms=interval).stream()
 
-    async def chat(self, request, raw_request_info=None):
+    # `reservation`: the accounting actor's id of the call (the gateway sends it); the engine reports what it
+    # generated for the call under it (serve_apps.witness), which settles the call if its gateway dies.
+    async def chat(self, request, raw_request_info=None, reservation: str | None = None):
         if error := await self._over_context(request, "messages"):
             return _single(error)
-        return await super().chat(request, raw_request_info)
+        return self._witnessed(await super().chat(request, raw_request_info), reservation, request.stream)
 
-    async def completions(self, request, raw_request_info=None):
+    async def completions(self, request, raw_request_info=None, reservation: str | None = None):
         if error := await self._over_context(request, "prompt"):
             return _single(error)
-        return await super().completions(request, raw_request_info)
+        return self._witnessed(await super().completions(request, raw_request_info), reservation, request.stream)
 
-    async def responses(self, request: dict):
+    async def responses(self, request: dict, reservation: str | None = None):
         """The OpenAI Responses API (vLLM's own, which ray.serve.llm does not route): a JSON body in, a JSON
         dict or a stream of SSE events (`event: <type>` + `data: {...}`) out."""
         from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 
-        return await self._serve_api("openai_serving_responses", ResponsesRequest, "create_responses", request)
+        answer = await self._serve_api("openai_serving_responses", ResponsesRequest, "create_responses", request)
+        return self._witnessed(answer, reservation, bool(request.get("stream")))
 
-    async def messages(self, request: dict):
+    async def messages(self, request: dict, reservation: str | None = None):
         """The Anthropic Messages API (vLLM's own): a JSON body in, a JSON dict or its SSE stream out."""
         from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
 
-        return await self._serve_api("anthropic_serving_messages", AnthropicMessagesRequest, "create_messages",
-                                     request)
+        answer = await self._serve_api("anthropic_serving_messages", AnthropicMessagesRequest, "create_messages",
+                                       request)
+        return self._witnessed(answer, reservation, bool(request.get("stream")))
+
+    def _witnessed(self, generator, reservation: str | None, stream: bool):
+        if reservation is None:
+            return generator
+        if getattr(self, "_witness", None) is None:
+            self._witness = UsageWitness()
+        return witnessed(generator, reservation, self._witness, bool(stream))
 
     async def _serve_api(self, name: str, model: type[BaseModel], method: str, body: dict):
         try:

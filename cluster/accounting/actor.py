@@ -29,11 +29,18 @@ from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
 from cluster.accounting.windows import Limit, Reservation, Windows
 from cluster.state.db import AdminKey, ApiKey, UsageRecord, get_engine, session_scope
 from serve_apps.contract import (ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute,
-                                 ModelList, RecordBase, Route, Settlement, UsageRecord as UsageRecordDict)
+                                 ModelList, RecordBase, Route, Settlement, UsageRecord as UsageRecordDict,
+                                 WitnessReport)
 
 log = logging.getLogger(__name__)
 FLUSH_DELAY_S = 0.002  # group commit: records arriving within this window share one transaction
 SETTLED_MEMORY = 200_000
+# A gateway replica that has not said it is alive for this long is dead: the engines' reports of the calls it
+# carried settle them (status 502, MaaS.0502). Gateways say so every HEARTBEAT_S (serve_apps.gateway.app).
+GATEWAY_LEASE_S = 15.0
+SWEEP_INTERVAL_S = 2.0
+# A call whose gateway died and whose engine never reported (both gone) is settled with no tokens after this.
+RESERVATION_LEASE_S = 3600.0
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
                    "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
                    "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False,
@@ -66,8 +73,12 @@ class AccountingActor:
         self._routes = RouteTable()
         self._free_used: dict[tuple[str, str], int] = {}
         self._windows = Windows()
-        # reservation id -> (its window entries, its record, the free quota it draws on)
-        self._reservations: dict[str, tuple[Reservation, RecordBase, tuple[str, str] | None]] = {}
+        # reservation id -> (its window entries, its record, the free quota it draws on, when, which gateway)
+        self._reservations: dict[str, tuple[Reservation, RecordBase, tuple[str, str] | None, float, str | None]] = {}
+        self._witnessed: dict[str, WitnessReport] = {}  # reservation id -> the engine's count of the call
+        self._gateways: dict[str, float] = {}  # gateway replica id -> when it last said it is alive
+        self._unswept: list[Settlement] = []  # settlements of dead gateways' calls not yet written
+        self._sweeper: asyncio.Task | None = None
         self._batch: list[dict] = []
         self._batch_done: asyncio.Future | None = None
         self._settled: set[str] = set()  # recent request ids, so a re-sent settlement is not counted twice
@@ -169,11 +180,13 @@ class AccountingActor:
                     max_tokens: int | None = None) -> Admission:
         return self._admit(AdmissionRequest(key_hash, model, prompt_tokens, max_tokens))
 
-    async def admit_many(self, requests: list[AdmissionRequest]) -> list[Admission]:
+    async def admit_many(self, requests: list[AdmissionRequest], gateway: str | None = None) -> list[Admission]:
         """Admissions a gateway replica gathered while its previous call was in flight, in arrival order."""
-        return [self._admit(AdmissionRequest(*request)) for request in requests]
+        if gateway is not None:
+            self.heartbeat(gateway)
+        return [self._admit(AdmissionRequest(*request), gateway) for request in requests]
 
-    def _admit(self, request: AdmissionRequest) -> Admission:
+    def _admit(self, request: AdmissionRequest, gateway: str | None = None) -> Admission:
         """The caller, the route, and a reservation against TPM of the prompt plus what the completion may
         use (`max_tokens`, else the rest of the model's context). No await inside: admissions never interleave."""
         key_hash, model, prompt_tokens, max_tokens = request
@@ -207,7 +220,7 @@ class AccountingActor:
         reservation_id = uuid.uuid4().hex
         record = self._record_base(caller, model, endpoint, route)
         self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record,
-                                              self._quota_key(caller["project_id"], route))
+                                              self._quota_key(caller["project_id"], route), now, gateway)
         self._metrics.in_flight(record, +1)
         return {"caller": caller, "route": route, "reservation": reservation_id, "record": record}
 
@@ -266,6 +279,8 @@ class AccountingActor:
         self._remember(record["request_id"])
         tokens = record.get("prompt_tokens", 0) + record.get("completion_tokens", 0)
         held = self._reservations.pop(reservation_id, None) if reservation_id else None
+        if reservation_id:
+            self._witnessed.pop(reservation_id, None)
         quota_key = None
         if held is not None:
             self._windows.settle(held[0], tokens)
@@ -280,6 +295,74 @@ class AccountingActor:
             self._free_used[quota_key] = self._free_used.get(quota_key, 0) + tokens
         self._metrics.observe(record)
         return True
+
+    # -- calls whose gateway died (issue 11) ------------------------------------------------------------
+    def heartbeat(self, gateway: str) -> None:
+        """A gateway replica is alive (it says so every few seconds, and with every batch of admissions)."""
+        self._gateways[gateway] = time.time()
+        self._start_sweeper()
+
+    async def witness_many(self, reports: list[WitnessReport]) -> None:
+        """Engine replicas' counts of calls that ended on their side. Kept only while the call's reservation is
+        held (the gateway has not settled it yet); the gateway's settlement drops it."""
+        for report in reports:
+            report = WitnessReport(*report)
+            if report.reservation in self._reservations:
+                self._witnessed[report.reservation] = report
+        self._start_sweeper()
+
+    def _start_sweeper(self) -> None:
+        if self._sweeper is None or self._sweeper.done():
+            try:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+            except RuntimeError:  # no event loop (a synchronous test): sweep() is called directly
+                pass
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                await self.sweep(time.time())
+            except Exception:  # noqa: BLE001  (the database is down: the settlements wait in _unswept)
+                log.exception("settling the calls of stopped gateways failed; will retry")
+
+    def _alive(self, gateway: str | None, now: float) -> bool:
+        return gateway is None or now - self._gateways.get(gateway, 0.0) < GATEWAY_LEASE_S
+
+    async def sweep(self, now: float) -> int:
+        """Settle the calls of gateway replicas that died: with the engine's count when it reported one, with
+        none after RESERVATION_LEASE_S when it never did (the engine died too). Returns how many were settled."""
+        due: list[Settlement] = []
+        for reservation_id in list(self._witnessed):
+            held = self._reservations.get(reservation_id)
+            if held is None:
+                del self._witnessed[reservation_id]
+            elif not self._alive(held[4], now):
+                report = self._witnessed.pop(reservation_id)
+                due.append(self._lost(reservation_id, held, report, now))
+        for reservation_id, held in list(self._reservations.items()):
+            if (reservation_id not in self._witnessed and now - held[3] >= RESERVATION_LEASE_S
+                    and not self._alive(held[4], now)):
+                due.append(self._lost(reservation_id, held, WitnessReport(reservation_id, 0, 0, held[3], False), now))
+        pending, self._unswept = self._unswept + due, []
+        if not pending:
+            return 0
+        try:
+            await self.settle_many(pending)
+        except Exception:
+            self._unswept = pending  # counted once already (by request id); the rows are written on the retry
+            raise
+        if due:
+            log.warning("settled %d calls of stopped gateway replicas from the engines' counts", len(due))
+        return len(due)
+
+    @staticmethod
+    def _lost(reservation_id: str, held: tuple, report: WitnessReport, now: float) -> Settlement:
+        return Settlement(reservation_id, held[1] | {
+            "request_id": reservation_id, "ts": report.started, "prompt_tokens": report.prompt_tokens,
+            "completion_tokens": report.completion_tokens, "status_code": 502, "error_code": "MaaS.0502",
+            "latency_ms": max(now - report.started, 0.0) * 1000, "ttft_ms": None, "tpot_ms": None, "client_ip": "",
+            "stream": report.stream})
 
     async def _durable(self, records: list[dict]) -> None:
         if self._batch_done is None:

@@ -56,7 +56,9 @@ class Call:
             if self.completion_tokens > 1:
                 tpot = (self.last_chunk_at - self.first_chunk_at) * 1000 / (self.completion_tokens - 1)
         return self.record | {
-            "request_id": uuid.uuid4().hex, "ts": self.ts, "prompt_tokens": self.prompt_tokens,
+            # The reservation id when there is one: the engine's report of the call (serve_apps.witness) and this
+            # record are then the same call to the actor, counted once whichever comes first.
+            "request_id": self.reservation or uuid.uuid4().hex, "ts": self.ts, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "status_code": status, "error_code": error_code,
             "latency_ms": (time.perf_counter() - self.started) * 1000, "ttft_ms": ttft, "tpot_ms": tpot,
             "client_ip": self.client_ip, "stream": self.stream, "playground": self.playground,

@@ -45,6 +45,7 @@ log = logging.getLogger("maas.gateway")
 # new calls with 503: bounded memory, and never a call answered that could not be recorded.
 MAX_PENDING_SETTLEMENTS = 10_000
 SHUTDOWN_DRAIN_S = 15.0  # within Serve's graceful_shutdown_timeout_s (20 s)
+HEARTBEAT_S = 3.0  # "this replica is alive", to the accounting actor (its GATEWAY_LEASE_S is 15 s)
 
 app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -161,6 +162,9 @@ class Gateway:
         self.settler = Settler(self._accounting)
         self._admissions = NaturalBatcher(self._admit_batch)
         self.moderator = load_moderator()
+        # Who this replica is to the actor: if it dies, the engines' reports settle the calls it carried.
+        self._id = ray.get_runtime_context().get_actor_id() or uuid.uuid4().hex
+        self._heartbeat: asyncio.Task | None = None
 
     async def __del__(self):
         """Stopped on purpose (scale-in, upgrade, `maas down`): the pending settlements go out first."""
@@ -196,7 +200,19 @@ class Gateway:
 
     async def _admit_batch(self, requests: list[AdmissionRequest]) -> list[Admission]:
         actor = await self._accounting()
-        return await actor.admit_many.remote(requests)
+        if self._heartbeat is None or self._heartbeat.done():
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        return await actor.admit_many.remote(requests, self._id)
+
+    async def _beat(self) -> None:
+        """Tell the actor every HEARTBEAT_S that this replica is alive (and so will settle what it carries)."""
+        while True:
+            try:
+                (await self._accounting()).heartbeat.remote(self._id)
+            except Exception as exc:  # noqa: BLE001  (the actor restarts: the next beat finds it again)
+                self._actor = None
+                log.debug("heartbeat not sent (%s)", exc)
+            await asyncio.sleep(HEARTBEAT_S)
 
     def _card(self, route: Route) -> CatalogModel:
         key = f'{route["service_id"]}/{route["app_name"]}'  # an upgrade deploys a new app: a new card
@@ -297,7 +313,7 @@ class Gateway:
         client_wants_running = bool(client_wants_usage and body.stream_options.continuous_usage_stats)
         if body.stream:  # usage always comes back from the engine, in every chunk: a broken stream is counted too
             body.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=True)
-        generator = getattr(handle, method).remote(body)
+        generator = getattr(handle, method).remote(body, reservation=call.reservation)
         first = await _first(generator)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
@@ -325,7 +341,8 @@ class Gateway:
 
     async def _generate_api(self, routed: Routed, call: Call, handle, method: str, body) -> Response:
         """/v1/responses and /v1/messages: the engine answers a JSON dict, or a stream of SSE events."""
-        generator = getattr(handle, method).remote(body.model_dump(mode="json", exclude_unset=True))
+        generator = getattr(handle, method).remote(body.model_dump(mode="json", exclude_unset=True),
+                                                   reservation=call.reservation)
         first = await _first(generator)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]

@@ -17,6 +17,7 @@ from serve_apps.errors import OpenAIError, PlatformError
 from serve_apps.gateway.admission import Call
 from serve_apps.moderation import Moderator, StreamCheck, message_text
 from serve_apps.ray_compat import ErrorResponse
+from serve_apps.witness import object_end as _object_end
 
 # vLLM-only fields of chat and completion chunks, always null unless asked for: not the OpenAI shape.
 NULL_FIELDS = ("token_ids", "routed_experts", "prompt_logprobs", "prompt_token_ids", "prompt_text",
@@ -40,20 +41,6 @@ def _payload(chunk: str) -> dict | None:
         return json.loads(chunk[start + 6:])
     except ValueError:
         return None
-
-
-def _object_end(text: str, start: int) -> int:
-    """The index after the JSON object that opens at `start` (counting braces: usage holds no strings)."""
-    depth = 0
-    for index in range(start, len(text)):
-        char = text[index]
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index + 1
-    return len(text)
 
 
 def _sse(event: str, body: dict) -> str:

@@ -127,3 +127,55 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_and_is_record
         assert row["completion_tokens"] <= delivered + more + 1, (row, delivered, more)
     finally:
         platform.maas("services", "delete", "fault-svc", "--confirm", "DELETE", check=False)
+
+
+@pytest.mark.disruptive  # kills one of the two gateway replicas
+def test_a_gateway_killed_mid_stream_loses_no_call_the_engines_count_settles_them(platform):
+    """8 streams over the two gateway replicas; one replica is killed (SIGKILL) once every stream has 20
+    tokens. The streams it carried break; the engine's report settles each of them (502, MaaS.0502) after the
+    gateway's lease, with at least the tokens the client saw; the others complete as usual. 8 records, once."""
+    import concurrent.futures as cf
+    import threading
+
+    key = platform.new_key("gateway-dies")
+    started = threading.Barrier(9)
+    results: list[tuple[int, bool]] = []
+
+    def stream() -> tuple[int, bool]:
+        delivered, done, waited = 0, False, False
+        try:
+            with _stream(platform, key["key"], CHAT, 400) as response:
+                for line in response.iter_lines():
+                    delivered += _has_content(line)
+                    done = done or line == "data: [DONE]"
+                    if delivered == 20 and not waited:
+                        waited = True
+                        started.wait(timeout=120)
+        except httpx.HTTPError:
+            pass
+        finally:
+            if not waited:
+                started.abort()
+        return delivered, done
+
+    gateways = _replica_pids(platform, "maas-gateway")
+    assert len(gateways) == 2, gateways
+    with cf.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(stream) for _ in range(8)]
+        started.wait(timeout=120)
+        os.kill(gateways[0], signal.SIGKILL)
+        results = [f.result(timeout=300) for f in futures]
+    broken = [delivered for delivered, done in results if not done]
+    assert broken, f"no stream went through the killed replica: {results}"
+    rows = _wait_records(platform, key["id"], 8, timeout=90)
+    time.sleep(3)
+    rows = _records(platform, key["id"])
+    assert len(rows) == 8, (rows, results)  # every call, once
+    lost = sorted(r["completion_tokens"] for r in rows if r["status_code"] == 502)
+    assert len(lost) == len(broken) and all(r["error_code"] == "MaaS.0502" for r in rows if r["status_code"] == 502)
+    assert all(billed >= seen for billed, seen in zip(lost, sorted(broken))), (lost, broken)
+    assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] <= 400 for r in rows)
+    assert sorted(r["completion_tokens"] for r in rows if r["status_code"] == 200) == [400] * (8 - len(broken))
+    deadline = time.time() + 180  # Serve replaces the replica: the platform is whole again for what follows
+    while len(_replica_pids(platform, "maas-gateway")) < 2 and time.time() < deadline:
+        time.sleep(2)

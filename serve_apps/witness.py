@@ -1,0 +1,127 @@
+"""The engine's side of settlement (issue 11): every engine replica reports to the accounting actor what it
+generated for each admitted call, by the call's reservation id. The gateway replica that carried the call
+settles it as usual; if that gateway died before it could (kill -9, a lost node), the actor settles the call
+from this report after a lease (`cluster.accounting.actor.GATEWAY_LEASE_S`). The actor counts a call once,
+whoever's settlement comes first (the record's request id is the reservation id on both sides).
+
+The report costs the stream nothing per chunk: the batch last yielded is kept, and only when the call ends is
+its last `"usage":{...}` read (every chunk carries the running count: the gateway asks for
+continuous_usage_stats). Reports travel in batches, in the background; a report the actor cannot take is
+retried a few times and then dropped (the gateway's own settlement is the rule, this is the fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, AsyncGenerator
+
+import ray
+
+from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE, WitnessReport
+
+log = logging.getLogger("maas.witness")
+MAX_QUEUED_REPORTS = 10_000
+SEND_ATTEMPTS = 5
+
+
+def object_end(text: str, start: int) -> int:
+    """The index after the JSON object that opens at `start` (counting braces: usage holds no strings)."""
+    depth = 0
+    for index in range(start, len(text)):
+        char = text[index]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return index + 1
+    return len(text)
+
+
+def _counts(usage: Any) -> tuple[int, int] | None:
+    if usage is None:
+        return None
+    if not isinstance(usage, dict):
+        usage = usage.model_dump() if hasattr(usage, "model_dump") else dict(vars(usage))
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens")) or 0
+    completion = usage.get("completion_tokens", usage.get("output_tokens")) or 0
+    return int(prompt), int(completion)
+
+
+def usage_of(item: Any) -> tuple[int, int] | None:
+    """(prompt, completion) tokens of what an engine method yielded last: a batch of SSE strings (the last
+    usage object in it), or a whole answer (its `usage`)."""
+    if item is None:
+        return None
+    if isinstance(item, list):
+        for text in reversed(item):
+            if isinstance(text, str) and (start := text.rfind('"usage":{')) >= 0:
+                try:
+                    return _counts(json.loads(text[start + 8:object_end(text, start + 8)]))
+                except ValueError:
+                    return None
+        return None
+    if isinstance(item, dict):
+        return _counts(item.get("usage"))
+    return _counts(getattr(item, "usage", None))
+
+
+class UsageWitness:
+    """One per engine replica: queues reports and sends them to the actor in batches."""
+
+    def __init__(self, actor_getter=None):
+        self._get_actor = actor_getter or (lambda: ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE))
+        self._actor = None
+        self._queue: list[WitnessReport] = []
+        self._sending = False
+
+    def report(self, reservation: str, prompt: int, completion: int, started: float, stream: bool) -> None:
+        if len(self._queue) >= MAX_QUEUED_REPORTS:
+            self._queue.pop(0)
+            log.warning("usage reports queue full (the accounting actor is unreachable): oldest dropped")
+        self._queue.append(WitnessReport(reservation, prompt, completion, started, stream))
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                for attempt in range(SEND_ATTEMPTS):
+                    try:
+                        if self._actor is None:
+                            self._actor = self._get_actor()
+                        await self._actor.witness_many.remote(batch)
+                        break
+                    except Exception as exc:  # noqa: BLE001  (the actor restarts; try again shortly)
+                        self._actor = None
+                        log.warning("usage reports not taken (%s); attempt %d", type(exc).__name__, attempt + 1)
+                        await asyncio.sleep(0.2 * 2 ** attempt)
+        finally:
+            self._sending = False
+
+
+async def witnessed(generator: AsyncGenerator, reservation: str | None, witness: UsageWitness,
+                    stream: bool) -> AsyncGenerator:
+    """Yield what the engine yields; when the call ends (done, cancelled, or its caller gone), report its usage."""
+    if reservation is None:
+        async for item in generator:
+            yield item
+        return
+    started, before, last = time.time(), None, None
+    try:
+        async for item in generator:
+            before, last = last, item
+            yield item
+    finally:
+        # The final usage chunk may travel alone before `[DONE]`: the batch before the last one has it then.
+        counts = next((c for c in map(usage_of, (last, before)) if c is not None), None)
+        if counts is not None:
+            try:
+                witness.report(reservation, counts[0], counts[1], started, stream)
+            except RuntimeError:  # closed outside an event loop (garbage collection): nothing to report with
+                log.warning("usage of %s not reported: no event loop", reservation)
