@@ -3,9 +3,12 @@ URL when it is saved.
 
 A URL must be http(s) with a host and a valid port; private, loopback, link-local and other non-public
 destinations are refused unless an admin allows them (`MAAS_WEBHOOK_ALLOW`: hosts or networks). Delivery
-runs on a thread of its own (never on the reconciler or job-sync loop): each attempt has a total deadline
-and reads at most a few KiB of the answer; failures are retried with backoff; the outcome goes to the
-caller's callback as a short text that says nothing about the far side beyond the HTTP status.
+runs on a thread of its own (never on the reconciler or job-sync loop): each attempt resolves the host once,
+checks every address, and connects to the checked address itself (the Host header and TLS SNI/certificate
+name stay the URL's host), so a DNS answer that changes between the check and the connect (rebinding) cannot
+redirect it; each attempt has a total deadline and reads at most a few KiB of the answer; failures are retried
+with backoff; the outcome goes to the caller's callback as a short text that says nothing about the far side
+beyond the HTTP status.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ def _addresses(host: str, port: int) -> list[ipaddress.IPv4Address | ipaddress.I
 def check_url(url: str, resolve: bool = False) -> str:
     """The URL if the platform may call it; WebhookRefused saying why not. With `resolve`, a host name must
     resolve, and to allowed addresses only (checked again at every delivery: DNS can change)."""
+    _checked(url, resolve)
+    return url
+
+
+def _checked(url: str, resolve: bool) -> tuple[httpx.URL, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    """The parsed URL and the addresses it resolved to, every one of them allowed."""
     try:
         parsed = httpx.URL(url)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -71,7 +80,7 @@ def check_url(url: str, resolve: bool = False) -> str:
         if not _allowed(address, parsed.host):
             raise WebhookRefused("notify_url points to a private, loopback or link-local address; an admin can "
                                  "allow it with MAAS_WEBHOOK_ALLOW")
-    return url
+    return parsed, addresses
 
 
 def _is_ip(host: str) -> bool:
@@ -83,21 +92,29 @@ def _is_ip(host: str) -> bool:
 
 
 def post_once(url: str, payload: dict) -> str | None:
-    """One attempt within DEADLINE_S; the failure as a short text, None when delivered."""
+    """One attempt within DEADLINE_S; the failure as a short text, None when delivered. The connection goes
+    to the address that was checked, never to a second resolution of the name."""
     try:
-        check_url(url, resolve=True)
+        parsed, addresses = _checked(url, resolve=True)
     except WebhookRefused as refused:
         return str(refused)
+    if not addresses:
+        return "notify_url's host does not resolve"
+    target, headers, extensions = _pinned(parsed, addresses[0])
     deadline = time.monotonic() + DEADLINE_S
     try:
         with httpx.Client(timeout=DEADLINE_S, follow_redirects=False) as client:
-            with client.stream("POST", url, json=payload) as response:
+            request = client.build_request("POST", target, json=payload, headers=headers, extensions=extensions)
+            response = client.send(request, stream=True)
+            try:
                 read = 0
                 for chunk in response.iter_raw():
                     read += len(chunk)
                     if read >= MAX_RESPONSE_BYTES or time.monotonic() > deadline:
                         break
                 status = response.status_code
+            finally:
+                response.close()
     except httpx.TimeoutException:
         return "timed out"
     except (httpx.HTTPError, OSError):
@@ -105,6 +122,17 @@ def post_once(url: str, payload: dict) -> str | None:
     if time.monotonic() > deadline:
         return "timed out"
     return None if status < 300 else f"HTTP {status}"
+
+
+def _pinned(parsed: httpx.URL, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[httpx.URL, dict,
+                                                                                                 dict]:
+    """The URL with its host replaced by the checked address; the Host header and the TLS server name (SNI,
+    and the name the certificate must carry) of the original host."""
+    if _is_ip(parsed.host):
+        return parsed, {}, {}
+    host = parsed.host if parsed.port is None else f"{parsed.host}:{parsed.port}"
+    extensions = {"sni_hostname": parsed.host} if parsed.scheme == "https" else {}
+    return parsed.copy_with(host=str(address)), {"Host": host}, extensions
 
 
 @dataclass

@@ -4,7 +4,10 @@ contacted. Before, timeouts were per read: a slow or endless answer held the rec
 
 from __future__ import annotations
 
+import http.server
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -97,3 +100,83 @@ def test_a_refused_destination_is_never_contacted():
     assert "private, loopback or link-local" in webhooks.post_once(f"http://127.0.0.1:{port}/", {})
     time.sleep(0.2)
     assert not seen.is_set()
+
+
+# -- DNS rebinding: the connection goes to the address that was checked -------------------------------------
+class _Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.hosts.append(self.headers.get("Host"))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def _hook_server(address: str, port: int = 0) -> http.server.ThreadingHTTPServer:
+    server = http.server.ThreadingHTTPServer((address, port), _Hook)
+    server.hosts = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch):
+    """A DNS whose answer for hook.test changes after the first question (127.0.0.1, then 127.0.0.2), as a
+    rebinding attacker's name server does; every other name resolves as usual."""
+    real, asked = socket.getaddrinfo, []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "hook.test":
+            return real(host, port, *args, **kwargs)
+        asked.append(host)
+        return real("127.0.0.1" if len(asked) == 1 else "127.0.0.2", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return asked
+
+
+def test_a_name_that_rebinds_after_the_check_is_still_called_at_the_checked_address(allow_loopback,
+                                                                                     rebinding_dns):
+    """Before, the name was checked, then resolved again by the HTTP client to connect: the second answer
+    (127.0.0.2, not allowed) got the POST. Now the checked 127.0.0.1 gets it, with the URL's Host."""
+    checked = _hook_server("127.0.0.1")
+    port = checked.server_address[1]
+    rebound = _hook_server("127.0.0.2", port)
+    try:
+        assert webhooks.post_once(f"http://hook.test:{port}/hook", {"x": 1}) is None
+    finally:
+        checked.shutdown(), rebound.shutdown()
+    assert checked.hosts == [f"hook.test:{port}"] and rebound.hosts == []
+    assert rebinding_dns == ["hook.test"]  # one resolution per attempt
+
+
+def test_tls_to_a_pinned_address_names_the_urls_host_in_sni_and_checks_its_certificate(allow_loopback,
+                                                                                      rebinding_dns, tmp_path):
+    """The TLS handshake at the checked address carries the URL's host as its server name, and the certificate
+    is checked against that name: a self-signed one is refused."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=hook.test", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    names: list[str | None] = []
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    context.sni_callback = lambda sock, name, ctx: names.append(name)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            context.wrap_socket(conn, server_side=True).recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+        conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    assert webhooks.post_once(f"https://hook.test:{port}/hook", {"x": 1}) == "could not connect"
+    listener.close()
+    assert names == ["hook.test"]
