@@ -143,6 +143,18 @@ class WitnessReport(NamedTuple):
 
 
 class ActorMethods(Protocol):
+class EngineTotals(NamedTuple):
+    """One engine replica's token counters since it started (what vLLM's vllm:prompt_tokens_total and
+    vllm:generation_tokens_total count), pushed to the actor every few seconds: `maas usage audit` compares
+    them with the ledger."""
+
+    replica: str
+    app_name: str
+    prompt_tokens: int
+    generation_tokens: int
+    at: float
+
+
     """The accounting actor's methods the gateway calls (through `.remote`)."""
 
     async def admit_many(self, requests: list[AdmissionRequest]) -> list[Admission]: ...
@@ -152,5 +164,7 @@ class ActorMethods(Protocol):
     async def witness_many(self, reports: list[WitnessReport]) -> None: ...  # from engine replicas
 
     def list_models(self, key_hash: str) -> ModelList: ...
+    def engine_totals(self, totals: EngineTotals) -> None: ...  # from engine replicas
+
 
     def metrics_text(self, admin_key_hash: str | None) -> bytes | None: ...  # None: not the admin key

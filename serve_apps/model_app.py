@@ -119,7 +119,9 @@ class MaasLLMServer(LLMServer):
         await super().start()
         patch_tokenizer_service(self.engine)
         self._engine_stats = EngineStats()
-        watch_scheduler_stats(self.engine, self._engine_stats.record)
+        context = serve.get_replica_context()
+        self._witness = UsageWitness(replica=context.replica_id.unique_id, app_name=context.app_name)
+        watch_scheduler_stats(self.engine, self._engine_stats.record, self._witness.count)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         stats = getattr(self, "_engine_stats", None)

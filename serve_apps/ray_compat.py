@@ -56,13 +56,15 @@ def vllm_serving(engine, name: str):
 class _SchedulerStatsSink:
     """A vLLM stat logger that hands each step's scheduler stats to `on_stats(waiting, running, kv_usage)`."""
 
-    def __init__(self, on_stats) -> None:
-        self.on_stats = on_stats
+    def __init__(self, on_stats, on_tokens=None) -> None:
+        self.on_stats, self.on_tokens = on_stats, on_tokens
 
     def record(self, scheduler_stats=None, iteration_stats=None, mm_cache_stats=None, engine_idx=0) -> None:
         if scheduler_stats is not None:
             self.on_stats(scheduler_stats.num_waiting_reqs + scheduler_stats.num_skipped_waiting_reqs,
                           scheduler_stats.num_running_reqs, scheduler_stats.kv_cache_usage)
+        if iteration_stats is not None and self.on_tokens is not None:
+            self.on_tokens(iteration_stats.num_prompt_tokens, iteration_stats.num_generation_tokens)
 
     def log(self) -> None: ...
 
@@ -73,14 +75,16 @@ class _SchedulerStatsSink:
     def record_admission_rejection(self, *args, **kwargs) -> None: ...
 
 
-def watch_scheduler_stats(engine, on_stats) -> bool:
+def watch_scheduler_stats(engine, on_stats, on_tokens=None) -> bool:
     """Call `on_stats(waiting, running, kv_usage)` on every step of the engine behind a `LLMServer.engine`
     (ray's `VLLMEngine._engine_client` is vLLM 0.32's `AsyncLLM`; its `logger_manager.stat_loggers` get
-    `SchedulerStats` per step; AsyncLLM has no public add_logger, vllm issue 17702). False if not found."""
+    `SchedulerStats` per step; AsyncLLM has no public add_logger, vllm issue 17702), and
+    `on_tokens(prompt, generation)` with each step's token counts: the numbers vLLM adds to its
+    `vllm:prompt_tokens_total` and `vllm:generation_tokens_total` counters. False if not found."""
     manager = getattr(getattr(engine, "_engine_client", None), "logger_manager", None)
     if manager is None:
         return False
-    manager.stat_loggers.append(_SchedulerStatsSink(on_stats))
+    manager.stat_loggers.append(_SchedulerStatsSink(on_stats, on_tokens))
     return True
 
 

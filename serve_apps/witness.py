@@ -20,11 +20,12 @@ from typing import Any, AsyncGenerator
 
 import ray
 
-from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE, WitnessReport
+from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE, EngineTotals, WitnessReport
 
 log = logging.getLogger("maas.witness")
 MAX_QUEUED_REPORTS = 10_000
 SEND_ATTEMPTS = 5
+TOTALS_EVERY_S = 5.0  # how often an engine replica's token counters go to the actor (when they moved)
 
 
 def object_end(text: str, start: int) -> int:
@@ -70,13 +71,46 @@ def usage_of(item: Any) -> tuple[int, int] | None:
 
 
 class UsageWitness:
-    """One per engine replica: queues reports and sends them to the actor in batches."""
+    """One per engine replica: queues reports and sends them to the actor in batches; counts the tokens the
+    engine processed (every step, as vLLM's Prometheus counters do) and sends the totals every few seconds."""
 
-    def __init__(self, actor_getter=None):
+    def __init__(self, actor_getter=None, replica: str = "", app_name: str = ""):
         self._get_actor = actor_getter or (lambda: ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE))
         self._actor = None
         self._queue: list[WitnessReport] = []
         self._sending = False
+        self.replica, self.app_name = replica, app_name
+        self.prompt_total = self.generation_total = 0
+        self._ticking = False
+
+    def count(self, prompt: int, generation: int) -> None:
+        """One engine step's tokens (called by vLLM's stat logger hook, on the engine's event loop)."""
+        if not prompt and not generation:
+            return
+        self.prompt_total += prompt
+        self.generation_total += generation
+        if not self._ticking:
+            try:
+                asyncio.get_running_loop().create_task(self._push_totals())
+                self._ticking = True
+            except RuntimeError:  # not on an event loop: the next step starts it
+                pass
+
+    async def _push_totals(self) -> None:
+        sent = None
+        while True:
+            now = (self.prompt_total, self.generation_total)
+            if now != sent:
+                try:
+                    if self._actor is None:
+                        self._actor = self._get_actor()
+                    await self._actor.engine_totals.remote(EngineTotals(self.replica, self.app_name, *now,
+                                                                        time.time()))
+                    sent = now
+                except Exception as exc:  # noqa: BLE001  (the actor restarts: sent again next time)
+                    self._actor = None
+                    log.warning("engine token totals not taken (%s)", type(exc).__name__)
+            await asyncio.sleep(TOTALS_EVERY_S)
 
     def report(self, reservation: str, prompt: int, completion: int, started: float, stream: bool) -> None:
         if len(self._queue) >= MAX_QUEUED_REPORTS:

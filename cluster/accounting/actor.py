@@ -30,7 +30,7 @@ from cluster.accounting.windows import Limit, Reservation, Windows
 from cluster.state.db import AdminKey, ApiKey, UsageRecord, get_engine, session_scope
 from serve_apps.contract import (ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute,
                                  ModelList, RecordBase, Route, Settlement, UsageRecord as UsageRecordDict,
-                                 WitnessReport)
+                                 EngineTotals, WitnessReport)
 
 log = logging.getLogger(__name__)
 FLUSH_DELAY_S = 0.002  # group commit: records arriving within this window share one transaction
@@ -41,6 +41,7 @@ GATEWAY_LEASE_S = 15.0
 SWEEP_INTERVAL_S = 2.0
 # A call whose gateway died and whose engine never reported (both gone) is settled with no tokens after this.
 RESERVATION_LEASE_S = 3600.0
+ENGINE_SAMPLES_KEPT_S = 25 * 3600  # engine token counters kept for `maas usage audit` (ranges up to a day)
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
                    "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
                    "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False,
@@ -79,6 +80,7 @@ class AccountingActor:
         self._gateways: dict[str, float] = {}  # gateway replica id -> when it last said it is alive
         self._unswept: list[Settlement] = []  # settlements of dead gateways' calls not yet written
         self._sweeper: asyncio.Task | None = None
+        self._engine_samples: dict[str, tuple[str, deque]] = {}  # replica -> (app, [(at, prompt, generation)])
         self._batch: list[dict] = []
         self._batch_done: asyncio.Future | None = None
         self._settled: set[str] = set()  # recent request ids, so a re-sent settlement is not counted twice
@@ -363,6 +365,27 @@ class AccountingActor:
             "completion_tokens": report.completion_tokens, "status_code": 502, "error_code": "MaaS.0502",
             "latency_ms": max(now - report.started, 0.0) * 1000, "ttft_ms": None, "tpot_ms": None, "client_ip": "",
             "stream": report.stream})
+
+    # -- the engines' own counters, for `maas usage audit` -------------------------------------------------
+    def engine_totals(self, totals: EngineTotals) -> None:
+        totals = EngineTotals(*totals)
+        _, samples = self._engine_samples.setdefault(totals.replica, (totals.app_name, deque()))
+        samples.append((totals.at, totals.prompt_tokens, totals.generation_tokens))
+        while len(samples) > 2 and samples[1][0] < totals.at - ENGINE_SAMPLES_KEPT_S:
+            samples.popleft()  # the oldest kept is the baseline of the longest range
+
+    def engine_deltas(self, since: float) -> dict[str, list[int]]:
+        """Tokens each engine application processed since `since`: per replica, its latest counters minus
+        those it had at `since` (zero for a replica whose first report came later: the counters start at zero
+        and a replica reports within seconds of its first step)."""
+        deltas: dict[str, list[int]] = {}
+        for app, samples in self._engine_samples.values():
+            base = next((s for s in reversed(samples) if s[0] <= since), (since, 0, 0))
+            latest = samples[-1]
+            total = deltas.setdefault(app, [0, 0])
+            total[0] += latest[1] - base[1]
+            total[1] += latest[2] - base[2]
+        return deltas
 
     async def _durable(self, records: list[dict]) -> None:
         if self._batch_done is None:

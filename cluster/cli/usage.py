@@ -140,3 +140,24 @@ def export(project: str = ProjectOpt, range_: str = RangeOpt, start: datetime = 
     if as_json:
         return print_json({"path": str(path), "bytes": len(response.content)})
     console.print(f"Wrote {path} ({len(response.content):,} bytes).")
+
+
+@usage_app.command("audit")
+def audit(range_: str = typer.Option("1h", "--range", "-r", help="30m, 1h, ... up to 24h."),
+          as_json: bool = JsonOpt) -> None:
+    """The admin's check that billing matches the engines: per model, the tokens in the ledger against the
+    tokens the engines processed (vLLM's own counters) over the range. Exit status 1 if any differ."""
+    data = cli_common.call("GET", "/usage/audit", params={"range": range_})
+    if as_json:
+        print_json(data)
+    else:
+        table = Table("model", "calls", "ledger in", "engine in", "diff in", "ledger out", "engine out", "diff out",
+                      title=f"{data['start'][:19]} .. {data['end'][:19]}")
+        for row in data["models"]:
+            table.add_row(row["model"], f"{row['calls']:,}", f"{row['ledger_prompt_tokens']:,}",
+                          f"{row['engine_prompt_tokens']:,}", f"{row['prompt_difference']:+,}",
+                          f"{row['ledger_completion_tokens']:,}", f"{row['engine_generation_tokens']:,}",
+                          f"{row['completion_difference']:+,}")
+        console.print(table)
+    if any(row["prompt_difference"] or row["completion_difference"] for row in data["models"]):
+        raise typer.Exit(1)

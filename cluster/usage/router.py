@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import datetime, timezone
 from io import BytesIO
 from typing import Annotated
 
@@ -10,11 +13,14 @@ from fastapi.responses import Response
 from pydantic import Field
 from sqlalchemy.orm import Session
 
-from cluster.deps import ProjectId, database_url
+from cluster.deps import Admin, ProjectId, database_url
+from cluster.runtime.accounting import accounting_actor
 from cluster.state.db import Project, session_scope
 from cluster.usage import stats
+from cluster.usage.audit import audit
 from cluster.usage.export import CHARTS, export_xlsx
-from cluster.usage.schemas import FailureReport, UsageFilter, UsageQuery, UsageSeries, UsageSummary
+from cluster.usage.schemas import (AUDIT_RANGE, FailureReport, UsageAudit, UsageFilter, UsageQuery, UsageSeries,
+                                   UsageSummary, audit_seconds)
 from serve_apps.errors import PlatformError
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -32,6 +38,19 @@ def _query(session: Session, project_id: str, params: UsageFilter) -> UsageQuery
     if session.get(Project, project_id) is None:
         raise PlatformError("MaaS.0404", what=f"Project {project_id!r}")
     return UsageQuery(project_id=project_id, **params.model_dump(exclude={"metrics"}))
+
+
+@router.get("/usage/audit", response_model=UsageAudit)
+async def usage_audit(_: Admin, range_: Annotated[str, Query(alias="range", pattern=AUDIT_RANGE)] = "1h"):
+    """The admin's check that billing matches the engines: per model, the ledger's tokens against the tokens
+    the engines processed (vLLM's own counters) over the last `range` (30m, 1h, up to 24h)."""
+    end = time.time()
+    start = end - audit_seconds(range_)
+    deltas = await accounting_actor().engine_deltas.remote(start)
+    with session_scope(database_url()) as session:
+        rows = await asyncio.to_thread(audit, session, start, deltas)
+    return UsageAudit(start=datetime.fromtimestamp(start, timezone.utc), end=datetime.fromtimestamp(end, timezone.utc),
+                      models=rows)
 
 
 # Plain `def` routes: FastAPI runs them in its thread pool, so a long scan does not block the event loop.

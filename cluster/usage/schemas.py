@@ -189,3 +189,34 @@ class FailureReport(BaseModel):
     groups: list[ErrorGroup]
 
 
+
+
+AUDIT_RANGE = r"^[1-9][0-9]{0,3}[mh]$"  # 30m, 1h, 24h: the engines' counters are kept for 25 hours
+MAX_AUDIT_S = 24 * 3600
+
+
+def audit_seconds(range_: str) -> int:
+    """`30m` / `1h` -> seconds; at most a day."""
+    seconds = int(range_[:-1]) * (60 if range_.endswith("m") else 3600)
+    if seconds > MAX_AUDIT_S:
+        raise bad("an audit covers at most 24h")
+    return seconds
+
+
+class AuditRow(BaseModel):
+    """One engine's model: what the ledger billed against what the engine says it processed."""
+
+    model: str  # a preset model id, or a service id
+    calls: int
+    ledger_prompt_tokens: int
+    engine_prompt_tokens: int
+    prompt_difference: int  # ledger - engine
+    ledger_completion_tokens: int
+    engine_generation_tokens: int
+    completion_difference: int
+
+
+class UsageAudit(BaseModel):
+    start: datetime
+    end: datetime
+    models: list[AuditRow]

@@ -102,6 +102,21 @@ def _replica_pids(platform, app: str) -> list[int]:
     return [int(a["pid"]) for a in actors if a.get("class_name", "").startswith("ServeReplica:" + app + ":")]
 
 
+def _audit_is_exact_on_a_fresh_engine(platform, key: dict, service_id: str) -> None:
+    """`maas usage audit`: calls that end normally are billed exactly what the engine's own counters say."""
+    with _stream(platform, key["key"], "fault-svc", 48) as response:
+        _content_chunks(response.iter_lines())
+    answer = platform.client(key["key"]).chat.completions.create(
+        model="fault-svc", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    assert answer.usage.completion_tokens > 0
+    _wait_records(platform, key["id"], 2)
+    time.sleep(7)  # engines push their counters every 5 s
+    done = platform.maas("usage", "audit", "--range", "30m", "--json", check=False)
+    [row] = [r for r in json.loads(done.stdout)["models"] if r["model"] == service_id]
+    assert row["calls"] == 2 and row["engine_generation_tokens"] == 48 + answer.usage.completion_tokens, row
+    assert row["prompt_difference"] == 0 and row["completion_difference"] == 0, row
+
+
 @pytest.mark.disruptive  # kills a service's engine replica
 def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_and_is_recorded(platform):
     view = platform.maas_json("services", "deploy", "fault-svc", "--model", CHAT)
@@ -109,6 +124,7 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_and_is_record
         view = wait_status(platform, "fault-svc", {"Running"})
         [pid] = _replica_pids(platform, view["app_name"])
         key = platform.new_key("engine-dies")
+        _audit_is_exact_on_a_fresh_engine(platform, platform.new_key("audit"), view["id"])
         delivered = 0
         with _stream(platform, key["key"], "fault-svc", 1500) as response:
             lines = response.iter_lines()
