@@ -142,7 +142,6 @@ class WitnessReport(NamedTuple):
     stream: bool
 
 
-class ActorMethods(Protocol):
 class EngineTotals(NamedTuple):
     """One engine replica's token counters since it started (what vLLM's vllm:prompt_tokens_total and
     vllm:generation_tokens_total count), pushed to the actor every few seconds: `maas usage audit` compares
@@ -155,6 +154,7 @@ class EngineTotals(NamedTuple):
     at: float
 
 
+class ActorMethods(Protocol):
     """The accounting actor's methods the gateway calls (through `.remote`)."""
 
     async def admit_many(self, requests: list[AdmissionRequest]) -> list[Admission]: ...
@@ -163,8 +163,8 @@ class EngineTotals(NamedTuple):
 
     async def witness_many(self, reports: list[WitnessReport]) -> None: ...  # from engine replicas
 
-    def list_models(self, key_hash: str) -> ModelList: ...
     def engine_totals(self, totals: EngineTotals) -> None: ...  # from engine replicas
 
+    def list_models(self, key_hash: str) -> ModelList: ...
 
     def metrics_text(self, admin_key_hash: str | None) -> bytes | None: ...  # None: not the admin key
