@@ -99,6 +99,7 @@ class UsageRecord(RecordBase):
     client_ip: str
     stream: bool
     playground: NotRequired[bool]  # a console playground call: recorded, left out of call statistics
+    replica_wait_ms: NotRequired[float | None]  # until an engine replica took the call (cold start); None: none asked
 
 
 class AdmissionRequest(NamedTuple):

@@ -98,6 +98,13 @@ def serve_details() -> dict[str, Any] | None:
     return None if client is None else client.get_serve_details()
 
 
+async def until_assigned(response) -> None:
+    """Wait until Serve's router has handed a handle call to a replica (a `DeploymentResponseGenerator`'s
+    `_fetch_future_result_async`); the public methods only wait for the first result, which includes the
+    engine's work. Cancelling the wait cancels the assignment (the call leaves Serve's queue)."""
+    await response._fetch_future_result_async()
+
+
 def pin_code_version(application, version: str):
     """Give an application's ingress deployment a fixed code version: Serve restarts every replica when the
     version changes, and an imperative deploy without one gets a random version on each call."""

@@ -33,6 +33,10 @@ class PlaneSettings(BaseSettings):
                                                  "header is believed; none by default.")
     metrics_token: str | None = Field(None, description="A bearer token that may read /metrics (besides the "
                                                         "admin key), for a Prometheus scraper.")
+    cold_start_timeout_s: float = Field(300.0, gt=0, le=3600, description=(
+        "How long a call waits for an engine replica to take it (a service scaled to zero starts its first "
+        "one; every replica busy at its max ongoing requests) before the 503 MaaS.0503. Under the OpenAI "
+        "SDK's 600 s default timeout, so clients get the platform's answer rather than their own timeout."))
 
     @field_validator("home", "storage")
     @classmethod

@@ -211,11 +211,7 @@ def _start(bindir: Path) -> _Server:
             raise PostgresUnavailable(f"initdb failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         for _attempt in range(3):  # the free port can be taken between our check and the server's bind
             server.port = _free_port()
-            options = (f"-p {server.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
-                       "-c shared_buffers=32MB -c dynamic_shared_memory_type=mmap")
-            done = server.run(str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(server.data),
-                              "-l", str(server.log), "-o", options, timeout=90)
+            done = _pg_ctl_start(server)
             if done.returncode == 0:
                 return server
             if "already in use" not in _log_tail(server):
@@ -225,6 +221,14 @@ def _start(bindir: Path) -> _Server:
     except BaseException:
         _stop(server)
         raise
+
+
+def _pg_ctl_start(server: _Server) -> subprocess.CompletedProcess:
+    options = (f"-p {server.port} -k {server.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+               "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200 "
+               "-c shared_buffers=32MB -c dynamic_shared_memory_type=mmap")
+    return server.run(str(server.bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(server.data),
+                      "-l", str(server.log), "-o", options, timeout=90)
 
 
 def _log_tail(server: _Server) -> str:
@@ -303,6 +307,21 @@ def postgres_url(database: str = "maas") -> str:
     except PostgresUnavailable as exc:
         _unavailable(str(exc))
         raise  # not reached: skip/fail raise
+
+
+def pause_postgres() -> None:
+    """A database outage: stop the server (fast shutdown), keeping its data; resume_postgres() brings it back."""
+    if _server is not None:
+        _server.run(str(_server.bindir / "pg_ctl"), "stop", "-w", "-t", "30", "-m", "fast", "-D",
+                    str(_server.data), timeout=40)
+
+
+def resume_postgres() -> None:
+    """Start the paused server again, on the same port with the same data."""
+    if _server is not None:
+        done = _pg_ctl_start(_server)
+        if done.returncode != 0:
+            raise PostgresUnavailable(f"pg_ctl start failed:\n{done.stderr[-1000:]}\n{_log_tail(_server)}")
 
 
 def stop_postgres() -> None:

@@ -45,7 +45,7 @@ ENGINE_SAMPLES_KEPT_S = 25 * 3600  # engine token counters kept for `maas usage 
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
                    "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
                    "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False,
-                   "playground": False}
+                   "playground": False, "replica_wait_ms": None}
 
 
 def _stripped(row: dict) -> dict:

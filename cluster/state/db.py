@@ -187,6 +187,9 @@ class UsageRecord(Base):
     client_ip: Mapped[str] = mapped_column(String(64), default="")
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
     playground: Mapped[bool] = mapped_column(Boolean, default=False)  # console playground: not in statistics
+    # How long the call waited for an engine replica to take it (a cold start from zero instances, or every
+    # instance busy); None for calls that never reached an engine.
+    replica_wait_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 @lru_cache(maxsize=4)

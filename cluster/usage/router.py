@@ -41,11 +41,12 @@ def _query(session: Session, project_id: str, params: UsageFilter) -> UsageQuery
 
 
 @router.get("/usage/audit", response_model=UsageAudit)
-async def usage_audit(_: Admin, range_: Annotated[str, Query(alias="range", pattern=AUDIT_RANGE)] = "1h"):
+async def usage_audit(_: Admin, range_: Annotated[str, Query(alias="range", pattern=AUDIT_RANGE)] = "1h",
+                      since: Annotated[float | None, Query(description="epoch seconds; instead of range")] = None):
     """The admin's check that billing matches the engines: per model, the ledger's tokens against the tokens
-    the engines processed (vLLM's own counters) over the last `range` (30m, 1h, up to 24h)."""
+    the engines processed (vLLM's own counters) over the last `range` (30m, 1h, up to 24h), or since `since`."""
     end = time.time()
-    start = end - audit_seconds(range_)
+    start = end - audit_seconds(range_) if since is None else max(since, end - audit_seconds("24h"))
     deltas = await accounting_actor().engine_deltas.remote(start)
     with session_scope(database_url()) as session:
         rows = await asyncio.to_thread(audit, session, start, deltas)

@@ -35,6 +35,7 @@ class Call:
     usage_final: bool = False  # the engine's final usage was seen (else the counts are what was delivered)
     settled: bool = False
     playground: bool = False  # X-MaaS-Playground: 1 (the console's playground; spec §5.1)
+    replica_wait_ms: float | None = None  # until an engine replica took the call (a cold start from zero)
 
     def usage(self, usage: Any) -> None:
         if usage is None:
@@ -62,6 +63,7 @@ class Call:
             "completion_tokens": self.completion_tokens, "status_code": status, "error_code": error_code,
             "latency_ms": (time.perf_counter() - self.started) * 1000, "ttft_ms": ttft, "tpot_ms": tpot,
             "client_ip": self.client_ip, "stream": self.stream, "playground": self.playground,
+            "replica_wait_ms": self.replica_wait_ms,
         }
 
 

@@ -37,7 +37,7 @@ from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatS
                                        StreamRelay)
 from serve_apps.model_app import supports
 from serve_apps.moderation import load_moderator, message_text, output_text, request_text
-from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_request
+from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_request, until_assigned
 from serve_apps.settings import plane_settings
 
 log = logging.getLogger("maas.gateway")
@@ -139,10 +139,29 @@ def _thinking_default(body, card: CatalogModel) -> None:
         body.chat_template_kwargs = kwargs
 
 
-async def _first(generator):
-    """The engine's first answer; its failure (a replica that died, an engine error) is the platform's 503,
-    settled like every refusal (the reservation and the in-flight gauge are released)."""
+async def _replica(generator, call: Call) -> None:
+    """Wait for an engine replica to take the call: at once while one runs with room; a service scaled to zero
+    starts its first one (Serve sees the queued call). Bounded by MAAS_COLD_START_TIMEOUT_S, then the
+    platform's 503; the wait is the call's `replica_wait_ms` (and part of its TTFT)."""
+    bound = plane_settings().cold_start_timeout_s
+    started = time.perf_counter()
     try:
+        await asyncio.wait_for(until_assigned(generator), bound)
+    except TimeoutError:
+        generator.cancel()  # out of Serve's queue: no replica runs it later for nobody
+        raise PlatformError("MaaS.0503", reason=f"no instance of the model took the call within {bound:g} s "
+                                                "(a service scaled to zero is starting its first instance, or "
+                                                "every instance is busy); try again shortly") from None
+    finally:
+        call.replica_wait_ms = (time.perf_counter() - started) * 1000
+
+
+async def _first(generator, call: Call):
+    """The engine's first answer, once a replica took the call (`_replica`); its failure (a replica that died,
+    an engine error) is the platform's 503, settled like every refusal (the reservation and the in-flight
+    gauge are released)."""
+    try:
+        await _replica(generator, call)
         return await generator.__anext__()
     except (OpenAIError, PlatformError, asyncio.CancelledError):
         raise
@@ -314,7 +333,7 @@ class Gateway:
         if body.stream:  # usage always comes back from the engine, in every chunk: a broken stream is counted too
             body.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=True)
         generator = getattr(handle, method).remote(body, reservation=call.reservation)
-        first = await _first(generator)
+        first = await _first(generator, call)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
         if isinstance(head, ErrorResponse):
@@ -343,7 +362,7 @@ class Gateway:
         """/v1/responses and /v1/messages: the engine answers a JSON dict, or a stream of SSE events."""
         generator = getattr(handle, method).remote(body.model_dump(mode="json", exclude_unset=True),
                                                    reservation=call.reservation)
-        first = await _first(generator)
+        first = await _first(generator, call)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
         if isinstance(head, ErrorResponse):
@@ -389,7 +408,7 @@ class Gateway:
     @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request):
         _route, call, handle = await self._route(request, body, "embeddings", _input_text(body.input))
-        result = await _first(handle.embeddings.remote(body))
+        result = await _first(handle.embeddings.remote(body), call)
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
         call.usage(result.usage)
@@ -401,7 +420,7 @@ class Gateway:
         name = body.model
         _route, call, handle = await self._route(request, body, "rerank", _input_text([body.query, *body.documents]))
         score = ScoreRequest(model=body.model, text_1=body.query, text_2=body.documents)
-        result = await _first(handle.score.remote(score))
+        result = await _first(handle.score.remote(score), call)
         if isinstance(result, ErrorResponse):
             raise OpenAIError(result.error.code, result.error.message, result.error.type)
         call.prompt_tokens = result.usage.total_tokens
