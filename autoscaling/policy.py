@@ -14,7 +14,8 @@ waiting in vLLM's queue (the batch is full) or KV-cache pressure (the engine wil
 - quiet period: no pressure for `quiet_period_s` -> scale down, never below what the peak load of the
   stable window needs (zero only when nothing ran or waited and `min_replicas` is 0);
 - while a new replica is starting (target above running) the target is held, so one long engine start
-  does not ratchet the count to the maximum.
+  does not ratchet the count to the maximum, and the quiet period starts again once it is ready (a wake
+  from zero whose caller gave up keeps its replica a whole quiet period for the caller's retry).
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def decide(signals: Signals, state: dict, options: LLMPolicyOptions, min_replica
     starting = target > current
     if starting and pressed:  # what the new replica does not absorb must persist a fresh window
         pressure_since = now
+    if starting and not pressed:  # the quiet period counts from a ready replica: a caller told 503 while
+        quiet_since = now         # it started (cold-start bound) finds it still there when they retry
     if pressed and not starting and now - pressure_since >= options.panic_window_s:
         window = [s for s in samples if s[0] >= pressure_since]
         load = min(s[1] + s[2] for s in window)

@@ -161,3 +161,25 @@ def test_never_scales_down_while_a_replica_starts():
         signals = Signals(now=now, running_replicas=0, target_replicas=1, waiting=0, running=0, kv_usage=0)
         want, state, decision = decide(signals, state, OPTIONS, 0, 2)
         assert want == 1 and decision is None
+
+
+def test_a_replica_woken_for_a_caller_who_gave_up_stays_a_whole_quiet_period():
+    """The caller's request waited past the cold-start bound (503) and left while the first replica started:
+    the quiet period counts from the replica being ready, so the caller's retry finds it still running."""
+    options = LLMPolicyOptions(panic_window_s=1.0, stable_window_s=2.0, quiet_period_s=3.0)
+    state, now = {}, 0.0
+    for _ in range(100):  # 10 s of start-up, nothing waiting any more
+        now += TICK
+        want, state, _ = decide(Signals(now=now, running_replicas=0, target_replicas=1, waiting=0, running=0,
+                                        kv_usage=0), state, options, 0, 2)
+        assert want == 1
+    ready, downs = now, []
+    for _ in range(50):
+        now += TICK
+        want, state, decision = decide(Signals(now=now, running_replicas=1, target_replicas=1, waiting=0,
+                                               running=0, kv_usage=0), state, options, 0, 2)
+        if decision is not None:
+            downs.append((decision.at, decision.to_replicas))
+            break
+    assert len(downs) == 1 and downs[0][1] == 0
+    assert downs[0][0] - ready >= options.quiet_period_s - TICK  # not at once: quiet counted from ready
