@@ -12,15 +12,12 @@ import json
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -29,8 +26,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster import auth
 from cluster.accounting.routes import CALLABLE_STATUSES
+from cluster.console import admin_pages, compression_pages, models_pages
 from cluster.console import schemas as console_schemas
-from cluster.console.session import COOKIE, LOGIN_COOKIE, MAX_AGE_S, Sessions, Viewer, same
+from cluster.console.pages import (HERE, LoginNeeded, Refused, access, admin_only, base, check_csrf, go, page,
+                                   posted, reason, sessions, status_of, templates, viewer_of)
+from cluster.console.session import COOKIE, LOGIN_COOKIE, MAX_AGE_S, Viewer, same
 from cluster.endpoints import router as endpoints_router
 from cluster.endpoints.schemas import Confirm as EndpointConfirm
 from cluster.endpoints.schemas import EndpointCreate
@@ -54,107 +54,11 @@ from serve_apps.catalog import BUILTIN_MODELS, builtin
 from serve_apps.errors import PlatformError
 
 log = logging.getLogger("maas.console")
-HERE = Path(__file__).resolve().parent
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-sessions = Sessions()
 console = FastAPI(title="MaaS console", docs_url=None, redoc_url=None, openapi_url=None)
 console.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 ROW_ERROR = re.compile(r"^\s*line (\d+), ([^:]+): (.*)$")
-
-
-class LoginNeeded(Exception):
-    pass
-
-
-class Refused(Exception):
-    """A page the viewer may not see (403) or that does not exist (404), rendered as the error page."""
-
-    def __init__(self, status: int, message: str):
-        self.status, self.message = status, message
-
-
-# -- helpers ----------------------------------------------------------------------------------------------
-def base(request: Request) -> str:
-    """The console's URL path (`/api/console` behind Serve), from the mount's root_path."""
-    return request.scope.get("root_path", "").rstrip("/")
-
-
-def reason(exc: Exception) -> str:
-    """The platform's own message for a refused action."""
-    if isinstance(exc, PlatformError):
-        return exc.message
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'form'}: {e['msg'].removeprefix('Value error, ')}"
-                         for e in exc.errors())
-    return str(exc)
-
-
-def status_of(exc: Exception) -> int:
-    return exc.status if isinstance(exc, PlatformError) else 400
-
-
-def viewer_of(request: Request) -> Viewer:
-    viewer = sessions.get(request.cookies.get(COOKIE))
-    if viewer is None:
-        raise LoginNeeded()
-    return viewer
-
-
-def access(request: Request, project: str) -> Viewer:
-    """The logged-in viewer, allowed on `project` by the same rule as the REST API (cluster.auth)."""
-    viewer = viewer_of(request)
-    try:
-        with session_scope(get_settings().database_url) as session:
-            auth.project_access(session, viewer.secret, project)
-    except PlatformError as exc:
-        if exc.spec.code == "ModelArts.81003":  # the key was deleted: the session ends
-            sessions.drop(request.cookies.get(COOKIE))
-            raise LoginNeeded() from None
-        raise Refused(exc.status, exc.message) from None
-    return viewer
-
-
-def admin_only(request: Request) -> Viewer:
-    viewer = viewer_of(request)
-    if not viewer.admin:
-        raise Refused(403, "This page is for the platform administrator (log in with the admin key).")
-    return viewer
-
-
-async def check_csrf(request: Request, viewer: Viewer, form: Any | None = None) -> None:
-    token = request.headers.get("x-csrf-token") or (form.get("csrf") if form is not None else None)
-    if not same(token, viewer.csrf):
-        raise Refused(403, "The form expired or did not come from this console; reload the page and try again.")
-
-
-async def posted(request: Request, viewer: Viewer):
-    form = await request.form()
-    await check_csrf(request, viewer, form)
-    return form
-
-
-async def projects_of(viewer: Viewer) -> list[str]:
-    if not viewer.admin:
-        return [viewer.project]
-    return [p.id for p in await projects_router.list_projects(None)]
-
-
-async def page(request: Request, name: str, viewer: Viewer, project: str | None, status: int = 200, **context):
-    context |= {"request": request, "base": base(request), "viewer": viewer, "project": project,
-                "projects": await projects_of(viewer), "csrf": viewer.csrf, "section": name.split(".")[0]}
-    return templates.TemplateResponse(request, name, context, status_code=status)
-
-
-def go(request: Request, path: str, notice: str = "") -> RedirectResponse:
-    suffix = f"?notice={quote(notice)}" if notice else ""
-    return RedirectResponse(base(request) + path + suffix, status_code=303)
-
-
-def fmt_time(epoch: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(epoch)) if epoch else "-"
-
-
-templates.env.filters["when"] = fmt_time
+for pages in (compression_pages, models_pages, admin_pages):
+    console.include_router(pages.router)
 
 
 # -- errors: the console's own pages, never a stack trace -------------------------------------------------
@@ -603,14 +507,7 @@ async def job_action(request: Request, project: str, job: str, action: str):
     return go(request, f"/p/{project}/finetune/{view.id}", f"{action.capitalize()} requested: {view.status}.")
 
 
-# -- my models, presets, endpoints (spec §4.2-4.4, §6.1) ---------------------------------------------------
-@console.get("/p/{project}/my-models", response_class=HTMLResponse)
-async def my_models_page(request: Request, project: str):
-    viewer = access(request, project)
-    models = await my_models_router.list_models(project)
-    return await page(request, "my_models.html", viewer, project, models=models)
-
-
+# -- presets, endpoints (spec §4.2-4.4) ---------------------------------------------------------------
 async def _offers_page(request: Request, viewer: Viewer, project: str, status: int = 200, **context):
     presets = await presets_router.project_presets(project)
     endpoints = await endpoints_router.list_endpoints(project)

@@ -5,6 +5,7 @@ real browser on the real platform: tests/e2e/test_console.py."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -13,10 +14,11 @@ import pytest
 from starlette.testclient import TestClient
 
 from cluster.settings import get_settings
-from cluster.state.db import UsageRecord, session_scope
+from cluster.state.db import PresetGrant, UsageRecord, session_scope
 
 ADMIN = "admin-console-db"
 CONSOLE = "/api/console"
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
 
 
 class _Remote:
@@ -31,11 +33,16 @@ class _Actor:
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MAAS_HOME", str(tmp_path_factory.mktemp("console")))
+        home = tmp_path_factory.mktemp("console")
+        (home / "models" / "tiny-chat").mkdir(parents=True)  # the base model's description, for my-model imports
+        (home / "models" / "tiny-chat" / "config.json").write_text(json.dumps(LLAMA))
+        patch.setenv("MAAS_HOME", str(home))
         patch.delenv("MAAS_DATABASE_URL", raising=False)
         patch.setenv("MAAS_ADMIN_KEY", ADMIN)
+        patch.setenv("MAAS_IMPORT_ROOTS", str(tmp_path_factory.getbasetemp()))
         get_settings.cache_clear()
         import cluster.keys.router as keys_router
+        import cluster.my_models.router as my_models_router
         import cluster.presets.router as presets_router
         import cluster.services.service as services
         from cluster.app import app, prepare
@@ -45,6 +52,7 @@ def app(tmp_path_factory):
 
         patch.setattr(keys_router, "accounting_actor", lambda: _Actor())
         patch.setattr(presets_router, "reload_accounting", nothing)
+        patch.setattr(my_models_router, "reload_accounting", nothing)
         patch.setattr(services, "after_change", nothing)
         prepare(["tiny-chat", "all-minilm-l6-v2"])
         yield app
@@ -198,3 +206,71 @@ def test_usage_page_charts_api_calls_and_leaves_out_the_playground(team):
     export = client.get(f"{CONSOLE}/p/team-c/usage/export?range=today")
     assert export.status_code == 200 and export.content[:2] == b"PK"  # an xlsx (zip) file
     assert 'attachment; filename="usage-team-c-' in export.headers["content-disposition"]
+
+
+def _weights(folder):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA))
+    (folder / "model.safetensors").write_bytes(b"0")
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_my_models_import_add_a_version_and_delete_with_confirmation(team, tmp_path):
+    client, csrf, _secret = team
+    outside = client.post(f"{CONSOLE}/p/team-c/my-models", data={"csrf": csrf, "name": "m1", "base_model": "tiny-chat",
+                                                                   "path": "/etc"})
+    assert outside.status_code == 403 and "must lie under an import root" in outside.text
+    made = client.post(f"{CONSOLE}/p/team-c/my-models", data={"csrf": csrf, "name": "m1", "base_model": "tiny-chat",
+                                                                "path": str(_weights(tmp_path / "w1"))})
+    assert made.status_code == 200 and "Model m1 imported: version 1." in made.text
+    model_id = re.search(r'<div class="muted">(mdl-[0-9a-f]+)', made.text)[1]
+    added = client.post(f"{CONSOLE}/p/team-c/my-models/{model_id}/versions",
+                        data={"csrf": csrf, "path": str(_weights(tmp_path / "w2"))})
+    assert added.status_code == 200 and "Version 2 added." in added.text and 'data-version="2"' in added.text
+    unconfirmed = client.post(f"{CONSOLE}/p/team-c/my-models/{model_id}/delete-version",
+                              data={"csrf": csrf, "version": "2", "confirm": "delete"})
+    assert unconfirmed.status_code == 400 and "needs the confirmation text DELETE" in unconfirmed.text
+    version = client.post(f"{CONSOLE}/p/team-c/my-models/{model_id}/delete-version",
+                          data={"csrf": csrf, "version": "2", "confirm": "DELETE"})
+    assert version.status_code == 200 and 'data-version="2"' not in version.text
+    gone = client.post(f"{CONSOLE}/p/team-c/my-models/{model_id}/delete", data={"csrf": csrf, "confirm": "DELETE"})
+    assert gone.status_code == 200 and "Model deleted." in gone.text and 'data-name="m1"' not in gone.text
+    assert "/w1" not in client.get(f"{CONSOLE}/p/team-c/my-models").text  # a project key sees no import roots
+
+
+def test_compression_form_shows_the_platforms_message(team):
+    client, csrf, _secret = team
+    page = client.get(f"{CONSOLE}/p/team-c/compression")
+    assert page.status_code == 200 and '<option value="tiny-chat"' in page.text and "gptq-w4a16" in page.text
+    form = {"csrf": csrf, "name": "c1", "model": "tiny-chat", "strategy": "awq-w4a16", "output_model": "c1-out"}
+    bad = client.post(f"{CONSOLE}/p/team-c/compression", data=form | {"migration_strength": "0.5"})
+    assert bad.status_code == 400 and "migration_strength applies to smoothquant-w8a8 only" in bad.text
+    missing = client.post(f"{CONSOLE}/p/team-c/compression", data=form | {"model": "nope"})
+    assert missing.status_code == 404 and "nope" in missing.text
+    assert client.get(f"{CONSOLE}/p/team-c/compression/cp-000000000000").status_code == 404
+    assert client.get(f"{CONSOLE}/p/default/compression").status_code == 403
+
+
+def test_admin_edits_the_preset_offer_and_freezes_a_project(admin, team):
+    client, csrf = admin
+    saved = client.post(f"{CONSOLE}/admin/presets/tiny-chat", data={
+        "csrf": csrf, "kind": "free", "expires_at": "2031-01-02T03:04", "free_quota_tokens": "5000", "rpm": "77",
+        "tpm": ""})
+    assert saved.status_code == 200 and "The offer of tiny-chat is saved." in saved.text
+    assert 'value="2031-01-02T03:04"' in saved.text and 'value="77"' in saved.text
+    bad = client.post(f"{CONSOLE}/admin/presets/tiny-chat", data={"csrf": csrf, "kind": "free", "rpm": "0"})
+    assert bad.status_code == 400 and "rpm" in bad.text
+    frozen = client.post(f"{CONSOLE}/admin/presets/freeze", data={"csrf": csrf, "project_id": "team-c",
+                                                                   "model_id": "*", "frozen": "1"})
+    assert frozen.status_code == 200 and "Project team-c: every preset frozen." in frozen.text
+    with session_scope(get_settings().database_url) as session:
+        assert {g.model_id for g in session.query(PresetGrant).filter_by(project_id="team-c", frozen=True)} == {
+            "tiny-chat", "all-minilm-l6-v2"}
+    project_client, _csrf, _secret = team
+    assert "frozen" in project_client.get(f"{CONSOLE}/p/team-c/offers").text
+    assert project_client.get(f"{CONSOLE}/admin/presets").status_code == 403
+    thawed = client.post(f"{CONSOLE}/admin/presets/freeze", data={"csrf": csrf, "project_id": "team-c",
+                                                                   "model_id": "tiny-chat", "frozen": "0"})
+    assert thawed.status_code == 200 and "tiny-chat unfrozen" in thawed.text
+    client.post(f"{CONSOLE}/admin/presets/tiny-chat", data={"csrf": csrf, "kind": "free"})  # back to the default
