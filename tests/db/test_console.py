@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cluster.settings import get_settings
-from cluster.state.db import PresetGrant, UsageRecord, session_scope
+from cluster.state.db import CompressionJob, PresetGrant, UsageRecord, session_scope
 
 ADMIN = "admin-console-db"
 CONSOLE = "/api/console"
@@ -274,3 +274,38 @@ def test_admin_edits_the_preset_offer_and_freezes_a_project(admin, team):
                                                                    "model_id": "tiny-chat", "frozen": "0"})
     assert thawed.status_code == 200 and "tiny-chat unfrozen" in thawed.text
     client.post(f"{CONSOLE}/admin/presets/tiny-chat", data={"csrf": csrf, "kind": "free"})  # back to the default
+
+
+def test_a_compression_jobs_page_progress_logs_stop_and_delete(team, tmp_path, monkeypatch):
+    """A completed job's page (recorded here as the job-sync thread records one; Ray's logs replaced)."""
+    import cluster.runtime.jobs as jobs
+
+    client, csrf, _secret = team
+    monkeypatch.setattr(jobs, "searched_logs", lambda row, search="": f"calibrating layer 1\nsearch={search}\n")
+    out = tmp_path / "cp-out"
+    out.mkdir()
+    (out / "status.json").write_text(json.dumps({"phase": "completed", "percent": 100.0, "step": 2, "total_steps": 2,
+                                                 "elapsed_s": 7.5, "eta_s": 0, "outputs": {"bytes": 3 * 1048576}}))
+    with session_scope(get_settings().database_url) as session:
+        session.add(CompressionJob(
+            id="cp-0123456789ab", project_id="team-c", name="done-job", strategy="awq-w4a16", model_ref="tiny-chat",
+            base_model="tiny-chat", source_path="/x", output_model="c-out", output_dir=str(out), status="completed",
+            runs=1, result_version="1", params={"num_samples": 16, "max_seq_len": 128}))
+    listed = client.get(f"{CONSOLE}/p/team-c/compression").text
+    assert 'data-name="done-job"' in listed
+    assert "hx-trigger" not in listed.split('id="compression-rows"')[1].split(">")[0]  # finished: no polling
+    page = client.get(f"{CONSOLE}/p/team-c/compression/done-job?search=layer").text
+    assert 'id="cp-status">completed<' in page and 'id="cp-percent">100.0<' in page and "layer groups 2/2" in page
+    assert "c-out v1 (awq-w4a16), 3.0 MiB" in page and "search=layer" in page and "ETA" not in page
+    job = f"{CONSOLE}/p/team-c/compression/cp-0123456789ab"
+    progress = client.get(f"{job}/progress")
+    assert progress.status_code == 200 and 'id="cp-progress"' in progress.text and "<html" not in progress.text
+    download = client.get(f"{job}/logs")
+    assert 'attachment; filename="done-job.log"' in download.headers["content-disposition"]
+    stop = client.post(f"{job}/stop", data={"csrf": csrf})
+    assert stop.status_code == 409 and "Cannot stop the job &#39;done-job&#39; while it is completed" in stop.text
+    unconfirmed = client.post(f"{job}/delete", data={"csrf": csrf})
+    assert unconfirmed.status_code == 400 and "needs the confirmation text DELETE" in unconfirmed.text
+    gone = client.post(f"{job}/delete", data={"csrf": csrf, "confirm": "DELETE"})
+    assert gone.status_code == 200 and "Compression job done-job deleted." in gone.text
+    assert 'data-name="done-job"' not in gone.text and not out.exists()

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -287,3 +288,124 @@ def test_deploy_scale_and_stop_a_service(project_page, console, platform, shot):
     shot(page)
     with platform.admin() as admin:
         admin.delete(f"/{PROJECT}/services/{SERVICE}", params={"confirm": "DELETE"})
+
+
+def test_a_compression_job_from_the_console(project_page, console, platform, shot):
+    """Create (the form), progress refreshed by htmx until completed, its logs, stop refused once completed,
+    delete only after typing DELETE; the compressed version is in the API's my-model listing."""
+    page = project_page
+    page.goto(f"{console}/p/{PROJECT}/compression")
+    form = "#compress-form"
+    page.fill(f"{form} input[name=name]", "console-cp")
+    page.select_option(f"{form} select[name=model]", "tiny-chat")
+    page.select_option(f"{form} select[name=strategy]", "gptq-w4a16")
+    page.fill(f"{form} input[name=output_model]", "console-gptq")
+    page.fill(f"{form} input[name=num_samples]", "16")
+    page.fill(f"{form} input[name=max_seq_len]", "128")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_url("**/compression/cp-*")
+    assert "Compression job console-cp created: pending." in page.inner_text(".notice")
+    job_id = page.url.rsplit("/", 1)[-1].split("?")[0]
+    page.wait_for_selector("#cp-status:text-matches('completed|failed|stopped')", timeout=420_000)
+    with platform.admin() as admin:
+        job = admin.get(f"/{PROJECT}/compression/{job_id}").json()
+    assert job["status"] == "completed", job["status_reason"]
+    assert page.inner_text("#cp-status") == "completed" and float(page.inner_text("#cp-percent")) == 100
+    assert page.inner_text("#cp-result").startswith(f"console-gptq v{job['result_version']} (gptq-w4a16)")
+    shot(page)
+    page.reload()
+    assert page.inner_text("#job-logs").strip() not in ("", "(logs not available)")
+    page.click("#cp-stop")
+    assert "Cannot stop the job 'console-cp' while it is completed" in page.inner_text("#form-error")
+    page.goto(f"{console}/p/{PROJECT}/compression")
+    assert "completed" in page.inner_text("tr[data-name=console-cp]")
+    page.goto(f"{console}/p/{PROJECT}/my-models")
+    assert "gptq-w4a16" in page.inner_text("tr[data-name=console-gptq]")
+    page.goto(f"{console}/p/{PROJECT}/compression/{job_id}")
+    page.fill("#cp-delete-form input[name=confirm]", "yes")
+    page.click("#cp-delete-form button")
+    assert "needs the confirmation text DELETE" in page.inner_text("#form-error")
+    page.fill("#cp-delete-form input[name=confirm]", "DELETE")
+    page.click("#cp-delete-form button")
+    page.wait_for_url(lambda url: f"/p/{PROJECT}/compression?notice=" in url)
+    assert page.locator("tr[data-name=console-cp]").count() == 0
+    with platform.admin() as admin:
+        assert admin.get(f"/{PROJECT}/compression/{job_id}").status_code == 404
+        versions = admin.get(f"/{PROJECT}/my-models/console-gptq").json()["versions"]
+        assert [v["quantization"] for v in versions] == ["gptq-w4a16"]  # the version stays: it is a copy
+
+
+def test_my_models_import_and_delete(project_page, console, platform, tmp_path, shot):
+    """Import a folder under an import root (the session's temp folders are one), then delete the model after
+    typing DELETE: it is gone from the API's listing."""
+    folder = tmp_path / "console-weights"
+    shutil.copytree(platform.home / "models" / "tiny-chat", folder)
+    page = project_page
+    page.goto(f"{console}/p/{PROJECT}/my-models")
+    page.fill("#import-form input[name=name]", "console-import")
+    page.select_option("#import-form select[name=base_model]", "tiny-chat")
+    page.fill("#import-form input[name=path]", "/etc")
+    page.click("#import-form button[type=submit]")
+    assert "must lie under an import root" in page.inner_text("#form-error")
+    page.fill("#import-form input[name=path]", str(folder))
+    page.click("#import-form button[type=submit]")
+    assert "Model console-import imported: version 1." in page.inner_text(".notice")
+    row = "tr[data-name=console-import]"
+    assert "v1" in page.inner_text(row) and "full" in page.inner_text(row)
+    with platform.admin() as admin:
+        listed = admin.get(f"/{PROJECT}/my-models").json()
+        assert "console-import" in [m["name"] for m in listed]
+    shot(page)
+    page.fill(f"{row} form.delete-model input[name=confirm]", "delete")
+    page.click(f"{row} form.delete-model button")
+    assert "needs the confirmation text DELETE" in page.inner_text("#form-error")
+    page.fill(f"{row} form.delete-model input[name=confirm]", "DELETE")
+    page.click(f"{row} form.delete-model button")
+    assert "Model deleted." in page.inner_text(".notice")
+    assert page.locator(row).count() == 0
+    with platform.admin() as admin:
+        assert "console-import" not in [m["name"] for m in admin.get(f"/{PROJECT}/my-models").json()]
+        assert admin.get(f"/{PROJECT}/my-models/console-import").status_code == 404
+
+
+def test_admin_freezes_a_project_and_edits_the_offer(admin_page, console, platform, project_key, shot):
+    """Freeze: the project's key gets ModelArts.81006 from the API; unfreeze gives the use back. The offer's
+    RPM set on the page is what the REST API lists (a bad value's message: tests/db/test_console.py)."""
+    def chat() -> httpx.Response:
+        return httpx.post(platform.base_url + "/v1/chat/completions", timeout=120,
+                          headers={"Authorization": f"Bearer {project_key}"},
+                          json={"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}],
+                                "max_tokens": 4})
+
+    page = admin_page
+    with platform.admin() as admin:
+        before = {p["model_id"]: p for p in admin.get("/presets").json()}["tiny-chat"]
+    try:
+        page.goto(f"{console}/admin/presets")
+        page.select_option("#freeze-form select[name=project_id]", PROJECT)
+        page.select_option("#freeze-form select[name=model_id]", "*")
+        page.click("#freeze")
+        assert f"Project {PROJECT}: every preset frozen." in page.inner_text(".notice")
+        assert "frozen" in page.inner_text(f"#project-standing tr[data-id={PROJECT}] td[data-model=tiny-chat]")
+        frozen = chat()
+        assert (frozen.status_code, frozen.json()) == (401, {"error_code": "ModelArts.81006",
+                                                             "error_msg": "The resource is frozen."})
+        shot(page, "-frozen")
+        page.select_option("#freeze-form select[name=project_id]", PROJECT)
+        page.select_option("#freeze-form select[name=model_id]", "*")
+        page.click("#unfreeze")
+        assert f"Project {PROJECT}: every preset unfrozen." in page.inner_text(".notice")
+        assert chat().status_code == 200
+        offer = "#preset-offers tr[data-model=tiny-chat]"
+        page.fill(f"{offer} input[name=rpm]", "4321")
+        page.click(f"{offer} button")
+        assert "The offer of tiny-chat is saved." in page.inner_text(".notice")
+        with platform.admin() as admin:
+            assert {p["model_id"]: p for p in admin.get("/presets").json()}["tiny-chat"]["rpm"] == 4321
+        shot(page)
+    finally:
+        with platform.admin() as admin:
+            for preset in admin.get("/presets").json():
+                admin.post(f"/presets/{preset['model_id']}/freeze", json={"project_id": PROJECT, "frozen": False})
+            admin.put("/presets/tiny-chat", json={k: before[k] for k in ("kind", "expires_at", "free_quota_tokens",
+                                                                          "rpm", "tpm")})
