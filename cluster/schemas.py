@@ -91,3 +91,20 @@ class Notified(StrictModel):
         if bool(self.notify_url) != bool(getattr(self, "notify_events", None)):
             raise ValueError("event notification needs both notify_url and at least one of notify_events")
         return self
+
+
+class JobEventView(BaseModel):
+    """A tuning or compression job's event: a status change, or a trouble the platform had with the job; with
+    the outcome of its webhook (`notified`, and the failure appended to the message)."""
+
+    id: int
+    job_id: str
+    at: int
+    status: str
+    message: str
+    notified: bool
+
+    @classmethod
+    def of(cls, row) -> "JobEventView":
+        return cls(id=row.id, job_id=row.job_id, at=row.at, status=row.status, message=row.message,
+                   notified=row.notified)

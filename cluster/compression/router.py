@@ -11,7 +11,8 @@ from sqlalchemy import select
 from cluster.compression import service
 from cluster.compression.schemas import CompressionCreate, CompressionView
 from cluster.deps import Confirmed, ProjectId, database_url
-from cluster.runtime import jobs
+from cluster.runtime import events, jobs
+from cluster.schemas import JobEventView
 from cluster.state.db import CompressionJob, session_scope
 
 router = APIRouter(prefix="/v1/{project_id}", tags=["compression"])
@@ -47,6 +48,13 @@ def stop_job(project_id: ProjectId, job: str):
         view = service.stop_job(session, project_id, job)
     jobs.wake()
     return view
+
+
+@router.get("/compression/{job}/events", response_model=list[JobEventView])
+def job_events(project_id: ProjectId, job: str):
+    """Newest first, 30 days: status changes, troubles the platform had with the job, webhook outcomes."""
+    with session_scope(database_url()) as session:
+        return [JobEventView.of(e) for e in events.job_events(session, service.find(session, project_id, job))]
 
 
 @router.delete("/compression/{job}", status_code=204)

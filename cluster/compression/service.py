@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from cluster.compression.schemas import CompressionCreate, CompressionView
@@ -23,7 +23,7 @@ from cluster.my_models.weights import base_path
 from cluster.runtime import jobs
 from cluster.schemas import auto_stop_seconds
 from cluster.settings import get_settings
-from cluster.state.db import CompressionJob, now
+from cluster.state.db import CompressionJob, JobEvent, now
 from cluster.state.lookup import owned
 from quantize.config import CompressConfig, compressibility
 from serve_apps.catalog import BUILTIN_MODELS, Job
@@ -154,6 +154,7 @@ def delete_job(session: Session, project_id: str, job: str) -> None:
     row = find(session, project_id, job)
     check("delete", row)
     shutil.rmtree(row.output_dir, ignore_errors=True)  # the registered version is a copy: it stays
+    session.execute(delete(JobEvent).where(JobEvent.job_id == row.id))
     session.delete(row)
 
 

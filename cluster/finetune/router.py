@@ -15,7 +15,8 @@ from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.deps import Confirmed, ProjectId, database_url
 from cluster.finetune import service
 from cluster.finetune.schemas import JobCreate, JobView, Promote, metrics
-from cluster.runtime import jobs
+from cluster.runtime import events, jobs
+from cluster.schemas import JobEventView
 from cluster.state.db import TuningJob, session_scope
 from serve_apps.errors import PlatformError
 
@@ -67,6 +68,13 @@ def continue_job(project_id: ProjectId, job: str):
         view = service.continue_job(session, project_id, job)
     jobs.wake()
     return view
+
+
+@router.get("/finetune/{job}/events", response_model=list[JobEventView])
+def job_events(project_id: ProjectId, job: str):
+    """Newest first, 30 days: status changes, troubles the platform had with the job, webhook outcomes."""
+    with session_scope(database_url()) as session:
+        return [JobEventView.of(e) for e in events.job_events(session, service.find(session, project_id, job))]
 
 
 @router.delete("/finetune/{job}", status_code=204)

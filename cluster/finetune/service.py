@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from cluster.finetune.schemas import JobCreate, JobView
@@ -25,7 +25,7 @@ from cluster.projects import quotas as project_quotas
 from cluster.runtime import jobs
 from cluster.schemas import auto_stop_seconds
 from cluster.settings import get_settings
-from cluster.state.db import TuningJob, now
+from cluster.state.db import JobEvent, TuningJob, now
 from cluster.state.lookup import owned
 from serve_apps.catalog import BUILTIN_MODELS
 from serve_apps.errors import PlatformError
@@ -208,6 +208,7 @@ def delete_job(session: Session, project_id: str, job: str) -> None:
     row = find(session, project_id, job)
     check("delete", row)
     shutil.rmtree(row.output_dir, ignore_errors=True)
+    session.execute(delete(JobEvent).where(JobEvent.job_id == row.id))
     session.delete(row)
 
 

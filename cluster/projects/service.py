@@ -7,8 +7,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from cluster.projects.schemas import ProjectCreate, ProjectView
-from cluster.state.db import (DEFAULT_PROJECT, ApiKey, Endpoint, MyModel, PresetGrant, Project, Service, ServiceEvent,
-                              TuningJob, UsageRecord)
+from cluster.state.db import (DEFAULT_PROJECT, ApiKey, Endpoint, JobEvent, MyModel, PresetGrant, Project, Service,
+                              ServiceEvent, TuningJob, UsageRecord)
 from serve_apps.errors import PlatformError
 
 
@@ -43,6 +43,6 @@ def delete_project(session: Session, project_id: str) -> None:
             raise PlatformError("MaaS.0409", reason=f"Project {project_id!r} still owns {owned} "
                                                     f"{table.__tablename__.replace('_', ' ')}; delete them first.")
     # What remains of it goes too: a project created again with this id starts empty.
-    for table in (Endpoint, PresetGrant, UsageRecord, ServiceEvent):
+    for table in (Endpoint, PresetGrant, UsageRecord, ServiceEvent, JobEvent):
         session.execute(delete(table).where(table.project_id == project_id))
     session.delete(session.get(Project, project_id))

@@ -12,21 +12,23 @@ import logging
 import shlex
 import sys
 import threading
+import time
 from typing import Callable, Union
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.runtime.health import loop_health
-from cluster.runtime.webhooks import sender
+from cluster.runtime.events import Notification, deliver, loop_trouble, record_job_event
 from cluster.runtime.running_time import count_running, running_seconds
-from cluster.state.db import ACTIVE_JOB_STATES, CompressionJob, TuningJob, now, session_scope
+from cluster.state.db import ACTIVE_JOB_STATES, CompressionJob, JobEvent, TuningJob, now, session_scope
 from serve_apps import ray_compat
 from train_jobs.progress import read_status
 
 log = logging.getLogger("maas.jobs")
 ACTIVE = set(ACTIVE_JOB_STATES)
+EVENT_RETENTION_S = 30 * 86400
 Job = Union[TuningJob, CompressionJob]
 # What a completed job's outputs become: (session, job row, status.json's outputs) -> the model version id.
 OnCompleted = Callable[[object, Job, dict], str]
@@ -88,11 +90,15 @@ def _status_from(ray_status: str, phase: str, current: str) -> str:
 class JobSync(threading.Thread):
     """Every few seconds: for each active job, read Ray's status and status.json, and update the row."""
 
-    def __init__(self, database_url: str, on_completed: dict[type, OnCompleted], interval_s: float = 2.0):
+    def __init__(self, database_url: str, on_completed: dict[type, OnCompleted], interval_s: float = 2.0,
+                 client: Callable[[], object] = None):
         super().__init__(name="maas-job-sync", daemon=True)
         self.url, self.on_completed, self.interval_s = database_url, on_completed, interval_s
+        self.client = client or job_client  # what answers get_job_info (Ray's JobSubmissionClient)
         self.woken = threading.Event()
         self.health = loop_health("job_sync")
+        self._troubles: dict[str, str] = {}  # job id -> the trouble last written on it
+        self._pruned_at = 0.0
 
     def run(self) -> None:
         while True:
@@ -106,14 +112,14 @@ class JobSync(threading.Thread):
             self.woken.clear()
 
     def sync(self) -> None:
-        notes: list[tuple[str, dict]] = []
+        notes: list[Notification] = []
         registered = False
         with session_scope(self.url) as session:
             jobs = [job for table in self.on_completed
                     for job in session.scalars(select(table).where(table.status.in_(ACTIVE))).all()]
             if not jobs:
                 return
-            client = job_client()
+            client = self.client()
             for job in jobs:
                 if not job.submission_id:
                     continue
@@ -124,18 +130,33 @@ class JobSync(threading.Thread):
                 except Exception as exc:
                     log.exception("syncing job %s failed", job.id)
                     self.health.failed(exc, f"job {job.id}")
+                    self._trouble(session, job, exc)
                     continue
+                self._troubles.pop(job.id, None)
                 if job.status != before:
                     job.updated_at = now()
                     registered |= job.status == "completed"
-                    if job.notify_url and job.status in (job.notify_events or []):
-                        notes.append((job.notify_url, {
-                            "job_id": job.id, "job_name": job.name, "project_id": job.project_id,
-                            "status": job.status, "message": job.status_reason[:1024], "at": job.updated_at}))
+                    note = record_job_event(session, job, job.status_reason or f"{before} -> {job.status}.")
+                    if note is not None:
+                        notes.append(note)
+            if time.time() - self._pruned_at > 60:
+                session.execute(delete(JobEvent).where(JobEvent.at < now() - EVENT_RETENTION_S))
+                self._pruned_at = time.time()
         if registered:  # the new version is callable (a LoRA on its base) once the accounting actor knows it
             reload_accounting_blocking(log)
-        for url, payload in notes:
-            _post(url, payload)
+        deliver(self.url, notes)  # each outcome is written on its event, as for services
+
+    def _trouble(self, session, job: Job, exc: Exception) -> None:
+        """Write the failure on the job, as an event (once per kind of failure, not every pass)."""
+        message = loop_trouble(exc, "check this job's progress")
+        if self._troubles.get(job.id) == message:
+            return
+        self._troubles[job.id] = message
+        try:
+            with session.begin_nested():
+                record_job_event(session, job, message, status_changed=False)
+        except Exception:  # the database itself is the trouble: /health and the log have it
+            log.exception("recording the trouble of job %s failed", job.id)
 
     def _sync_one(self, session, client, job: Job) -> None:
         try:
@@ -178,14 +199,6 @@ def _ran(job: Job) -> int:
 def _count_running_time(job: Job) -> None:
     for column, value in count_running(job.status == "running", job.run_seconds, job.running_since, now()).items():
         setattr(job, column, value)
-
-
-def _post(url: str, payload: dict) -> None:
-    def done(failure: str | None) -> None:
-        if failure:
-            log.warning("notification of job %s failed: %s", payload["job_id"], failure)
-
-    sender().send(url, payload, on_done=done)
 
 
 _sync: JobSync | None = None

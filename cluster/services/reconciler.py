@@ -30,7 +30,7 @@ from sqlalchemy import delete, select, update
 from autoscaling.builder import policy_name
 from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.my_models import registry
-from cluster.runtime.events import Notification, deliver, record_event
+from cluster.runtime.events import Notification, deliver, loop_trouble, record_event
 from cluster.runtime.health import loop_health
 from cluster.services.scaling import ScalingEvents
 from cluster.services.lifecycle import (APP_PREFIX, AppState, Decision, Snapshot, Status, decide, deletable,
@@ -94,6 +94,7 @@ class Reconciler(threading.Thread):
         self.decisions = ScalingEvents()
         self.health = loop_health("reconciler")
         self._pruned_at = 0.0
+        self._troubles: dict[str, str] = {}  # service id -> the trouble last written on it
 
     def run(self) -> None:
         while True:
@@ -127,9 +128,11 @@ class Reconciler(threading.Thread):
                 decision = decide(snap, by_service.pop(snap.id, {}), at)
                 if self._commit(snap, decision):
                     self._act(snap, decision)
+                self._troubles.pop(snap.id, None)
             except Exception as exc:  # one service's trouble must not hold the others
                 log.exception("reconciling service %s failed", snap.id)
                 self.health.failed(exc, f"service {snap.id}")
+                self._trouble(snap, exc)
         for orphans in by_service.values():  # applications of services that no longer exist
             for name in deletable(orphans):
                 _delete_app(name)
@@ -137,6 +140,20 @@ class Reconciler(threading.Thread):
             with session_scope(self.url) as session:
                 session.execute(delete(ServiceEvent).where(ServiceEvent.at < at - EVENT_RETENTION_S))
             self._pruned_at = time.time()
+
+    def _trouble(self, snap: Snapshot, exc: Exception) -> None:
+        """Write the failure on the service, as an event (once per kind of failure, not every pass)."""
+        message = loop_trouble(exc, "bring this service to its desired state")
+        if self._troubles.get(snap.id) == message:
+            return
+        self._troubles[snap.id] = message
+        try:
+            with session_scope(self.url) as session:
+                row = session.get(Service, snap.id)
+                if row is not None:
+                    record_event(session, row, row.status, message, status_changed=False)
+        except Exception:  # the database itself is the trouble: /health and the log have it
+            log.exception("recording the trouble of service %s failed", snap.id)
 
     def _commit(self, snap: Snapshot, decision: Decision) -> bool:
         """Write the decision if the row is as it was read; False if it changed meanwhile."""

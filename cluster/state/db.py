@@ -122,6 +122,20 @@ class ServiceEvent(Base):
     notified: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class JobEvent(Base):
+    """A status change of a tuning or compression job (or a trouble the job-sync loop had with it), and the
+    outcome of its webhook; kept 30 days."""
+
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32), index=True)  # ft-... or cp-...
+    project_id: Mapped[str] = mapped_column(String(64))
+    at: Mapped[int] = mapped_column(default=now, index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(String(1024), default="")
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class Endpoint(Base):
     """A custom endpoint: its own name, RPM and TPM in front of one service. Deleted rows stay (names are
     never reused)."""
