@@ -38,6 +38,8 @@ class Settings(PlaneSettings):
     quota_models: int = Field(20, gt=0, description="Default per-project quota: my models.")
     quota_batch_size: int = Field(1024, gt=0, description="Default per-project quota: a job's global batch size.")
     quota_seq_len: int = Field(8192, gt=0, description="Default per-project quota: a job's sequence length.")
+    quota_model_disk_mb: int = Field(102_400, gt=0, description="Default per-project quota: MiB of my models' "
+                                                                "weights, all versions together.")
     max_upload_mb: int = Field(1024, gt=0, description="The largest dataset file an upload may send.")
     webhook_allow: str = Field("", description="Hosts or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) a "
                                                "webhook may reach although they are not public addresses.")

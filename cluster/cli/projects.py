@@ -28,7 +28,8 @@ def projects_delete(project_id: str, confirm: str = ConfirmOpt) -> None:
     console.print(f"Deleted project {project_id}.")
 
 
-QUOTA_COLUMNS = ["project_id", "services", "instances", "workers", "models", "batch_size", "seq_len", "overrides"]
+QUOTA_COLUMNS = ["project_id", "services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb",
+                 "overrides"]
 
 
 @projects_app.command("quotas")
@@ -39,11 +40,12 @@ def projects_quotas(project_id: str,
                     models: int = typer.Option(None, help="My models."),
                     batch_size: int = typer.Option(None, help="A job's global batch size."),
                     seq_len: int = typer.Option(None, help="A job's sequence length."),
+                    model_disk_mb: int = typer.Option(None, help="MiB of my models' weights, all versions."),
                     reset: bool = typer.Option(False, help="Back to the platform's defaults."),
                     as_json: bool = JsonOpt) -> None:
     """Show a project's quotas; with options (admin), set them (the ones not given stay as they are)."""
     given = {"services": services, "instances": instances, "workers": workers, "models": models,
-             "batch_size": batch_size, "seq_len": seq_len}
+             "batch_size": batch_size, "seq_len": seq_len, "model_disk_mb": model_disk_mb}
     current = call("GET", f"/projects/{project_id}/quotas")
     if reset or any(v is not None for v in given.values()):
         kept = {} if reset else {k: current[k] for k in current["overrides"]}

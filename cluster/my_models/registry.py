@@ -49,6 +49,8 @@ def _place(session: Session, model: MyModel, staging: Path, kind: str, source: s
     """Number the staged copy (one more than the highest version) and record it."""
     target = None
     try:
+        lock_project(session, model.project_id)  # parallel versions are counted one after another
+        project_quotas.check_model_disk(session, model.project_id, project_quotas.tree_bytes(staging))
         number = max(_check_room(session, model), default=0) + 1
         target = staging.parent / f"v{number}"
         try:
@@ -182,6 +184,7 @@ def create_model(project_id: str, spec: ModelCreate) -> ModelView:
         if session.scalar(select(MyModel.id).where(MyModel.project_id == project_id, MyModel.name == spec.name)):
             raise PlatformError("MaaS.0409", reason=f"A model named {spec.name!r} already exists in this project.")
         project_quotas.check_model(session, project_id)  # before the copy; checked again at the insert
+        project_quotas.check_model_disk(session, project_id, project_quotas.tree_bytes(source))
     model = MyModel(id="mdl-" + uuid.uuid4().hex[:12], project_id=project_id, name=spec.name,
                     description=spec.description, base_model=base.id)
     try:
@@ -208,6 +211,7 @@ def add_version(project_id: str, model_ref: str, spec: VersionCreate) -> Version
     with session_scope(get_settings().database_url) as session:
         model = find_model(session, project_id, model_ref)
         _check_room(session, model)
+        project_quotas.check_model_disk(session, project_id, project_quotas.tree_bytes(source))  # before the copy
     kind, staging = stage(source, base_card(model.base_model), model.id, None)
     view = None
     try:

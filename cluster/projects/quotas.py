@@ -4,12 +4,15 @@ both pass a count). No HTTP here."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from cluster.projects.schemas import QUOTA_FIELDS, QuotaSpec, QuotaView
 from cluster.settings import get_settings
-from cluster.state.db import MyModel, Project, Service
+from cluster.state.db import ModelVersion, MyModel, Project, Service
 from serve_apps.errors import PlatformError
 
 
@@ -67,3 +70,29 @@ def check_job(session: Session, project_id: str, workers: int, batch_size: int, 
                               (seq_len, "seq_len", "tokens of a job's sequence length")):
         if value > getattr(limit, name):
             raise _over(what, getattr(limit, name))
+
+
+def tree_bytes(path: str | Path) -> int:
+    """The bytes of the files under `path` (links not followed; a missing path is 0)."""
+    total = 0
+    for folder, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def check_model_disk(session: Session, project_id: str, adding: int) -> None:
+    """`adding` more bytes of weights fit the project's storage quota (every version of its models counts).
+    Call it under the project's lock (`lock_project`) so that parallel imports are counted one after another."""
+    limit = quotas(session, project_id).model_disk_mb
+    paths = session.scalars(select(ModelVersion.path).join(MyModel, ModelVersion.model_id == MyModel.id)
+                            .where(MyModel.project_id == project_id))
+    used = sum(tree_bytes(path) for path in paths)
+    if used + adding > limit * 2**20:
+        raise PlatformError("MaaS.0400", reason=(
+            f"Over the project's storage quota: at most {limit} MiB of model weights over all versions of its "
+            f"models ({used / 2**20:.1f} MiB in use, this version {adding / 2**20:.1f} MiB). Delete a version, "
+            "or an admin can raise it (maas projects quotas --model-disk-mb)."))

@@ -23,7 +23,7 @@ class ProjectView(BaseModel):
     created_at: int
 
 
-QUOTA_FIELDS = ("services", "instances", "workers", "models", "batch_size", "seq_len")
+QUOTA_FIELDS = ("services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb")
 _Quota = Field(None, ge=1, le=1_000_000)
 
 
@@ -36,11 +36,12 @@ class QuotaSpec(StrictModel):
     models: int | None = _Quota
     batch_size: int | None = _Quota
     seq_len: int | None = _Quota
+    model_disk_mb: int | None = Field(None, ge=1, le=10**9, description="MiB of my models' weights, all versions.")
 
 
 class QuotaView(BaseModel):
     """What a project may use: model services, engine instances over its running services, Ray Train workers
-    of one job, my models, a job's global batch size and sequence length."""
+    of one job, my models, a job's global batch size and sequence length, MiB of my models' weights."""
 
     project_id: str
     services: int
@@ -49,4 +50,5 @@ class QuotaView(BaseModel):
     models: int
     batch_size: int
     seq_len: int
+    model_disk_mb: int
     overrides: list[str] = Field(description="The quotas an admin set for this project (the rest: defaults).")

@@ -112,3 +112,43 @@ def test_register_version_takes_only_the_jobs_outputs(store):
             register_version(session, "default", "ft-model", _full(store / "elsewhere"), "full", "finetune:job-6",
                              base_model="tiny-chat")
     assert refused.value.spec.code == "MaaS.0403" and "MAAS_IMPORT_ROOTS" in refused.value.message
+
+
+def _weights(folder: Path, kib: int) -> Path:
+    _full(folder)
+    (folder / "model.safetensors").write_bytes(b"\0" * (kib * 1024))
+    return folder
+
+
+def test_the_storage_quota_counts_every_version_also_job_outputs_and_parallel_imports(store, monkeypatch):
+    """Before, a project could fill the platform's disk with model versions (no limit on bytes)."""
+    from cluster.my_models.registry import add_version, create_model, register_version
+    from cluster.my_models.schemas import ModelCreate, VersionCreate
+    from cluster.projects import quotas
+    from cluster.projects.schemas import QuotaSpec
+    from cluster.state.db import ModelVersion
+    from tests.helpers import race
+
+    imports = store / "imports"
+    monkeypatch.setenv("MAAS_IMPORT_ROOTS", str(imports))
+    get_settings.cache_clear()
+    url = get_settings().database_url
+    with session_scope(url) as session:
+        assert quotas.quotas(session, "default").model_disk_mb == 102_400  # MAAS_QUOTA_MODEL_DISK_MB's default
+        quotas.set_quotas(session, "default", QuotaSpec(model_disk_mb=1))
+    create_model("default", ModelCreate(name="big", base_model="tiny-chat", path=str(_weights(imports / "a", 600))))
+    with pytest.raises(PlatformError) as refused:  # refused before anything is copied
+        add_version("default", "big", VersionCreate(path=str(_weights(imports / "b", 600))))
+    assert refused.value.status == 400 and refused.value.spec.code == "MaaS.0400"
+    assert refused.value.message.startswith("Over the project's storage quota: at most 1 MiB of model weights")
+    assert "(0.6 MiB in use, this version 0.6 MiB)" in refused.value.message
+    jobs = store / "home" / "finetune"
+    with session_scope(url) as session, pytest.raises(PlatformError, match="storage quota"):  # a job's output
+        register_version(session, "default", "big", _weights(jobs / "out", 600), "full", "finetune:job-1")
+    small = [_weights(imports / f"s{i}", 300) for i in range(4)]  # 600 + 300 fits, 600 + 2 x 300 does not
+    outcomes = race(4, lambda i: add_version("default", "big", VersionCreate(path=str(small[i]))))
+    assert sorted(outcomes) == ["MaaS.0400"] * 3 + ["ok"]
+    with session_scope(url) as session:
+        assert session.query(ModelVersion).count() == 2
+    versions = sorted(p.name for p in (store / "home" / "models" / "my").glob("*/*"))
+    assert versions == ["v1", "v2"]  # no staging copy left behind
