@@ -119,6 +119,7 @@ class Admission(TypedDict, total=False):
     reservation: str  # what settle_many releases
     error: str
     params: dict[str, Any]
+    context_check: bool  # with a limit's error: the call may not fit the context, the engine counts it first
 
 
 class ModelList(TypedDict, total=False):

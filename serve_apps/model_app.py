@@ -145,6 +145,13 @@ class MaasLLMServer(LLMServer):
             return _single(error)
         return self._witnessed(await super().completions(request, raw_request_info), reservation, request.stream)
 
+    async def context_error(self, request):
+        """The product's context-length 400 for a chat or completion request (None when it fits), counted with
+        this engine's tokenizer: the gateway asks before it refuses a call on a limit (yields one item, as every
+        method the gateway calls does)."""
+        yield await self._over_context(request, "messages" if hasattr(request, "messages") else "prompt",
+                                       at_least=1)
+
     async def responses(self, request: dict, reservation: str | None = None):
         """The OpenAI Responses API (vLLM's own, which ray.serve.llm does not route): a JSON body in, a JSON
         dict or a stream of SSE events (`event: <type>` + `data: {...}`) out."""
@@ -185,8 +192,8 @@ class MaasLLMServer(LLMServer):
             return _single(result.model_dump(mode="json", by_alias=True, exclude_none=name.startswith("anthropic")))
         return self._batch_output_stream(result if name.startswith("anthropic") else _sse_events(result))
 
-    async def _over_context(self, request, unit: str) -> ErrorResponse | None:
-        max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
+    async def _over_context(self, request, unit: str, at_least: int | None = None) -> ErrorResponse | None:
+        max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens or at_least
         limit = self._llm_config.engine_kwargs.get("max_model_len")
         if not max_tokens or not limit:
             return None

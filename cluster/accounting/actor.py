@@ -65,6 +65,17 @@ class Denied(Exception):
     def __init__(self, code: str, **params):
         self.code, self.params = code, params
 
+LIMIT_CODES = ("ModelArts.81101", "ModelArts.81103", "MaaS.0429")
+
+
+def _may_exceed_context(route: Route, prompt_tokens: int, max_tokens: int | None) -> bool:
+    """Whether a text-generation call could be over its model's context. `prompt_tokens` estimates ~4 bytes a
+    token, and no tokenizer here makes more than one token a byte: the prompt is at most 4x the estimate, plus
+    its chat template."""
+    context = route["card"].get("context_length", 0)
+    return bool(context and "text-generation" in route["card"].get("types", [])
+                and 4 * prompt_tokens + 64 + (max_tokens or 1) > context)
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1000)
 class AccountingActor:
@@ -217,8 +228,13 @@ class AccountingActor:
                 code = {"rpm": "ModelArts.81101", "tpm": "ModelArts.81103", "qps": "MaaS.0429"}[exceeded.kind]
                 raise Denied(code, **{exceeded.kind: exceeded.value})
         except Denied as denied:
-            return {"caller": caller, "error": denied.code, "params": denied.params,
-                    "record": self._record_base(caller, model, endpoint, route)}
+            answer: Admission = {"caller": caller, "error": denied.code, "params": denied.params,
+                                 "record": self._record_base(caller, model, endpoint, route)}
+            if denied.code in LIMIT_CODES and _may_exceed_context(route, prompt_tokens, max_tokens):
+                # The prompt's estimate may be off either way: the gateway has the engine count it, and a call
+                # that cannot fit the context gets the engine's 400 instead of this 429.
+                answer |= {"route": route, "context_check": True}
+            return answer
         reservation_id = uuid.uuid4().hex
         record = self._record_base(caller, model, endpoint, route)
         self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record,

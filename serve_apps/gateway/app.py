@@ -256,6 +256,8 @@ class Gateway:
                     playground=request.headers.get("x-maas-playground") == "1")
         request.state.call = call
         if answer.get("error"):
+            if answer.get("context_check") and kind in ("chat", "completions"):
+                await self._refuse_over_context(route, body)
             raise error_for(answer["error"], model=body.model, **answer.get("params", {}))
         card = self._card(route)
         if not supports(card, kind):
@@ -267,6 +269,21 @@ class Gateway:
         if route.get("lora"):  # an adapter on the base model's engine, loaded there from local storage
             handle = handle.options(multiplexed_model_id=route["lora"])
         return Routed(route, card, answer["record"]["model"]), call, handle
+
+    async def _refuse_over_context(self, route: Route, body) -> None:
+        """A call about to be refused on a limit whose prompt may not fit the context at all: the engine counts
+        it, and one that cannot fit gets the product's 400 (what it would get with room in the limit)."""
+        handle = self._handle(route)
+        if route.get("lora"):
+            handle = handle.options(multiplexed_model_id=route["lora"])
+        try:
+            error = await handle.context_error.remote(body.model_copy(update={"model": route["engine_model"]})
+                                                      ).__anext__()
+        except Exception as exc:  # noqa: BLE001  (no engine to ask: the limit's refusal stands)
+            log.warning("the context check failed (%s: %s)", type(exc).__name__, exc)
+            return
+        if isinstance(error, ErrorResponse):
+            raise OpenAIError(error.error.code, error.error.message, error.error.type)
 
     # -- routes -------------------------------------------------------------------------------------
     @app.get("/v1/models")

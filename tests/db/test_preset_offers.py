@@ -136,3 +136,17 @@ def test_one_record_the_database_refuses_does_not_block_its_batch(url):
         rows = {r.request_id: r for r in session.scalars(select(UsageRecord))}
     assert rows["good"].model == "tiny-chat" and rows["good"].error_code == ""
     assert rows["bad"].model == "" and rows["bad"].error_code == "MaaS.0400" and rows["bad"].prompt_tokens == 3
+
+
+def test_a_limit_refusal_says_when_the_call_may_not_fit_the_context(url):
+    """A prompt whose estimate is near or over the context: the refusal carries the route and context_check, so
+    the gateway has the engine count it (its 400 comes before the 429); a small call's refusal does not."""
+    _offer(url, rpm=10**6, tpm=100)
+    _grant(url)
+    actor = Actor(url)
+    for model in ("tiny-chat", "mine"):
+        near = actor._admit((hash_key(SECRET), model, 520, None))  # ~2,080 bytes: maybe over 2,048 tokens
+        assert near["error"] == "ModelArts.81103" and near["context_check"] is True
+        assert near["route"]["card"]["context_length"] == 2048 and "reservation" not in near
+        small = actor._admit((hash_key(SECRET), model, 5, 200))
+        assert small["error"] == "ModelArts.81103" and "context_check" not in small and "route" not in small
