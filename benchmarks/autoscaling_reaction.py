@@ -34,7 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
+from machine import OtherLoad, machine  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 RESULTS = ROOT / "benchmarks" / "results" / "autoscaling.json"
 POLICIES = ["requests", "llm"]
@@ -72,7 +72,7 @@ class Replicas(threading.Thread):
 
 async def load(handle, concurrency: int, seconds: float, max_tokens: int) -> list[tuple[float, float | None]]:
     """`concurrency` callers in a loop for `seconds`: (sent at, TTFT or None if the call failed) each."""
-    from serve_apps.ray_compat import ChatCompletionRequest
+    from serve_apps.ray_compat import ChatCompletionRequest, ErrorResponse
 
     calls: list[tuple[float, float | None]] = []
     end = time.time() + seconds
@@ -84,7 +84,10 @@ async def load(handle, concurrency: int, seconds: float, max_tokens: int) -> lis
             sent = time.time()
             ttft = None
             try:
-                async for _chunk in handle.chat.remote(body):
+                async for chunk in handle.chat.remote(body):
+                    head = chunk[0] if isinstance(chunk, list) and chunk else chunk
+                    if isinstance(head, ErrorResponse):  # the engine refused the call: a failure, not a TTFT
+                        raise RuntimeError(head.error.message)
                     if ttft is None:
                         ttft = time.time() - sent
             except Exception as exc:  # a failed call counts as such
@@ -116,6 +119,8 @@ def run_policy(mode: str, args, model_path: str) -> dict:
     watch.start()
     time.sleep(args.idle)
     handle = serve.get_deployment_handle(spec.deployment_name, name).options(stream=True)
+    others = OtherLoad()
+    others.start()
     step = time.time()
     calls = asyncio.run(load(handle, args.concurrency, args.step, args.max_tokens))
     ended = time.time()
@@ -126,6 +131,7 @@ def run_policy(mode: str, args, model_path: str) -> dict:
     time.sleep(max(0.0, min(deadline, time.time() + 1) - time.time()))
     watch.stop.set()
     watch.join()
+    other_cores = others.stop()
     serve.delete(name)
     decision = watch.first(step, lambda target, _r: (target or 0) >= 2)
     serving = watch.first(step, lambda _t, running: running >= 2)
@@ -140,7 +146,7 @@ def run_policy(mode: str, args, model_path: str) -> dict:
             "ttft_p99_ms": 1000 * ttfts[min(len(ttfts) - 1, int(0.99 * len(ttfts)))] if ttfts else None,
             "down_s": None if down is None else down - ended,
             "replica_seconds": watch.replica_seconds(step, ended + args.after),
-            "window_s": ended + args.after - step}
+            "window_s": ended + args.after - step, "other_load_cores": other_cores}
 
 
 def fmt(value, unit: str = "", none: str = "never") -> str:
@@ -149,15 +155,16 @@ def fmt(value, unit: str = "", none: str = "never") -> str:
 
 def table(rows: list[dict], args) -> str:
     lines = ["| policy | decision after step | 2nd replica serving (its start; 1st engine load) | "
-             "TTFT p50 / p99 during step | scale-down after load | replica-s | calls (failed) |",
-             "|---|---|---|---|---|---|---|"]
+             "TTFT p50 / p99 during step | scale-down after load | replica-s | calls (failed) | other load |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {fmt(r['decision_s'], ' s')} | {fmt(r['serving_s'], ' s')} "
             f"({fmt(r['replica_start_s'], ' s', '-')}; {r['engine_load_s']:.1f} s) | "
             f"{fmt(r['ttft_p50_ms'], ' ms', '-')} / {fmt(r['ttft_p99_ms'], ' ms', '-')} | "
             f"{fmt(r['down_s'], ' s', f'>{args.after:g} s')} | {r['replica_seconds']:.0f} "
-            f"(of {r['window_s']:.0f} s) | {r['calls']} ({r['failed']}) |")
+            f"(of {r['window_s']:.0f} s) | {r['calls']} ({r['failed']}) | "
+            f"{fmt(r['other_load_cores'], ' cores', '-')} |")
     return "\n".join(lines)
 
 

@@ -88,6 +88,9 @@ def platform(tmp_path_factory) -> Platform:
         # the model store); their webhooks listen on 127.0.0.1, and they send X-Forwarded-For from there.
         "MAAS_IMPORT_ROOTS": os.pathsep.join([str(temp), str(cache.resolve())]), "MAAS_DATA_ROOTS": str(temp),
         "MAAS_WEBHOOK_ALLOW": "127.0.0.1", "MAAS_TRUSTED_PROXIES": "127.0.0.1",
+        # A call waits 5 s at most for an engine replica (test_autoscaling sees a cold start's 503 without waiting
+        # the 300 s default; every other test calls services that are Running).
+        "MAAS_COLD_START_TIMEOUT_S": "5",
         "FORWARDED_ALLOW_IPS": "",  # as `maas up` starts Ray: the proxy's uvicorn leaves X-Forwarded-For alone
         "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
     }
