@@ -86,7 +86,10 @@ def main() -> None:
              "service (detail)": f"/api/console/p/default/services/{first_service}",
              "model square": "/api/console/p/default/models",
              "API keys": "/api/console/p/default/keys",
-             "playground": "/api/console/p/default/playground"}
+             "playground": "/api/console/p/default/playground",
+             "compression (list)": "/api/console/p/default/compression",
+             "my models": "/api/console/p/default/my-models",
+             "presets (admin)": "/api/console/admin/presets"}
     results = []
     for name, path in pages.items():
         for _ in range(3):  # warm-up: templates compiled, caches filled
