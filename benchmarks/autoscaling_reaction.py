@@ -66,8 +66,12 @@ class Replicas(threading.Thread):
         return next((t for t, target, running in self.samples if t >= after and check(target, running)), None)
 
     def replica_seconds(self, start: float, end: float) -> float:
+        """Running replicas integrated over [start, end]; the watch stops once the scale-down is seen, and the
+        count it saw last holds until `end` (so every policy is counted over the same window)."""
         inside = [(t, running) for t, _target, running in self.samples if start <= t <= end]
-        return sum((b[0] - a[0]) * a[1] for a, b in zip(inside, inside[1:]))
+        if not inside:
+            return 0.0
+        return sum((b[0] - a[0]) * a[1] for a, b in zip(inside, inside[1:])) + (end - inside[-1][0]) * inside[-1][1]
 
 
 async def load(handle, concurrency: int, seconds: float, max_tokens: int) -> list[tuple[float, float | None]]:
