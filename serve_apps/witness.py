@@ -97,7 +97,7 @@ class UsageWitness:
                 pass
 
     async def _push_totals(self) -> None:
-        sent = None
+        sent, failing = None, False
         while True:
             now = (self.prompt_total, self.generation_total)
             if now != sent:
@@ -109,7 +109,11 @@ class UsageWitness:
                     sent = now
                 except Exception as exc:  # noqa: BLE001  (the actor restarts: sent again next time)
                     self._actor = None
-                    log.warning("engine token totals not taken (%s)", type(exc).__name__)
+                    # Once per outage, not every 5 s (an engine may also run without the platform's actor).
+                    (log.debug if failing else log.warning)("engine token totals not taken (%s)", type(exc).__name__)
+                    failing = True
+                else:
+                    failing = False
             await asyncio.sleep(TOTALS_EVERY_S)
 
     def report(self, reservation: str, prompt: int, completion: int, started: float, stream: bool) -> None:
