@@ -37,11 +37,16 @@ async def _sources(project: str) -> list[dict]:
     return sources
 
 
+async def _version_numbers(project: str) -> dict[str, str]:
+    """A job's result is a version id; the page shows the version's number (the id once the version is gone)."""
+    return {v.id: f"v{v.version}" for m in await my_models_router.list_models(project) for v in m.versions}
+
+
 async def _list_page(request: Request, viewer: Viewer, project: str, status: int = 200, **context):
     jobs = await run_in_threadpool(compression_router.list_jobs, project)
     return await page(request, "compression.html", viewer, project, status, jobs=jobs[::-1],
-                      sources=await _sources(project), strategies=[s.value for s in Strategy], formats=FORMATS,
-                      **context)
+                      versions=await _version_numbers(project), sources=await _sources(project),
+                      strategies=[s.value for s in Strategy], formats=FORMATS, **context)
 
 
 @router.get("/p/{project}/compression", response_class=HTMLResponse)
@@ -55,7 +60,8 @@ async def compression_rows(request: Request, project: str):
     """The job table's rows alone (htmx refreshes them while a job runs)."""
     viewer = access(request, project)
     jobs = await run_in_threadpool(compression_router.list_jobs, project)
-    return await page(request, "compression_rows.html", viewer, project, jobs=jobs[::-1])
+    return await page(request, "compression_rows.html", viewer, project, jobs=jobs[::-1],
+                      versions=await _version_numbers(project))
 
 
 @router.post("/p/{project}/compression", response_class=HTMLResponse)
@@ -90,7 +96,7 @@ async def _job_page(request: Request, viewer: Viewer, project: str, job: str, st
     except Exception:  # noqa: BLE001 - the Ray job's logs may be unreachable; the page still renders
         logs = "(logs not available)"
     return await page(request, "compression_job.html", viewer, project, status, job=view, logs=logs[-200_000:],
-                      search=search, **context)
+                      search=search, versions=await _version_numbers(project), **context)
 
 
 @router.get("/p/{project}/compression/{job}", response_class=HTMLResponse)
@@ -104,7 +110,8 @@ async def compression_progress(request: Request, project: str, job: str):
     """The status and progress block alone (htmx polls it every 2 s while the job is not finished)."""
     viewer = access(request, project)
     view = await run_in_threadpool(compression_router.get_job, project, job)
-    return await page(request, "compression_progress.html", viewer, project, job=view)
+    return await page(request, "compression_progress.html", viewer, project, job=view,
+                      versions=await _version_numbers(project))
 
 
 @router.get("/p/{project}/compression/{job}/logs")

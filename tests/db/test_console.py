@@ -14,7 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cluster.settings import get_settings
-from cluster.state.db import CompressionJob, PresetGrant, UsageRecord, session_scope
+from cluster.state.db import CompressionJob, ModelVersion, MyModel, PresetGrant, UsageRecord, session_scope
 
 ADMIN = "admin-console-db"
 CONSOLE = "/api/console"
@@ -287,12 +287,16 @@ def test_a_compression_jobs_page_progress_logs_stop_and_delete(team, tmp_path, m
     (out / "status.json").write_text(json.dumps({"phase": "completed", "percent": 100.0, "step": 2, "total_steps": 2,
                                                  "elapsed_s": 7.5, "eta_s": 0, "outputs": {"bytes": 3 * 1048576}}))
     with session_scope(get_settings().database_url) as session:
+        session.add(MyModel(id="mdl-cout", project_id="team-c", name="c-out", description="", base_model="tiny-chat"))
+        session.flush()
+        session.add(ModelVersion(id="mv-cout-1", model_id="mdl-cout", version=1, path=str(tmp_path), kind="full",
+                                 source="compress:cp-0123456789ab", status="created", quantization="awq-w4a16"))
         session.add(CompressionJob(
             id="cp-0123456789ab", project_id="team-c", name="done-job", strategy="awq-w4a16", model_ref="tiny-chat",
             base_model="tiny-chat", source_path="/x", output_model="c-out", output_dir=str(out), status="completed",
-            runs=1, result_version="1", params={"num_samples": 16, "max_seq_len": 128}))
+            runs=1, result_version="mv-cout-1", params={"num_samples": 16, "max_seq_len": 128}))
     listed = client.get(f"{CONSOLE}/p/team-c/compression").text
-    assert 'data-name="done-job"' in listed
+    assert 'data-name="done-job"' in listed and "c-out v1</td>" in listed  # the version's number, not its id
     assert "hx-trigger" not in listed.split('id="compression-rows"')[1].split(">")[0]  # finished: no polling
     page = client.get(f"{CONSOLE}/p/team-c/compression/done-job?search=layer").text
     assert 'id="cp-status">completed<' in page and 'id="cp-percent">100.0<' in page and "layer groups 2/2" in page
