@@ -62,7 +62,7 @@ lint-imports: install
 	$(BIN)/lint-imports --no-cache
 
 test: lint-imports
-	$(BIN)/python -m pytest -v $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -v --durations=30 $(PYTEST_ARGS)
 ifneq ($(strip $(PG_TESTS)),)
 	MAAS_TEST_DATABASE=postgres MAAS_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -v $(PG_TESTS)
 endif
