@@ -55,10 +55,13 @@ def service(platform):
 
 def test_queueing_load_adds_a_replica_answers_throughout_and_scales_back(platform, service, client):
     assert service["replicas_running"] == 1 and service["replicas_target"] == 1
-    stop, failures, answered = threading.Event(), [], []
+    stop, ease, failures, answered = threading.Event(), threading.Event(), [], []
 
-    def caller() -> None:
-        while not stop.is_set():
+    def caller(index: int) -> None:
+        # After the decision 4 callers keep going: still more than the 2 one engine runs (the queue stays, so
+        # no scale-down), and the second replica's start gets a core (on 2 cores, 8 callers starved it for
+        # minutes).
+        while not stop.is_set() and not (index >= 4 and ease.is_set()):
             try:
                 reply = client.chat.completions.create(model=NAME, max_tokens=48, temperature=1.0,
                                                        messages=[{"role": "user", "content": "tell me a story"}])
@@ -68,8 +71,8 @@ def test_queueing_load_adds_a_replica_answers_throughout_and_scales_back(platfor
 
     started = time.time()
     with ThreadPoolExecutor(8) as pool:  # 8 callers, 2 run at once per engine: 6 wait in vLLM's queue
-        for _ in range(8):
-            pool.submit(caller)
+        for index in range(8):
+            pool.submit(caller, index)
         try:
             decided = _until(platform, lambda v: (v["replicas_target"] or 0) >= 2, 60, "a scale-up decision")
             up = decided["last_scaling"]
@@ -77,7 +80,8 @@ def test_queueing_load_adds_a_replica_answers_throughout_and_scales_back(platfor
             # requests waiting in vLLM's queue or at Serve's handles (the policy's pressure: autoscaling/policy.py)
             assert up["reason"].startswith(("panic", "stable"))
             assert up["signals"]["waiting"] + up["signals"]["queued"] > 0, up
-            _until(platform, lambda v: v["replicas_running"] == 2, 180, "the second replica serving")
+            ease.set()
+            _until(platform, lambda v: v["replicas_running"] == 2, 360, "the second replica serving")
             time.sleep(3)  # the new replica takes calls
         finally:
             stop.set()
