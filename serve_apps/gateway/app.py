@@ -409,7 +409,10 @@ class Gateway:
             async for text in relay.run(first, rest):
                 yield text
         except (asyncio.CancelledError, GeneratorExit):
-            status, code = 499, "MaaS.0499"
+            # Closed after the answer's end (its final usage seen; SDKs close at `[DONE]`, sometimes before the
+            # engine's stream has ended here): a complete call, 200. Before it: the client went away, 499.
+            if not call.usage_final:
+                status, code = 499, "MaaS.0499"
             rest.cancel()
             raise
         except Exception as exc:  # noqa: BLE001  (any engine failure mid-stream)

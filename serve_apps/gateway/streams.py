@@ -129,6 +129,7 @@ class ResponsesShape:
             usage = ((_payload(chunk) or {}).get("response") or {}).get("usage") or {}
             call.prompt_tokens = usage.get("input_tokens", 0) or 0
             call.completion_tokens = usage.get("output_tokens", 0) or 0
+            call.usage_final = True
         return False
 
     @classmethod
@@ -173,6 +174,7 @@ class MessagesShape:
             usage = (_payload(chunk) or {}).get("usage") or {}
             call.prompt_tokens = usage.get("input_tokens") or call.prompt_tokens
             call.completion_tokens = usage.get("output_tokens", 0) or call.completion_tokens
+            call.usage_final = True
         return False
 
     def running(self, chunk: str) -> str:
