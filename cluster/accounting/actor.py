@@ -109,6 +109,8 @@ class AccountingActor:
             self._routes = load_routes(session)
             self._free_used = {}
             for (project_id, model_id), grant in self._routes.grants.items():
+                if not grant["granted"]:
+                    continue
                 on_offer = (UsageRecord.service_id == model_id) & (UsageRecord.service_type == "free")
                 loras = self._routes.lora_ids(project_id, model_id)
                 if loras:
@@ -178,13 +180,14 @@ class AccountingActor:
         grant = self._routes.grants.get((project_id, offer_id))
         if grant is not None and grant["frozen"]:
             raise Denied("ModelArts.81006")
-        if service_type == "commercial" and grant is None:
+        granted = grant is not None and grant["granted"]  # a freeze alone is no activation
+        if service_type == "commercial" and not granted:
             raise Denied("ModelArts.81004")
         if service_type == "free" and preset is not None:
             if preset["expires_at"] is not None and now >= preset["expires_at"]:
                 raise Denied("ModelArts.81014")
             if preset["free_quota_tokens"] is not None:
-                if grant is None:
+                if not granted:
                     raise Denied("ModelArts.81004")
                 if self._free_used.get((project_id, offer_id), 0) >= preset["free_quota_tokens"]:
                     raise Denied("ModelArts.81005")
@@ -238,15 +241,22 @@ class AccountingActor:
         reservation_id = uuid.uuid4().hex
         record = self._record_base(caller, model, endpoint, route)
         self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record,
-                                              self._quota_key(caller["project_id"], route), now, gateway)
+                                              self._quota_key(caller["project_id"], route, now), now, gateway)
         self._metrics.in_flight(record, +1)
         return {"caller": caller, "route": route, "reservation": reservation_id, "record": record}
 
-    def _quota_key(self, project_id: str, route: Route) -> tuple[str, str] | None:
-        """The free quota a call of `route` draws on: its preset offer's, when that offer is free."""
+    def _quota_key(self, project_id: str, route: Route, started: float) -> tuple[str, str] | None:
+        """The free quota a call of `route` started at `started` draws on: its preset offer's claimed quota.
+        A call admitted before the claim is not on it (the reload after the claim counts from the claim, and
+        its settlement may come later)."""
         offer_id = route.get("offer")
         offer = self._routes.presets.get(offer_id) if offer_id else None
-        return (project_id, offer_id) if offer is not None and offer["service_type"] == "free" else None
+        grant = self._routes.grants.get((project_id, offer_id)) if offer_id else None
+        if (offer is None or offer["service_type"] != "free" or not offer["preset"]
+                or offer["preset"]["free_quota_tokens"] is None or grant is None or not grant["granted"]
+                or started < grant["since"]):
+            return None
+        return project_id, offer_id
 
     @staticmethod
     def _record_base(caller: Caller, model: str, endpoint: EndpointRoute | None, route: Route | None) -> RecordBase:
@@ -308,7 +318,7 @@ class AccountingActor:
             endpoint, route = self._routes.resolve(record["project_id"], record["model"])
             if route is not None:
                 self._windows.count(self._limits(record["project_id"], endpoint, route), tokens, record["ts"])
-                quota_key = self._quota_key(record["project_id"], route)
+                quota_key = self._quota_key(record["project_id"], route, record["ts"])
         if quota_key is not None:
             self._free_used[quota_key] = self._free_used.get(quota_key, 0) + tokens
         self._metrics.observe(record)

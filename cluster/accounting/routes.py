@@ -94,7 +94,8 @@ def load_routes(session: Session) -> RouteTable:
             "enabled": ep.enabled, "created": ep.created_at,
         }
     for grant in session.scalars(select(PresetGrant)):
-        table.grants[(grant.project_id, grant.model_id)] = {"frozen": grant.frozen, "since": grant.created_at}
+        table.grants[(grant.project_id, grant.model_id)] = {"frozen": grant.frozen, "granted": grant.granted,
+                                                             "since": grant.created_at}
     return table
 
 

@@ -4,6 +4,8 @@ a project's use; projects activate, claim, and list what they have."""
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -27,11 +29,14 @@ def _preset(session: Session, model_id: str) -> Preset:
 
 
 def _grant(session: Session, project_id: str, model_id: str) -> PresetGrant:
+    """The project's activation or claim; a row a freeze made before (not granted) becomes one from now."""
     grant = session.get(PresetGrant, (project_id, model_id))
     if grant is None:
-        grant = PresetGrant(project_id=project_id, model_id=model_id)
+        grant = PresetGrant(project_id=project_id, model_id=model_id, granted=True, created_at=time.time())
         session.add(grant)
-        session.flush()
+    elif not grant.granted:
+        grant.granted, grant.created_at = True, time.time()
+    session.flush()
     return grant
 
 
@@ -51,16 +56,21 @@ def set_preset(session: Session, model_id: str, spec: PresetSpec) -> PresetView:
 
 
 def freeze(session: Session, model_id: str, spec: FreezeSpec) -> ProjectPresetView:
+    """Freezing a project that never activated or claimed records the freeze only (`granted` false)."""
     preset = _preset(session, model_id)
-    grant = _grant(session, spec.project_id, model_id)
+    grant = session.get(PresetGrant, (spec.project_id, model_id))
+    if grant is None:
+        grant = PresetGrant(project_id=spec.project_id, model_id=model_id, granted=False, created_at=time.time())
+        session.add(grant)
     grant.frozen = spec.frozen
     session.flush()
-    return ProjectPresetView(**_view(preset).model_dump(), activated=True, frozen=grant.frozen)
+    return ProjectPresetView(**_view(preset).model_dump(), activated=grant.granted, frozen=grant.frozen)
 
 
 def project_presets(session: Session, project_id: str) -> list[ProjectPresetView]:
     grants = {g.model_id: g for g in session.scalars(select(PresetGrant).where(PresetGrant.project_id == project_id))}
-    return [ProjectPresetView(**_view(row).model_dump(), activated=row.model_id in grants,
+    return [ProjectPresetView(**_view(row).model_dump(),
+                              activated=bool(grants.get(row.model_id) and grants[row.model_id].granted),
                               frozen=bool(grants.get(row.model_id) and grants[row.model_id].frozen))
             for row in session.scalars(select(Preset).order_by(Preset.model_id))]
 
@@ -76,8 +86,7 @@ def activate(session: Session, project_id: str, models: list[str] | None) -> Non
         grant = session.get(PresetGrant, (project_id, model_id))
         if grant is not None and grant.frozen:
             raise PlatformError("ModelArts.81006")
-        if grant is None:
-            session.add(PresetGrant(project_id=project_id, model_id=model_id))
+        _grant(session, project_id, model_id)
 
 
 def claim(session: Session, project_id: str, model_id: str) -> ProjectPresetView:

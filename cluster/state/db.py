@@ -168,13 +168,17 @@ class Preset(Base):
 
 
 class PresetGrant(Base):
-    """A project's activation (commercial) or claim (free quota) of a preset, and whether it is frozen."""
+    """A project's activation (commercial) or claim (free quota) of a preset, and whether it is frozen. An
+    admin may freeze a project that never activated or claimed: its row then has `granted` false."""
 
     __tablename__ = "preset_grants"
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("presets.model_id"), primary_key=True)
     frozen: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[int] = mapped_column(default=now)
+    granted: Mapped[bool] = mapped_column(Boolean, default=True)
+    # when it was activated or claimed, epoch seconds with their fraction: the free quota counts the calls
+    # that started after it (usage_records.ts), to the millisecond
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
 
 
 class UsageRecord(Base):

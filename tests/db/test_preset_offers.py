@@ -13,6 +13,8 @@ import uuid
 import pytest
 
 from cluster.accounting.actor import AccountingActor
+from cluster.presets import service as preset_service
+from cluster.presets.schemas import FreezeSpec
 from cluster.presets.service import register_builtin_models
 from cluster.state.db import ApiKey, ModelVersion, MyModel, Preset, PresetGrant, Project, session_scope
 from serve_apps.contract import hash_key
@@ -55,8 +57,8 @@ def _admit(actor, model: str, max_tokens: int = 10) -> dict:
     return actor._admit((hash_key(SECRET), model, 5, max_tokens))
 
 
-def _settle(actor, answer: dict, tokens: int) -> None:
-    record = answer["record"] | {"request_id": uuid.uuid4().hex, "ts": time.time(), "prompt_tokens": tokens,
+def _settle(actor, answer: dict, tokens: int, started: float | None = None) -> None:
+    record = answer["record"] | {"request_id": uuid.uuid4().hex, "ts": started or time.time(), "prompt_tokens": tokens,
                                  "completion_tokens": 0, "status_code": 200}
     asyncio.run(actor.settle_many([(answer["reservation"], record)]))
 
@@ -93,6 +95,53 @@ def test_the_lora_of_a_frozen_expired_or_unactivated_preset_is_refused_like_the_
     _grant(url)
     actor.reload()
     assert "error" not in _admit(actor, "mine")
+
+
+def test_a_call_admitted_before_the_claim_does_not_draw_on_the_claimed_quota(url):
+    """Before: every call on a free offer drew on its quota, so a call admitted before the admin set a quota
+    and the project claimed it, settled after the claim's reload, used the fresh quota up (the e2e test of the
+    LoRA saw 81005 on its first call after the claim); and the claim counted from its whole second, so the
+    calls of that second before it counted too, after a restart."""
+    actor = Actor(url)
+    early, started = _admit(actor, "tiny-chat"), time.time()  # the offer has no quota yet
+    assert "error" not in early
+    _settle(actor, _admit(actor, "mine"), 50)  # settled before the claim, started before it: not on the quota
+    _offer(url, free_quota_tokens=100)
+    with session_scope(url) as session:
+        preset_service.claim(session, "p1", "tiny-chat")
+    actor.reload()
+    _settle(actor, early, 500, started)  # its record's ts is its start; its settlement comes after the claim's reload
+    answer = _admit(actor, "mine")
+    assert "error" not in answer
+    _settle(actor, answer, 60)
+    assert "error" not in _admit(actor, "tiny-chat")  # 60 of 100 used
+    assert "error" not in _admit(Actor(url), "tiny-chat")  # the same after a restart, from the records
+    answer = _admit(actor, "mine")
+    _settle(actor, answer, 60)
+    assert _admit(actor, "tiny-chat")["error"] == "ModelArts.81005"
+    assert _admit(Actor(url), "mine")["error"] == "ModelArts.81005"
+
+
+def test_a_freeze_alone_is_no_activation_and_the_unfreeze_gives_none(url):
+    """Before: freezing a project that never activated a commercial preset created its grant, and after the
+    unfreeze the project could call the preset without activating it."""
+    _offer(url, kind="commercial")
+    actor = Actor(url)
+    with session_scope(url) as session:
+        assert preset_service.freeze(session, "tiny-chat", FreezeSpec(project_id="p1")).activated is False
+    actor.reload()
+    assert _admit(actor, "tiny-chat")["error"] == "ModelArts.81006"
+    with session_scope(url) as session:
+        preset_service.freeze(session, "tiny-chat", FreezeSpec(project_id="p1", frozen=False))
+    actor.reload()
+    assert _admit(actor, "tiny-chat")["error"] == "ModelArts.81004"
+    assert _admit(actor, "mine")["error"] == "ModelArts.81004"
+    with session_scope(url) as session:
+        assert [v.activated for v in preset_service.project_presets(session, "p1")] == [False]
+        preset_service.activate(session, "p1", ["tiny-chat"])
+        assert [v.activated for v in preset_service.project_presets(session, "p1")] == [True]
+    actor.reload()
+    assert "error" not in _admit(actor, "tiny-chat")
 
 
 def test_the_lora_shares_the_presets_model_level_rpm_and_tpm_window(url):
