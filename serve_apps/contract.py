@@ -9,10 +9,33 @@ gateway finds it by name and speaks only these types and the methods listed in `
 from __future__ import annotations
 
 import hashlib
+import uuid
+import zlib
 from typing import Any, NamedTuple, NotRequired, Protocol, TypedDict
 
 ACCOUNTING_ACTOR = "maas-accounting"  # named, detached, in NAMESPACE
 NAMESPACE = "maas"  # Ray namespace of the platform's named actors
+
+
+def shard_actor(shard: int) -> str:
+    """The name of accounting shard `shard` (MAAS_ACCOUNTING_SHARDS): shard 0 keeps the single actor's name."""
+    return ACCOUNTING_ACTOR if shard == 0 else f"{ACCOUNTING_ACTOR}-{shard}"
+
+
+def project_shard(project_id: str, shards: int) -> int:
+    """The shard that admits and settles a project's calls. Every limit is per project, so each stays exact in
+    its shard; CRC-32 is the same in every process (Python's hash() of a str is not)."""
+    return zlib.crc32(project_id.encode()) % shards if shards > 1 else 0
+
+
+def new_reservation(shard: int) -> str:
+    """A reservation id that names its shard (`s<shard>-<hex>`; shard 0: the plain hex of one actor), so that
+    settlements and the engines' reports find the shard holding it."""
+    return uuid.uuid4().hex if shard == 0 else f"s{shard}-{uuid.uuid4().hex}"
+
+
+def reservation_shard(reservation: str) -> int:
+    return int(reservation[1:reservation.index("-")]) if reservation.startswith("s") else 0
 
 
 def hash_key(secret: str) -> str:
@@ -120,6 +143,7 @@ class Admission(TypedDict, total=False):
     error: str
     params: dict[str, Any]
     context_check: bool  # with a limit's error: the call may not fit the context, the engine counts it first
+    shard: int  # alone: the caller's project is that shard's; ask it (nothing was admitted or refused here)
 
 
 class ModelList(TypedDict, total=False):
@@ -131,6 +155,13 @@ class ModelList(TypedDict, total=False):
 class Settlement(NamedTuple):
     reservation: str | None  # None: the call was never admitted (refused, or only authenticated)
     record: UsageRecord
+
+
+def settlement_shard(settlement: Settlement, shards: int) -> int:
+    """Where a settlement goes: the shard of its reservation, else (a refused call) its project's shard."""
+    if settlement.reservation:
+        return reservation_shard(settlement.reservation)
+    return project_shard(settlement.record["project_id"], shards)
 
 
 class WitnessReport(NamedTuple):

@@ -33,6 +33,9 @@ class PlaneSettings(BaseSettings):
                                                  "header is believed; none by default.")
     metrics_token: str | None = Field(None, description="A bearer token that may read /metrics (besides the "
                                                         "admin key), for a Prometheus scraper.")
+    accounting_shards: int = Field(1, ge=1, le=256, description=(
+        "Accounting actors that admissions and settlements are sharded over, by project (every limit is per "
+        "project, so each stays exact in its shard). Set the same value everywhere the platform runs."))
     cold_start_timeout_s: float = Field(300.0, gt=0, le=3600, description=(
         "How long a call waits for an engine replica to take it (a service scaled to zero starts its first "
         "one; every replica busy at its max ongoing requests) before the 503 MaaS.0503. Under the OpenAI "

@@ -8,6 +8,8 @@ The report costs the stream nothing per chunk: the batch last yielded is kept, a
 its last `"usage":{...}` read (every chunk carries the running count: the gateway asks for
 continuous_usage_stats). Reports travel in batches, in the background; a report the actor cannot take is
 retried a few times and then dropped (the gateway's own settlement is the rule, this is the fallback).
+With accounting shards, each report goes to the shard its reservation id names; the engine's token totals go
+to shard 0 only (so `maas usage audit` counts them once).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, AsyncGenerator
 
 import ray
 
-from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE, EngineTotals, WitnessReport
+from serve_apps.contract import NAMESPACE, EngineTotals, WitnessReport, reservation_shard, shard_actor
 
 log = logging.getLogger("maas.witness")
 MAX_QUEUED_REPORTS = 10_000
@@ -75,8 +77,9 @@ class UsageWitness:
     engine processed (every step, as vLLM's Prometheus counters do) and sends the totals every few seconds."""
 
     def __init__(self, actor_getter=None, replica: str = "", app_name: str = ""):
-        self._get_actor = actor_getter or (lambda: ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE))
-        self._actor = None
+        # actor_getter(shard): the handle of accounting shard `shard`
+        self._get_actor = actor_getter or (lambda shard: ray.get_actor(shard_actor(shard), namespace=NAMESPACE))
+        self._actors: dict[int, object] = {}  # shard -> its handle
         self._queue: list[WitnessReport] = []
         self._sending = False
         self.replica, self.app_name = replica, app_name
@@ -102,19 +105,22 @@ class UsageWitness:
             now = (self.prompt_total, self.generation_total)
             if now != sent:
                 try:
-                    if self._actor is None:
-                        self._actor = self._get_actor()
-                    await self._actor.engine_totals.remote(EngineTotals(self.replica, self.app_name, *now,
-                                                                        time.time()))
+                    await self._actor(0).engine_totals.remote(EngineTotals(self.replica, self.app_name, *now,
+                                                                           time.time()))
                     sent = now
                 except Exception as exc:  # noqa: BLE001  (the actor restarts: sent again next time)
-                    self._actor = None
+                    self._actors.pop(0, None)
                     # Once per outage, not every 5 s (an engine may also run without the platform's actor).
                     (log.debug if failing else log.warning)("engine token totals not taken (%s)", type(exc).__name__)
                     failing = True
                 else:
                     failing = False
             await asyncio.sleep(TOTALS_EVERY_S)
+
+    def _actor(self, shard: int):
+        if shard not in self._actors:
+            self._actors[shard] = self._get_actor(shard)
+        return self._actors[shard]
 
     def report(self, reservation: str, prompt: int, completion: int, started: float, stream: bool) -> None:
         if len(self._queue) >= MAX_QUEUED_REPORTS:
@@ -129,18 +135,22 @@ class UsageWitness:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                for attempt in range(SEND_ATTEMPTS):
-                    try:
-                        if self._actor is None:
-                            self._actor = self._get_actor()
-                        await self._actor.witness_many.remote(batch)
-                        break
-                    except Exception as exc:  # noqa: BLE001  (the actor restarts; try again shortly)
-                        self._actor = None
-                        log.warning("usage reports not taken (%s); attempt %d", type(exc).__name__, attempt + 1)
-                        await asyncio.sleep(0.2 * 2 ** attempt)
+                shards: dict[int, list[WitnessReport]] = {}
+                for report in batch:
+                    shards.setdefault(reservation_shard(report.reservation), []).append(report)
+                await asyncio.gather(*[self._send_to(shard, reports) for shard, reports in shards.items()])
         finally:
             self._sending = False
+
+    async def _send_to(self, shard: int, reports: list[WitnessReport]) -> None:
+        for attempt in range(SEND_ATTEMPTS):
+            try:
+                await self._actor(shard).witness_many.remote(reports)
+                return
+            except Exception as exc:  # noqa: BLE001  (the actor restarts; try again shortly)
+                self._actors.pop(shard, None)
+                log.warning("usage reports not taken (%s); attempt %d", type(exc).__name__, attempt + 1)
+                await asyncio.sleep(0.2 * 2 ** attempt)
 
 
 async def witnessed(generator: AsyncGenerator, reservation: str | None, witness: UsageWitness,

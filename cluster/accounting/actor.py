@@ -6,6 +6,11 @@ is settled here and written to SQL before `settle` returns (group commit), so a 
 re-sending an unacknowledged record (Ray retries actor tasks across restarts) loses none.
 
 After a restart the windows are rebuilt from the last minute of usage records, so limits keep holding.
+
+Sharded (MAAS_ACCOUNTING_SHARDS > 1): shard i admits and settles the calls of the projects `project_shard` gives
+it; every limit is per project, so each stays exact. Every shard loads every key, so any shard can tell a
+caller's project; it answers `{"shard": j}` for another shard's caller. A restart of one shard (it rebuilds
+its own projects' windows) touches no other shard's projects. The engines' token totals go to shard 0 only.
 The gateway depends only on `serve_apps.contract` (the types and `ActorMethods`: `admit_many`,
 `settle_many`, `list_models`, `metrics_text`; `admit` and `settle` are the one-call forms).
 """
@@ -16,7 +21,6 @@ import asyncio
 import hmac
 import logging
 import time
-import uuid
 from collections import deque
 
 import ray
@@ -28,15 +32,15 @@ from cluster.accounting.metrics import UsageMetrics
 from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
 from cluster.accounting.windows import Limit, Reservation, Windows
 from cluster.state.db import AdminKey, ApiKey, UsageRecord, get_engine, session_scope
-from serve_apps.contract import (ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute,
-                                 ModelList, RecordBase, Route, Settlement, UsageRecord as UsageRecordDict,
-                                 EngineTotals, WitnessReport)
+from serve_apps.contract import (NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute, ModelList, RecordBase,
+                                 Route, Settlement, UsageRecord as UsageRecordDict, EngineTotals, WitnessReport,
+                                 new_reservation, project_shard, shard_actor)
 
 log = logging.getLogger(__name__)
 FLUSH_DELAY_S = 0.002  # group commit: records arriving within this window share one transaction
 SETTLED_MEMORY = 200_000
 # A gateway replica that has not said it is alive for this long is dead: the engines' reports of the calls it
-# carried settle them (status 502, MaaS.0502). Gateways say so every HEARTBEAT_S (serve_apps.gateway.app).
+# carried settle them (status 502, MaaS.0502). Gateways say so every HEARTBEAT_S (serve_apps.gateway.shards).
 GATEWAY_LEASE_S = 15.0
 SWEEP_INTERVAL_S = 2.0
 # A call whose gateway died and whose engine never reported (both gone) is settled with no tokens after this.
@@ -79,8 +83,9 @@ def _may_exceed_context(route: Route, prompt_tokens: int, max_tokens: int | None
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1000)
 class AccountingActor:
-    def __init__(self, database_url: str):
+    def __init__(self, database_url: str, shard: int = 0, shards: int = 1):
         self._url = database_url
+        self._shard, self._shards = shard, shards
         self._keys: dict[str, dict] = {}  # key hash -> key id, project, hash
         self._routes = RouteTable()
         self._free_used: dict[tuple[str, str], int] = {}
@@ -109,7 +114,7 @@ class AccountingActor:
             self._routes = load_routes(session)
             self._free_used = {}
             for (project_id, model_id), grant in self._routes.grants.items():
-                if not grant["granted"]:
+                if not grant["granted"] or not self._mine(project_id):
                     continue
                 on_offer = (UsageRecord.service_id == model_id) & (UsageRecord.service_type == "free")
                 loras = self._routes.lora_ids(project_id, model_id)
@@ -127,10 +132,19 @@ class AccountingActor:
             rows = session.scalars(select(UsageRecord).where(UsageRecord.ts >= since, UsageRecord.status_code != 429)
                                    .order_by(UsageRecord.ts)).all()
         for row in rows:
+            if not self._mine(row.project_id):
+                continue
             endpoint, route = self._routes.resolve(row.project_id, row.model)
             if route is not None:
                 limits = self._limits(row.project_id, endpoint, route)
                 self._windows.count(limits, row.prompt_tokens + row.completion_tokens, row.ts)
+
+    def _mine(self, project_id: str) -> bool:
+        return self._shards == 1 or project_shard(project_id, self._shards) == self._shard
+
+    def layout(self) -> tuple[int, int]:
+        """(this shard, of how many): what it was created with."""
+        return self._shard, self._shards
 
     def reload(self) -> int:
         """The control plane calls this after every change of keys, services, endpoints or presets."""
@@ -209,6 +223,8 @@ class AccountingActor:
         caller = self._caller(key_hash)
         if caller is None:
             return {"error": "ModelArts.81003"}
+        if not self._mine(caller["project_id"]):
+            return {"shard": project_shard(caller["project_id"], self._shards)}
         if model is None:
             return {"caller": caller, "record": self._record_base(caller, "", None, None)}
         now = time.time()
@@ -238,7 +254,7 @@ class AccountingActor:
                 # that cannot fit the context gets the engine's 400 instead of this 429.
                 answer |= {"route": route, "context_check": True}
             return answer
-        reservation_id = uuid.uuid4().hex
+        reservation_id = new_reservation(self._shard)
         record = self._record_base(caller, model, endpoint, route)
         self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record,
                                               self._quota_key(caller["project_id"], route, now), now, gateway)
@@ -474,6 +490,14 @@ class AccountingActor:
         return self._windows.used(window_key, time.time())
 
 
-def get_or_create(database_url: str):
-    return AccountingActor.options(name=ACCOUNTING_ACTOR, namespace=NAMESPACE, lifetime="detached",
-                                   get_if_exists=True).remote(database_url)
+def get_or_create(database_url: str, shards: int = 1) -> list:
+    """The platform's accounting shards (handles, shard 0 first), created where missing. Shards that run with
+    another shard count (MAAS_ACCOUNTING_SHARDS changed while they lived) would route projects differently:
+    refused with what to do."""
+    actors = [AccountingActor.options(name=shard_actor(i), namespace=NAMESPACE, lifetime="detached",
+                                      get_if_exists=True).remote(database_url, i, shards) for i in range(shards)]
+    for shard, (created_as, of) in enumerate(ray.get([actor.layout.remote() for actor in actors])):
+        if (created_as, of) != (shard, shards):
+            raise RuntimeError(f"the accounting actor {shard_actor(shard)!r} runs as shard {created_as} of {of}, "
+                               f"MAAS_ACCOUNTING_SHARDS is {shards}: run `maas down` first to change it")
+    return actors

@@ -266,10 +266,12 @@ def down(console: Console, keep_ray: bool = False) -> None:
         return
     with console.status("Stopping the Serve applications..."):
         serve.shutdown()
-        try:
-            ray.kill(ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE), no_restart=True)
-        except ValueError:
-            pass
+        for name in ray.util.list_named_actors():  # every accounting shard, whatever MAAS_ACCOUNTING_SHARDS says now
+            if name == ACCOUNTING_ACTOR or name.startswith(f"{ACCOUNTING_ACTOR}-"):
+                try:
+                    ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
+                except ValueError:
+                    pass
     ray.shutdown()
     console.print("Stopped the MaaS applications.")
     if marker.exists() and not keep_ray:

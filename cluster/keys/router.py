@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from cluster.runtime.accounting import accounting_actor
+from cluster.runtime.accounting import on_every_shard
 from cluster.deps import ProjectId, database_url
 from cluster.keys import service
 from cluster.keys.schemas import KeyCreate, KeyCreated, KeyView
@@ -18,7 +18,7 @@ async def create_key(project_id: ProjectId, spec: KeyCreate):
     with session_scope(database_url()) as session:
         created, key_hash = service.create_key(session, project_id, spec)
     # Committed first: a reload of the actor in between can only see the key, never lose it.
-    await accounting_actor().add_key.remote(key_hash, created.id, project_id)
+    await on_every_shard("add_key", key_hash, created.id, project_id)
     return created
 
 
@@ -34,4 +34,4 @@ async def delete_key(project_id: ProjectId, key_id: str):
         key_hash = service.delete_key(session, project_id, key_id)
     # Committed first, then revoked: a reload before the commit could otherwise bring the deleted key back
     # (the actor runs reloads and revokes one at a time, so none can interleave with this one).
-    await accounting_actor().revoke_key.remote(key_hash)
+    await on_every_shard("revoke_key", key_hash)

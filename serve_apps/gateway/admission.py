@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Awaitable, Callable
 
 import ray
@@ -103,12 +104,13 @@ class NaturalBatcher:
 
 
 class Settler:
-    """Sends settlements in the background, batched, and re-sends each until the actor acknowledges it."""
+    """Sends settlements in the background, batched per accounting shard (`actor(shard)`, `shard_of(settlement)`),
+    and re-sends each until its shard acknowledges it: a shard that restarts holds back only its own."""
 
-    def __init__(self, actor: Callable[[], Awaitable[Any]]):
-        self._actor = actor
+    def __init__(self, actor: Callable[[int], Awaitable[Any]], shard_of: Callable[[Settlement], int] = lambda _: 0):
+        self._actor, self._shard_of = actor, shard_of
         self._pending: set[asyncio.Task] = set()
-        self._batcher = NaturalBatcher(self._send_batch)
+        self._batchers: dict[int, NaturalBatcher] = {}
 
     def submit(self, call: Call, status: int, error_code: str = "") -> None:
         if call.settled:
@@ -118,16 +120,20 @@ class Settler:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _send_batch(self, settlements: list[Settlement]) -> list:
-        actor = await self._actor()
+    async def _send_batch(self, shard: int, settlements: list[Settlement]) -> list:
+        actor = await self._actor(shard)
         await actor.settle_many.remote(settlements)
         return [None] * len(settlements)
 
     async def _send(self, settlement: Settlement) -> None:
         delay = 0.2
+        shard = self._shard_of(settlement)
+        batcher = self._batchers.get(shard)
+        if batcher is None:
+            batcher = self._batchers[shard] = NaturalBatcher(partial(self._send_batch, shard))
         while True:
             try:
-                await self._batcher(settlement)
+                await batcher(settlement)
                 return
             except Exception as exc:  # the actor restarts (Ray re-creates it); the record waits here
                 log.warning("usage record %s not acknowledged yet (%s); re-sending", settlement.record["request_id"], exc)

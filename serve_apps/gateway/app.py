@@ -25,12 +25,11 @@ from ray import serve
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from serve_apps.catalog import CatalogModel
-from serve_apps.contract import (ACCOUNTING_ACTOR, NAMESPACE, Admission, AdmissionRequest, Route, bearer_token,
-                                 hash_key)
+from serve_apps.contract import Admission, AdmissionRequest, Route, bearer_token, hash_key
 from serve_apps.errors import OpenAIError, PlatformError, error_for
-from serve_apps.gateway.admission import (Call, NaturalBatcher, Settler, client_ip, estimate_prompt_tokens,
-                                          is_actor_error)
+from serve_apps.gateway.admission import Call, Settler, client_ip, estimate_prompt_tokens, is_actor_error
 from serve_apps.gateway.guard import GatewayGuard
+from serve_apps.gateway.shards import AccountingShards
 from serve_apps.gateway.protocol import (ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest,
                                          RerankRequest, ResponsesRequest, completion_budget)
 from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatShape, MessagesShape, ResponsesShape,
@@ -45,7 +44,6 @@ log = logging.getLogger("maas.gateway")
 # new calls with 503: bounded memory, and never a call answered that could not be recorded.
 MAX_PENDING_SETTLEMENTS = 10_000
 SHUTDOWN_DRAIN_S = 15.0  # within Serve's graceful_shutdown_timeout_s (20 s)
-HEARTBEAT_S = 3.0  # "this replica is alive", to the accounting actor (its GATEWAY_LEASE_S is 15 s)
 
 app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -175,15 +173,13 @@ async def _first(generator, call: Call):
 class Gateway:
     def __init__(self):
         app.state.gateway = self
-        self._actor = None
         self._handles: dict[tuple[str, str], Any] = {}
         self._cards: dict[str, CatalogModel] = {}
-        self.settler = Settler(self._accounting)
-        self._admissions = NaturalBatcher(self._admit_batch)
         self.moderator = load_moderator()
         # Who this replica is to the actor: if it dies, the engines' reports settle the calls it carried.
         self._id = ray.get_runtime_context().get_actor_id() or uuid.uuid4().hex
-        self._heartbeat: asyncio.Task | None = None
+        self.accounting = AccountingShards(plane_settings().accounting_shards, self._id)
+        self.settler = Settler(self.accounting.actor, self.accounting.settlement_shard)
 
     async def __del__(self):
         """Stopped on purpose (scale-in, upgrade, `maas down`): the pending settlements go out first."""
@@ -192,46 +188,21 @@ class Gateway:
             log.error("stopping with %d usage records not acknowledged by the accounting actor", left)
 
     # -- who is calling, may they, and what serves the model ----------------------------------------
-    async def _accounting(self):
-        if self._actor is None:
-            try:
-                self._actor = ray.get_actor(ACCOUNTING_ACTOR, namespace=NAMESPACE)
-            except ValueError:
-                raise PlatformError("MaaS.0503", reason="the accounting service is not up yet") from None
-        return self._actor
-
     async def admit(self, request: Request, model: str | None, prompt_tokens: int = 0,
                     max_tokens: int | None = None) -> Admission:
         if self.settler.pending >= MAX_PENDING_SETTLEMENTS:  # the ledger is unreachable: never answer unrecorded
             raise PlatformError("MaaS.0503", reason="usage cannot be recorded right now (the usage ledger is "
                                                     "unreachable); try again later")
         try:
-            answer = await self._admissions(AdmissionRequest(request.state.key_hash, model, prompt_tokens,
-                                                             max_tokens))
+            answer = await self.accounting.admit(AdmissionRequest(request.state.key_hash, model, prompt_tokens,
+                                                                  max_tokens))
         except Exception as exc:
             if not is_actor_error(exc):
                 raise
-            self._actor = None
             raise PlatformError("MaaS.0503", reason="the accounting service is restarting") from None
         if answer.get("error") == "ModelArts.81003":
             raise PlatformError("ModelArts.81003")
         return answer
-
-    async def _admit_batch(self, requests: list[AdmissionRequest]) -> list[Admission]:
-        actor = await self._accounting()
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
-        return await actor.admit_many.remote(requests, self._id)
-
-    async def _beat(self) -> None:
-        """Tell the actor every HEARTBEAT_S that this replica is alive (and so will settle what it carries)."""
-        while True:
-            try:
-                (await self._accounting()).heartbeat.remote(self._id)
-            except Exception as exc:  # noqa: BLE001  (the actor restarts: the next beat finds it again)
-                self._actor = None
-                log.debug("heartbeat not sent (%s)", exc)
-            await asyncio.sleep(HEARTBEAT_S)
 
     def _card(self, route: Route) -> CatalogModel:
         key = f'{route["service_id"]}/{route["app_name"]}'  # an upgrade deploys a new app: a new card
@@ -288,8 +259,7 @@ class Gateway:
     # -- routes -------------------------------------------------------------------------------------
     @app.get("/v1/models")
     async def models(self, request: Request):
-        actor = await self._accounting()
-        answer = await actor.list_models.remote(request.state.key_hash)
+        answer = await self.accounting.list_models(request.state.key_hash)
         if answer.get("error"):
             raise PlatformError(answer["error"])
         data = [{"id": m["id"], "object": "model", "created": m["created"], "owned_by": m["owned_by"]}
@@ -313,8 +283,7 @@ class Gateway:
             raise PlatformError("ModelArts.81002")
         token = plane_settings().metrics_token
         scraper = bool(token) and hmac.compare_digest(secret.encode(), token.encode())
-        actor = await self._accounting()
-        text = await actor.metrics_text.remote(None if scraper else hash_key(secret))
+        text = await self.accounting.metrics_text(None if scraper else hash_key(secret))
         if text is None:
             raise PlatformError("ModelArts.81003")
         return Response(text, media_type="text/plain; version=0.0.4")

@@ -21,15 +21,6 @@ CONSOLE = "/api/console"
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
 
 
-class _Remote:
-    async def remote(self, *args):
-        return None
-
-
-class _Actor:
-    add_key = revoke_key = reload = _Remote()
-
-
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
@@ -50,7 +41,7 @@ def app(tmp_path_factory):
         async def nothing(*_args, **_kwargs):
             return None
 
-        patch.setattr(keys_router, "accounting_actor", lambda: _Actor())
+        patch.setattr(keys_router, "on_every_shard", nothing)
         patch.setattr(presets_router, "reload_accounting", nothing)
         patch.setattr(my_models_router, "reload_accounting", nothing)
         patch.setattr(services, "after_change", nothing)

@@ -22,7 +22,7 @@ def _chunk(content: str, prompt: int, completion: int) -> str:
 
 class Recorder(UsageWitness):
     def __init__(self):
-        super().__init__(actor_getter=lambda: None)
+        super().__init__(actor_getter=lambda shard: None)
         self.reports = []
 
     def report(self, reservation, prompt, completion, started, stream):
