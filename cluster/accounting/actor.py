@@ -494,8 +494,11 @@ def get_or_create(database_url: str, shards: int = 1) -> list:
     """The platform's accounting shards (handles, shard 0 first), created where missing. Shards that run with
     another shard count (MAAS_ACCOUNTING_SHARDS changed while they lived) would route projects differently:
     refused with what to do."""
+    # Shards take no CPU from Ray's accounting (num_cpus=0): SPREAD keeps them off one node where there are more.
+    spread = {"scheduling_strategy": "SPREAD"} if shards > 1 else {}
     actors = [AccountingActor.options(name=shard_actor(i), namespace=NAMESPACE, lifetime="detached",
-                                      get_if_exists=True).remote(database_url, i, shards) for i in range(shards)]
+                                      get_if_exists=True, **spread).remote(database_url, i, shards)
+              for i in range(shards)]
     for shard, (created_as, of) in enumerate(ray.get([actor.layout.remote() for actor in actors])):
         if (created_as, of) != (shard, shards):
             raise RuntimeError(f"the accounting actor {shard_actor(shard)!r} runs as shard {created_as} of {of}, "
