@@ -268,7 +268,8 @@ def gateway(args):
     (home / "models").symlink_to(Path(args.maas_home, "models").resolve())
     try:
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MAAS_", "RAY_"))}, "MAAS_HOME": str(home),
-               "RAY_AUTH_MODE": "disabled", "MAAS_PORT": args.gateway_url.rsplit(":", 1)[-1]}
+               "RAY_AUTH_MODE": "disabled", "MAAS_PORT": args.gateway_url.rsplit(":", 1)[-1],
+               **dict(item.split("=", 1) for item in getattr(args, "platform_env", None) or [])}
         with private_ray_head(env) as (address, head_s):
             env["RAY_ADDRESS"] = address
             with _platform(args, env, head_s) as answer:
@@ -368,6 +369,8 @@ def parse_args():
     p.add_argument("--ray-serve-port", type=int, default=8100)
     p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for a server to be ready")
     p.add_argument("--output", default=str(RESULTS))
+    p.add_argument("--platform-env", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="settings for the started platform and its Ray head (a lever: RAY_SERVE_ENABLE_DIRECT_INGRESS=1)")
     args = p.parse_args()
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(args.only) - set(SERVERS):
