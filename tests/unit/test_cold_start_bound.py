@@ -64,5 +64,5 @@ def test_a_replica_that_takes_the_call_in_time_ends_the_wait_and_the_wait_is_rec
     assert not response.cancelled()
     call.chunk_seen()
     record = call.result(200)
-    assert 200 <= record["replica_wait_ms"] < bound * 1000
+    assert 190 <= record["replica_wait_ms"] < bound * 1000  # slept 0.2 s; timers may read a few ms short
     assert record["ttft_ms"] >= record["replica_wait_ms"]  # the cold start is part of the time to first token
