@@ -25,6 +25,7 @@ from serve_apps.errors import context_length_exceeded
 from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
                                    LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
                                    patch_tokenizer_service, vllm_serving, watch_scheduler_stats)
+from serve_apps.placement import NodeType, node_type_resources
 from serve_apps.settings import Accelerator, plane_settings
 from serve_apps.witness import UsageWitness, witnessed
 
@@ -50,6 +51,8 @@ class ModelServiceSpec(BaseModel):
     kv_cache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     max_lora_adapters: int = Field(0, ge=0, description="LoRA adapters served on this engine at once (0: none).")
     max_lora_rank: int = Field(16, gt=0)
+    node_type: NodeType = Field(None, description="A custom Ray resource the engine's node must have (e.g. "
+                                                  "maas-gpu): each engine takes 0.01 of it. None: any node.")
     engine_kwargs: dict[str, Any] = {}
 
     @property
@@ -245,12 +248,19 @@ def _engine_kwargs(spec: ModelServiceSpec) -> dict[str, Any]:
 
 
 def _placement(spec: ModelServiceSpec) -> dict[str, Any]:
-    """CPU: one logical CPU per engine and none for the replica actor (else Serve asks for a GPU)."""
+    """CPU: one logical CPU per engine and none for the replica actor (else Serve asks for a GPU). A node type
+    adds its custom resource to every bundle (the replica actor shares the first), so the whole engine lands
+    on a node of that type."""
+    pinned = node_type_resources(spec.node_type)
     if spec.accelerator == "cpu":
-        return {"placement_group_config": {"bundles": [{"CPU": 1}]}, "ray_actor_options": {"num_cpus": 0}}
-    if spec.accelerator == "npu":
-        return {"placement_group_config": {"bundles": [{"CPU": 1, "NPU": 1}]}, "ray_actor_options": {"num_cpus": 0}}
-    return {"ray_actor_options": {"num_cpus": 0}}
+        bundles = {"bundles": [{"CPU": 1, **pinned}]}
+    elif spec.accelerator == "npu":
+        bundles = {"bundles": [{"CPU": 1, "NPU": 1, **pinned}]}
+    elif pinned:  # CUDA: ray.serve.llm's default bundle per GPU worker, plus the node type
+        bundles = {"bundle_per_worker": {"GPU": 1, **pinned}}
+    else:
+        return {"ray_actor_options": {"num_cpus": 0}}
+    return {"placement_group_config": bundles, "ray_actor_options": {"num_cpus": 0}}
 
 
 def build_llm_config(spec: ModelServiceSpec) -> LLMConfig:

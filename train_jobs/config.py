@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve_apps.placement import NodeType, node_type_resources
+
 MAX_ITERATIONS = 100_000
 MAX_CHECKPOINTS = 10
 JOB_NAME_PATTERN = r"^[A-Za-z\u4e00-\u9fff][A-Za-z0-9\u4e00-\u9fff_-]{0,63}$"
@@ -92,6 +94,10 @@ class FinetuneConfig(BaseModel):
     use_gpu: bool = False
     resources_per_worker: dict[str, float] | None = Field(
         None, description='Ray resources of one worker, e.g. {"CPU": 4, "NPU": 1} on Ascend.')
+    node_type: NodeType = Field(None, description="Run the workers only on nodes with this custom Ray resource "
+                                                  "(each takes 0.01 of it). None: any node.")
+    spread_workers: bool = Field(False, description="One worker per node where the cluster allows (Ray's SPREAD); "
+                                                    "default: packed onto as few nodes as possible.")
     backend: Backend | None = Field(None, description="Collective backend; default gloo on CPU, nccl on CUDA, "
                                                       "hccl when workers ask for the NPU resource.")
 
@@ -102,6 +108,15 @@ class FinetuneConfig(BaseModel):
     @property
     def uses_npu(self) -> bool:
         return bool(self.resources_per_worker and self.resources_per_worker.get("NPU"))
+
+    @property
+    def worker_resources(self) -> dict[str, float] | None:
+        """What Ray Train gives each worker: resources_per_worker (Ray Train's default when unset) plus the node
+        type's share."""
+        if not self.node_type:
+            return self.resources_per_worker
+        base = self.resources_per_worker or ({"GPU": 1} if self.use_gpu else {"CPU": 1})
+        return base | node_type_resources(self.node_type)
 
     @property
     def collective_backend(self) -> Backend:

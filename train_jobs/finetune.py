@@ -113,7 +113,8 @@ def train(config: FinetuneConfig, encoded: list, total_steps: int, resume_from: 
                            "resume_from": str(resume_from) if resume_from else None},
         torch_config=TorchConfig(backend=config.collective_backend.value),
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
-                                     resources_per_worker=config.resources_per_worker),
+                                     resources_per_worker=config.worker_resources,
+                                     placement_strategy="SPREAD" if config.spread_workers else "PACK"),
         run_config=RunConfig(
             name=config.name, storage_path=str(config.output_dir),
             failure_config=FailureConfig(max_failures=config.max_failures),

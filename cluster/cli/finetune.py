@@ -46,7 +46,11 @@ def create(name: str, model: str = typer.Option(..., "--model"), type_: str = ty
            dataset: Path = typer.Option(..., "--dataset", exists=True, dir_okay=False),
            format_: str = typer.Option("alpaca", "--format"), epochs: int = typer.Option(1),
            learning_rate: float = typer.Option(2e-5), checkpoints: int = typer.Option(1),
-           workers: int = typer.Option(1), batch_size: int = typer.Option(32, help="Global batch size."),
+           workers: int = typer.Option(1),
+           node_type: str = typer.Option(None, "--node-type", help="Run the workers only on nodes with this "
+                                                                   "custom Ray resource (e.g. maas-gpu)."),
+           spread: bool = typer.Option(False, "--spread", help="One worker per node where the cluster allows."),
+           batch_size: int = typer.Option(32, help="Global batch size."),
            output_model: str = typer.Option(None, help="Default: <name>-model."),
            model_version: str = typer.Option(None), description: str = typer.Option(""),
            max_failures: int = typer.Option(3, help="Automatic restarts from the latest checkpoint (1-128)."),
@@ -70,7 +74,8 @@ def create(name: str, model: str = typer.Option(..., "--model"), type_: str = ty
             "global_batch_size": batch_size, "output_model": output_model or f"{name}-model",
             "description": description, "model_version": model_version, "max_failures": max_failures,
             "auto_stop": auto_stop, "notify_url": notify_url, "merge_lora": merge,
-            "notify_events": [e.strip() for e in notify_events.split(",") if e.strip()]}
+            "notify_events": [e.strip() for e in notify_events.split(",") if e.strip()],
+            "node_type": node_type, "spread_workers": spread}
     job = call("POST", f"/{project}/finetune", json=body)
     if follow and job["status"] not in DONE:
         job = _follow(project, job["id"])

@@ -97,6 +97,8 @@ def deploy(name: str = typer.Argument(..., help="1-64: a CJK character or letter
                                                                    "max_num_seqs); more wait in its queue."),
            quiet_period: float = QuietOpt, panic_window: float = PanicOpt, stable_window: float = StableOpt,
            qps: int = typer.Option(None, "--qps", help="Requests per second limit (default: none)."),
+           node_type: str = typer.Option(None, "--node-type", help="Run the engines only on nodes with this "
+                                                                   "custom Ray resource (e.g. maas-gpu)."),
            no_moderation: bool = typer.Option(False, "--no-moderation",
                                               help="Turn content moderation off (it is on by default)."),
            auto_stop: str = typer.Option(None, "--auto-stop", help="1h, 2h, 4h, 6h or custom (90m, 12h)."),
@@ -113,6 +115,8 @@ def deploy(name: str = typer.Argument(..., help="1-64: a CJK character or letter
     body |= _scaling(autoscale, min_instances, max_instances, quiet_period, panic_window, stable_window)
     if max_batch is not None:
         body["max_batch"] = max_batch
+    if node_type is not None:
+        body["node_type"] = node_type
     _show(call("POST", f"/{project}/services", json=body), as_json, project, wait)
 
 

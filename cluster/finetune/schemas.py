@@ -15,6 +15,7 @@ from cluster.runtime.running_time import running_seconds
 from cluster.schemas import AutoStop, Notified, StrictModel, format_duration, pattern_rule
 from cluster.state.db import TuningJob
 from train_jobs.config import JOB_NAME_PATTERN, JobType, LoraSettings
+from serve_apps.placement import NodeType
 from train_jobs.progress import METRICS_FILE, read_status
 
 NOTIFIABLE = ("pending", "starting", "running", "stopping", "stopped", "completed", "failed")
@@ -37,6 +38,10 @@ class JobCreate(Notified):
     max_seq_len: int = Field(1024, ge=8)
     checkpoints: int = Field(1, ge=1, le=10, description="Checkpoints to keep: 1..min(iterations, 10).")
     workers: int = Field(1, ge=1, description="Ray Train workers (compute nodes).")
+    node_type: NodeType = Field(None, description="Run the workers only on nodes with this custom Ray resource "
+                                                  "(e.g. maas-gpu). None: any node.")
+    spread_workers: bool = Field(False, description="One worker per node where the cluster allows; default: "
+                                                    "packed onto as few nodes as possible.")
     max_failures: int = Field(3, ge=1, le=128, description="Automatic restarts from the latest checkpoint.")
     lora: LoraSettings = LoraSettings()
     merge_lora: bool = Field(False, description="LoRA only: the output version is the base model with the adapter "

@@ -125,6 +125,7 @@ def _config(row: TuningJob, weights: Path, spec: JobCreate) -> FinetuneConfig:
             dataset_format=spec.format, output_dir=row.output_dir, epochs=spec.epochs,
             learning_rate=spec.learning_rate, global_batch_size=spec.global_batch_size,
             max_seq_len=spec.max_seq_len, checkpoints_to_keep=spec.checkpoints, num_workers=spec.workers,
+            node_type=spec.node_type, spread_workers=spec.spread_workers,
             max_failures=spec.max_failures, lora=spec.lora, merge_lora=spec.merge_lora,
             chat_template_kwargs=template_kwargs(row.base_model))
     except ValidationError as exc:

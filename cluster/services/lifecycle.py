@@ -161,6 +161,7 @@ class Snapshot:
     max_instances: int | None = None
     autoscale_options: dict | None = field(default=None, hash=False)
     max_batch: int | None = None
+    node_type: str | None = None
 
     @classmethod
     def of(cls, row: Service) -> "Snapshot":
@@ -170,7 +171,7 @@ class Snapshot:
                    status_reason=row.status_reason, project_id=row.project_id, model_version=row.model_version,
                    previous_version=row.previous_version, autoscale=row.autoscale or "off",
                    min_instances=row.min_instances, max_instances=row.max_instances,
-                   autoscale_options=row.autoscale_options, max_batch=row.max_batch)
+                   autoscale_options=row.autoscale_options, max_batch=row.max_batch, node_type=row.node_type)
 
     @property
     def bounds(self) -> tuple[int, int]:

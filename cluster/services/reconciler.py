@@ -235,12 +235,13 @@ def _deploy(snap: Snapshot, name: str) -> None:
     mode = snap.autoscale if snap.max_instances is not None else "off"
     spec = ModelServiceSpec(model=model, model_path=str(path), app_name=name, min_replicas=low, max_replicas=high,
                             autoscale=mode, autoscale_options=snap.autoscale_options or {},
-                            max_batch=snap.max_batch, accelerator=settings.accelerator)
+                            max_batch=snap.max_batch, accelerator=settings.accelerator, node_type=snap.node_type)
     # Pinned code version: a new instance count then leaves the running replicas alone.
     application = ray_compat.pin_code_version(build_model_app(spec), name)
     serve.run_many([RunTarget(target=application, name=name, route_prefix=None)],
                    wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
-    log.info("deployed %s with %d-%d instance(s), autoscale %s", name, low, high, mode)
+    log.info("deployed %s with %d-%d instance(s), autoscale %s, node type %s", name, low, high, mode,
+             snap.node_type or "any")
 
 
 def _delete_app(name: str) -> None:

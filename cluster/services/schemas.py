@@ -11,6 +11,7 @@ from cluster.runtime.running_time import running_seconds
 from cluster.schemas import AutoStop, Notified, StrictModel, format_duration, pattern_rule
 from cluster.services.lifecycle import Status
 from cluster.state.db import Service
+from serve_apps.placement import NodeType
 
 MAX_INSTANCES = 16
 MAX_QPS = 100_000
@@ -41,6 +42,9 @@ class ServiceCreate(Notified):
     max_batch: int | None = Field(None, ge=1, le=4096, description="Requests one instance runs at once "
                                   "(vLLM max_num_seqs); more wait in its queue. Default: vLLM's.")
     qps: int | None = Field(None, ge=1, le=MAX_QPS, description="Requests per second over all callers; none: no limit.")
+    node_type: NodeType = Field(None, description="Run the engines only on nodes of this type: the custom Ray "
+                                "resource those nodes were started with (ray start --resources "
+                                "'{\"maas-gpu\": 1}'); each engine takes 0.01 of it. None: any node.")
     moderation: bool = Field(True, description="Content moderation of inputs and outputs.")
     auto_stop: AutoStop = Field(None, description="Stop after this much Running time: 1h, 2h, 4h, 6h or a "
                                                   "custom duration (90m, 12h). Queued or starting time is not "
@@ -90,6 +94,7 @@ class ServiceView(BaseModel):
     max_instances: int | None
     autoscale_options: dict | None
     max_batch: int | None
+    node_type: str | None = Field(description="The custom Ray resource the engines' nodes have; none: any node.")
     replicas_running: int = Field(description="Engine replicas serving now, as Serve last reported.")
     replicas_target: int | None = Field(description="The replica count Serve aims for (the autoscaler's target).")
     last_scaling: dict | None = Field(description="The last autoscaling decision: at, from_replicas, "
@@ -114,7 +119,7 @@ class ServiceView(BaseModel):
         return cls(id=row.id, project_id=row.project_id, name=row.name, description=row.description,
                    model=row.model_id, model_version=row.model_version, instances=row.instances, qps=row.qps,
                    autoscale=row.autoscale or "off", min_instances=row.min_instances, max_instances=row.max_instances,
-                   autoscale_options=row.autoscale_options, max_batch=row.max_batch,
+                   autoscale_options=row.autoscale_options, max_batch=row.max_batch, node_type=row.node_type,
                    replicas_running=sum(r["state"] == "RUNNING" for r in replicas), replicas_target=target,
                    last_scaling=row.last_scaling,
                    moderation=row.moderation, auto_stop=format_duration(row.auto_stop_s),

@@ -78,7 +78,7 @@ def create(session: Session, project_id: str, spec: ServiceCreate) -> tuple[Serv
     row = Service(id=uuid.uuid4().hex, project_id=project_id, name=spec.name, description=spec.description,
                   model_id=spec.model, model_version=spec.model_version, instances=spec.instances, qps=spec.qps,
                   autoscale=spec.autoscale, min_instances=spec.min_instances, max_instances=spec.max_instances,
-                  autoscale_options=options, max_batch=spec.max_batch,
+                  autoscale_options=options, max_batch=spec.max_batch, node_type=spec.node_type,
                   moderation=spec.moderation, notify_url=spec.notify_url,
                   notify_events=[s.value for s in spec.notify_events], auto_stop_s=auto_stop_seconds(spec.auto_stop),
                   desired="running", status=Status.PENDING.value, generation=1, app_name="")

@@ -92,6 +92,7 @@ class Service(Base):
     max_instances: Mapped[int | None] = mapped_column(nullable=True)
     autoscale_options: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # LLMPolicyOptions overrides
     max_batch: Mapped[int | None] = mapped_column(nullable=True)  # requests one engine runs at once
+    node_type: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the custom Ray resource engines need
     last_scaling: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the last autoscaling decision
     qps: Mapped[int | None] = mapped_column(nullable=True)
     moderation: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -1,9 +1,11 @@
-"""The stream batcher of the model application."""
+"""The stream batcher of the model application, and where its engines (and a tuning job's workers) are placed."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+
+import pytest
 
 from serve_apps.model_app import FirstChunkBatcher
 
@@ -26,3 +28,57 @@ def test_first_chunks_leave_at_once_and_the_rest_in_batches():
     assert batches[1][1] == [1] and batches[1][0] < 0.025
     assert any(len(batch) > 1 for _, batch in batches[2:])  # later chunks travel together
     assert len(batches) < 12
+
+
+# -- placement per node type ---------------------------------------------------------------------------------
+def _spec(**fields):
+    from serve_apps.catalog import builtin
+    from serve_apps.model_app import ModelServiceSpec
+
+    return ModelServiceSpec(model=builtin("tiny-chat"), model_path="/m", app_name="a", **fields)
+
+
+def test_an_engine_without_a_node_type_is_placed_as_before():
+    from serve_apps.model_app import _placement
+
+    assert _placement(_spec()) == {"placement_group_config": {"bundles": [{"CPU": 1}]},
+                                   "ray_actor_options": {"num_cpus": 0}}
+    assert _placement(_spec(accelerator="cuda")) == {"ray_actor_options": {"num_cpus": 0}}
+    assert _placement(_spec(accelerator="npu"))["placement_group_config"] == {"bundles": [{"CPU": 1, "NPU": 1}]}
+
+
+def test_a_node_type_joins_every_bundle_of_the_engine():
+    from serve_apps.model_app import _placement, build_llm_config
+
+    assert _placement(_spec(node_type="maas-node-worker"))["placement_group_config"] == {
+        "bundles": [{"CPU": 1, "maas-node-worker": 0.01}]}
+    assert _placement(_spec(accelerator="npu", node_type="maas-npu"))["placement_group_config"] == {
+        "bundles": [{"CPU": 1, "NPU": 1, "maas-npu": 0.01}]}
+    assert _placement(_spec(accelerator="cuda", node_type="maas-gpu"))["placement_group_config"] == {
+        "bundle_per_worker": {"GPU": 1, "maas-gpu": 0.01}}
+    # What Serve is asked for: the replica actor (0 CPUs) shares the first bundle, so it lands there too.
+    engine = build_llm_config(_spec(node_type="maas-node-worker")).get_engine_config()
+    assert engine.placement_bundles == [{"CPU": 1, "maas-node-worker": 0.01}]
+
+
+@pytest.mark.parametrize("bad", ["", "CPU", "GPU", "memory", "1gpu", "maas gpu", "node:127.0.0.1",
+                                 "accelerator_type:A100", "x" * 65])
+def test_a_node_type_must_name_a_custom_resource(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="node_type"):
+        _spec(node_type=bad)
+
+
+def test_a_tuning_job_asks_its_node_type_for_each_worker():
+    from train_jobs.config import FinetuneConfig
+
+    base = dict(name="j", job_type="lora", base_model_path="/m", dataset_path="/d", output_dir="/o",
+                global_batch_size=2, num_workers=2)
+    assert FinetuneConfig(**base).worker_resources is None  # Ray Train's default, as before
+    assert FinetuneConfig(**base, node_type="maas-cpu").worker_resources == {"CPU": 1, "maas-cpu": 0.01}
+    assert FinetuneConfig(**base, node_type="maas-gpu", use_gpu=True).worker_resources == {"GPU": 1, "maas-gpu": 0.01}
+    assert FinetuneConfig(**base, node_type="n", resources_per_worker={"CPU": 4}).worker_resources == {
+        "CPU": 4, "n": 0.01}
+    with pytest.raises(ValueError, match="node_type"):
+        FinetuneConfig(**base, node_type="CPU")
