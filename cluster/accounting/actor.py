@@ -31,7 +31,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, Statemen
 from cluster.accounting.metrics import UsageMetrics
 from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
 from cluster.accounting.windows import Limit, Reservation, Windows
-from cluster.state.db import AdminKey, ApiKey, UsageRecord, get_engine, session_scope
+from cluster.state.db import AdminKey, ApiKey, EngineCounterSample, UsageRecord, get_engine, session_scope
 from serve_apps.contract import (NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute, ModelList, RecordBase,
                                  Route, Settlement, UsageRecord as UsageRecordDict, EngineTotals, WitnessReport,
                                  new_reservation, project_shard, shard_actor)
@@ -46,6 +46,7 @@ SWEEP_INTERVAL_S = 2.0
 # A call whose gateway died and whose engine never reported (both gone) is settled with no tokens after this.
 RESERVATION_LEASE_S = 3600.0
 ENGINE_SAMPLES_KEPT_S = 25 * 3600  # engine token counters kept for `maas usage audit` (ranges up to a day)
+MAX_UNWRITTEN_SAMPLES = 10_000  # engine samples held while the database is down (the oldest go first)
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
                    "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
                    "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False,
@@ -97,6 +98,8 @@ class AccountingActor:
         self._unswept: list[Settlement] = []  # settlements of dead gateways' calls not yet written
         self._sweeper: asyncio.Task | None = None
         self._engine_samples: dict[str, tuple[str, deque]] = {}  # replica -> (app, [(at, prompt, generation)])
+        self._unwritten_samples: list[dict] = []  # engine samples the database has not taken yet (bounded)
+        self._samples_pruned = 0.0
         self._batch: list[dict] = []
         self._batch_done: asyncio.Future | None = None
         self._settled: set[str] = set()  # recent request ids, so a re-sent settlement is not counted twice
@@ -104,6 +107,8 @@ class AccountingActor:
         self._metrics = UsageMetrics()
         self._load()
         self._rebuild_windows()
+        if shard == 0:
+            self._load_engine_samples()
 
     # -- state from SQL ---------------------------------------------------------------------------
     def _load(self) -> None:
@@ -409,12 +414,44 @@ class AccountingActor:
             "stream": report.stream})
 
     # -- the engines' own counters, for `maas usage audit` -------------------------------------------------
-    def engine_totals(self, totals: EngineTotals) -> None:
+    async def engine_totals(self, totals: EngineTotals) -> None:
+        """An engine replica's counters now. Kept in memory for the audit and written to SQL, so that a restart
+        of this actor keeps every range's baseline (the counters are cumulative per replica: without the
+        samples before a restart, a range would count all the replica ever processed)."""
         totals = EngineTotals(*totals)
-        _, samples = self._engine_samples.setdefault(totals.replica, (totals.app_name, deque()))
-        samples.append((totals.at, totals.prompt_tokens, totals.generation_tokens))
-        while len(samples) > 2 and samples[1][0] < totals.at - ENGINE_SAMPLES_KEPT_S:
+        self._keep_sample(totals.replica, totals.app_name, totals.at, totals.prompt_tokens, totals.generation_tokens)
+        self._unwritten_samples.append({"replica": totals.replica, "app_name": totals.app_name, "at": totals.at,
+                                        "prompt_tokens": totals.prompt_tokens,
+                                        "generation_tokens": totals.generation_tokens})
+        del self._unwritten_samples[:-MAX_UNWRITTEN_SAMPLES]
+        rows, self._unwritten_samples = self._unwritten_samples, []
+        try:
+            await asyncio.to_thread(self._write_samples, rows, totals.at - ENGINE_SAMPLES_KEPT_S)
+        except Exception as exc:  # noqa: BLE001  (the database is down: written with the next sample)
+            self._unwritten_samples = rows + self._unwritten_samples
+            log.warning("engine counter samples not written yet (%s)", type(exc).__name__)
+
+    def _keep_sample(self, replica: str, app_name: str, at: float, prompt: int, generation: int) -> None:
+        _, samples = self._engine_samples.setdefault(replica, (app_name, deque()))
+        samples.append((at, prompt, generation))
+        while len(samples) > 2 and samples[1][0] < at - ENGINE_SAMPLES_KEPT_S:
             samples.popleft()  # the oldest kept is the baseline of the longest range
+
+    def _write_samples(self, rows: list[dict], older_than: float) -> None:
+        with session_scope(self._url) as session:
+            session.execute(EngineCounterSample.__table__.insert(), rows)
+            if time.time() - self._samples_pruned > 3600:
+                session.execute(EngineCounterSample.__table__.delete().where(EngineCounterSample.at < older_than))
+                self._samples_pruned = time.time()
+
+    def _load_engine_samples(self) -> None:
+        since = time.time() - ENGINE_SAMPLES_KEPT_S
+        with session_scope(self._url) as session:
+            for row in session.execute(select(EngineCounterSample.replica, EngineCounterSample.app_name,
+                                              EngineCounterSample.at, EngineCounterSample.prompt_tokens,
+                                              EngineCounterSample.generation_tokens)
+                                       .where(EngineCounterSample.at >= since).order_by(EngineCounterSample.at)):
+                self._keep_sample(*row)
 
     def engine_deltas(self, since: float) -> dict[str, list[int]]:
         """Tokens each engine application processed since `since`: per replica, its latest counters minus

@@ -253,6 +253,20 @@ def migrate(url: str) -> None:
             session.add(Project(id=DEFAULT_PROJECT, name=DEFAULT_PROJECT))
 
 
+class EngineCounterSample(Base):
+    """An engine replica's cumulative token counters (vLLM's prompt/generation token totals) at one moment:
+    `maas usage audit` takes each replica's difference over a range (serve_apps.witness pushes them)."""
+
+    __tablename__ = "engine_counter_samples"
+    __table_args__ = (Index("ix_engine_samples_at", "at"),)
+    id: Mapped[int] = mapped_column(BigInt, primary_key=True, autoincrement=True)
+    replica: Mapped[str] = mapped_column(String(128))
+    app_name: Mapped[str] = mapped_column(String(128))
+    at: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int] = mapped_column(BigInt)
+    generation_tokens: Mapped[int] = mapped_column(BigInt)
+
+
 class MyModel(Base):
     """A model of the project's own ("my model", spec §6.1): a base catalog model plus custom weights."""
 

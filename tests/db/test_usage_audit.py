@@ -17,15 +17,47 @@ from tests.db.test_settlement_once import SECRET, Actor, url  # noqa: F401  (the
 pytestmark = pytest.mark.db
 
 
+def _samples(actor, t0: float) -> None:
+    for totals in (EngineTotals("r1", "tiny-chat", 100, 1000, t0),  # before the range: the baseline
+                   EngineTotals("r1", "tiny-chat", 150, 1400, t0 + 400),
+                   EngineTotals("r2", "tiny-chat", 30, 70, t0 + 450),  # a replica started in the range
+                   EngineTotals("r3", "svc-abc-g2", 5, 6, t0 + 500)):
+        asyncio.run(actor.engine_totals(totals))
+
+
 def test_engine_deltas_per_app_over_a_range(url):
     actor = Actor(url)
     t0 = time.time() - 600
-    actor.engine_totals(EngineTotals("r1", "tiny-chat", 100, 1000, t0))  # before the range: the baseline
-    actor.engine_totals(EngineTotals("r1", "tiny-chat", 150, 1400, t0 + 400))
-    actor.engine_totals(EngineTotals("r2", "tiny-chat", 30, 70, t0 + 450))  # a replica started in the range
-    actor.engine_totals(EngineTotals("r3", "svc-abc-g2", 5, 6, t0 + 500))
+    _samples(actor, t0)
     assert actor.engine_deltas(t0 + 100) == {"tiny-chat": [80, 470], "svc-abc-g2": [5, 6]}
     assert actor.engine_deltas(t0 + 550) == {"tiny-chat": [0, 0], "svc-abc-g2": [0, 0]}
+
+
+def test_a_restarted_actor_keeps_the_baselines_of_a_range(url):
+    """benchmarks/faults.py found it: the samples lived in the actor's memory only, so after a restart a
+    replica's next (cumulative) sample counted everything it ever processed (10,806 tokens for 3,200 billed)."""
+    t0 = time.time() - 600
+    _samples(Actor(url), t0)
+    restarted = Actor(url)
+    assert restarted.engine_deltas(t0 + 100) == {"tiny-chat": [80, 470], "svc-abc-g2": [5, 6]}
+    asyncio.run(restarted.engine_totals(EngineTotals("r1", "tiny-chat", 160, 1500, t0 + 560)))
+    assert restarted.engine_deltas(t0 + 550) == {"tiny-chat": [10, 100], "svc-abc-g2": [0, 0]}
+
+
+def test_engine_samples_wait_for_the_database(url, monkeypatch):
+    actor = Actor(url)
+    t0 = time.time() - 60
+    real = actor._write_samples
+
+    def down(rows, older_than):
+        raise OSError("database unreachable")
+    monkeypatch.setattr(actor, "_write_samples", down)
+    asyncio.run(actor.engine_totals(EngineTotals("r1", "tiny-chat", 1, 10, t0)))
+    assert actor.engine_deltas(t0 - 1) == {"tiny-chat": [1, 10]} and len(actor._unwritten_samples) == 1
+    monkeypatch.setattr(actor, "_write_samples", real)
+    asyncio.run(actor.engine_totals(EngineTotals("r1", "tiny-chat", 2, 30, t0 + 5)))
+    assert actor._unwritten_samples == []
+    assert Actor(url).engine_deltas(t0 - 1) == {"tiny-chat": [2, 30]}
 
 
 def test_the_audit_is_zero_when_the_ledger_billed_what_the_engines_processed(url):
