@@ -13,7 +13,9 @@ Faults, one after the other, each with a key of its own and the model quiet befo
 Per fault: calls sent, answered (200 and complete), usage records of the fault's key, lost (calls without a
 record) and double (records beyond one per call), tokens the clients saw (content chunks), tokens billed
 (completion tokens of the records), and the engine's own count over the fault (its counters, as
-`maas usage audit --since` reads them). Target on every row: lost 0, double 0, billed = engine.
+`maas usage audit --since` reads them). Target on every row: lost 0, double 0, billed = engine; for the killed
+engine, whose counters die with it (it pushes them every 5 s), billed = delivered (issue 11: "recorded as a
+failure with the tokens delivered"). Clients count delivered tokens from the running usage of every chunk.
 """
 
 from __future__ import annotations
@@ -90,24 +92,28 @@ class Platform:
 
 
 def stream(base: str, key: str, model: str, max_tokens: int, close_at: int | None = None,
-           reached: threading.Barrier | None = None, reach: int = 20) -> tuple[int, bool]:
-    """(content chunks seen, complete) of one streamed chat call."""
-    delivered, complete, waited = 0, False, False
+           reached: threading.Barrier | None = None, reach: int = 20) -> tuple[int, bool, bool]:
+    """(tokens delivered, complete, error event) of one streamed chat call. The client asks for the engine's
+    running usage in every chunk (continuous_usage_stats), so what it saw is counted in tokens, exactly (a chunk
+    may carry several tokens, or none that is text); `close_at` and `reach` are token counts too."""
+    delivered, complete, errored, waited = 0, False, False, False
     body = {"model": model, "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "messages": [{"role": "user", "content": "tell me a long story"}]}
     try:
         with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=300,
                           headers={"Authorization": f"Bearer {key}"}) as response:
             if response.status_code != 200:
-                return 0, False
+                return 0, False, False
             for line in response.iter_lines():
                 if line == "data: [DONE]":
                     complete = True
                 elif line.startswith("data: {"):
-                    choices = json.loads(line[6:]).get("choices") or [{}]
-                    delivered += bool((choices[0].get("delta") or {}).get("content"))
+                    chunk = json.loads(line[6:])
+                    errored = errored or chunk.get("object") == "error" or "error" in chunk
+                    delivered = max(delivered, ((chunk.get("usage") or {}).get("completion_tokens") or 0))
                 if close_at is not None and delivered >= close_at:
-                    return delivered, False
+                    return delivered, False, errored
                 if reached is not None and not waited and delivered >= reach:
                     waited = True
                     reached.wait(timeout=300)
@@ -116,19 +122,19 @@ def stream(base: str, key: str, model: str, max_tokens: int, close_at: int | Non
     finally:
         if reached is not None and not waited:
             reached.abort()
-    return delivered, complete
+    return delivered, complete and not errored, errored
 
 
-def plain(base: str, key: str, model: str, max_tokens: int) -> tuple[int, bool]:
+def plain(base: str, key: str, model: str, max_tokens: int) -> tuple[int, bool, bool]:
     try:
         answer = httpx.post(f"{base}/v1/chat/completions", timeout=300, headers={"Authorization": f"Bearer {key}"},
                             json={"model": model, "max_tokens": max_tokens, "ignore_eos": True,
                                   "messages": [{"role": "user", "content": "hi"}]})
     except httpx.HTTPError:
-        return 0, False
+        return 0, False, False
     if answer.status_code != 200:
-        return 0, False
-    return answer.json()["usage"]["completion_tokens"], True
+        return 0, False, answer.status_code >= 500
+    return answer.json()["usage"]["completion_tokens"], True, False
 
 
 def settle(platform: Platform, key: dict, calls: int, wait_s: float) -> list[dict]:
@@ -139,13 +145,15 @@ def settle(platform: Platform, key: dict, calls: int, wait_s: float) -> list[dic
     return platform.records(key["id"])
 
 
-def row(name: str, results: list[tuple[int, bool]], records: list[dict], engine: int | None) -> dict:
+def row(name: str, results: list[tuple[int, bool, bool]], records: list[dict], engine: int | None) -> dict:
     billed = sum(r["completion_tokens"] for r in records)
-    return {"fault": name, "calls": len(results), "answered": sum(done for _, done in results),
-            "records": len(records), "lost": max(len(results) - len(records), 0),
-            "double": max(len(records) - len(results), 0), "delivered": sum(d for d, _ in results),
-            "billed": billed, "engine": engine, "billed_minus_engine": None if engine is None else billed - engine,
-            "statuses": sorted({r["status_code"] for r in records})}
+    delivered = sum(d for d, _, _ in results)
+    return {"fault": name, "calls": len(results), "answered": sum(done for _, done, _ in results),
+            "errors": sum(e for _, _, e in results), "records": len(records),
+            "lost": max(len(results) - len(records), 0), "double": max(len(records) - len(results), 0),
+            "delivered": delivered, "billed": billed, "engine": engine,
+            "billed_minus_engine": None if engine is None else billed - engine,
+            "billed_minus_delivered": billed - delivered, "statuses": sorted({r["status_code"] for r in records})}
 
 
 def cancel(platform: Platform, share: float) -> dict:
@@ -231,13 +239,14 @@ def postgres(platform: Platform, outage_s: float) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ["fault", "calls", "answered", "records", "lost", "double", "delivered", "billed", "engine",
-            "billed - engine", "statuses"]
+    head = ["fault", "calls", "answered", "error events", "records", "lost", "double", "delivered", "billed",
+            "engine", "billed - engine", "billed - delivered", "statuses"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join(str(v) for v in (
-            r["fault"], r["calls"], r["answered"], r["records"], r["lost"], r["double"], r["delivered"],
-            r["billed"], r["engine"], r["billed_minus_engine"], ",".join(map(str, r["statuses"])))) + " |")
+            r["fault"], r["calls"], r["answered"], r["errors"], r["records"], r["lost"], r["double"], r["delivered"],
+            r["billed"], r["engine"], r["billed_minus_engine"], r["billed_minus_delivered"],
+            ",".join(map(str, r["statuses"])))) + " |")
     return "\n".join(lines)
 
 

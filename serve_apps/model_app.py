@@ -24,7 +24,7 @@ from serve_apps.catalog import CatalogModel, ModelType, builtin
 from serve_apps.errors import context_length_exceeded
 from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
                                    LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
-                                   patch_tokenizer_service, vllm_serving, watch_scheduler_stats)
+                                   patch_tokenizer_service, vllm_serving, watch_aborts, watch_scheduler_stats)
 from serve_apps.placement import NodeType, node_type_resources
 from serve_apps.settings import Accelerator, plane_settings
 from serve_apps.witness import UsageWitness, witnessed
@@ -125,6 +125,7 @@ class MaasLLMServer(LLMServer):
         context = serve.get_replica_context()
         self._witness = UsageWitness(replica=context.replica_id.unique_id, app_name=context.app_name)
         watch_scheduler_stats(self.engine, self._engine_stats.record, self._witness.count)
+        watch_aborts(self.engine, self._witness.aborted)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         stats = getattr(self, "_engine_stats", None)
@@ -141,11 +142,13 @@ class MaasLLMServer(LLMServer):
     async def chat(self, request, raw_request_info=None, reservation: str | None = None):
         if error := await self._over_context(request, "messages"):
             return _single(error)
+        _name_request(request, reservation)
         return self._witnessed(await super().chat(request, raw_request_info), reservation, request.stream)
 
     async def completions(self, request, raw_request_info=None, reservation: str | None = None):
         if error := await self._over_context(request, "prompt"):
             return _single(error)
+        _name_request(request, reservation)
         return self._witnessed(await super().completions(request, raw_request_info), reservation, request.stream)
 
     async def context_error(self, request):
@@ -219,6 +222,14 @@ class MaasLLMServer(LLMServer):
 
 async def _single(item):
     yield item
+
+
+def _name_request(request, reservation: str | None) -> None:
+    """vLLM's request id of an admitted call carries its reservation id (`chatcmpl-<reservation>`; also the
+    answer's `id`, as the call's usage record has it): an aborted request's final counts then find their call
+    (serve_apps.witness). A request id a caller sent is replaced: tenants never pick the engine's ids."""
+    if reservation is not None:
+        request.request_id = reservation
 
 
 async def _sse_events(events):

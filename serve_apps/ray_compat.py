@@ -88,6 +88,35 @@ def watch_scheduler_stats(engine, on_stats, on_tokens=None) -> bool:
     return True
 
 
+def watch_aborts(engine, on_abort) -> bool:
+    """Call `on_abort(external_request_id, prompt_tokens, generation_tokens)` for each request aborted in the
+    engine behind a `LLMServer.engine` (a client gone, a cancelled stream), with the counts vLLM's
+    `vllm:prompt_tokens_total` / `vllm:generation_tokens_total` hold for it at that moment: vLLM 0.32's
+    `AsyncLLM.abort` -> `OutputProcessor.abort_requests` drops the request's state (later outputs of the engine
+    core are ignored, and not counted), so these are its final counts. The tokens of its last outputs may
+    never have reached the stream (they wait in its output queue). False if not found."""
+    processor = getattr(getattr(engine, "_engine_client", None), "output_processor", None)
+    original = getattr(processor, "abort_requests", None)
+    if original is None or not hasattr(processor, "request_states"):
+        return False
+
+    def abort_requests(request_ids, internal: bool, *args, **kwargs):
+        request_ids = list(request_ids)
+        for request_id in request_ids:
+            ids = [request_id] if internal else list(getattr(processor, "external_req_ids", {}).get(request_id, []))
+            for state in filter(None, map(processor.request_states.get, ids)):
+                stats = getattr(state, "stats", None)
+                if stats is not None:
+                    try:
+                        on_abort(state.external_req_id, state.prompt_len or 0, stats.num_generation_tokens)
+                    except Exception:  # noqa: BLE001  (never break vLLM's abort)
+                        pass
+        return original(request_ids, internal, *args, **kwargs)
+
+    processor.abort_requests = abort_requests
+    return True
+
+
 # -- ray.serve internals (checked against ray 2.60.0) -----------------------------------------------------
 def serve_details() -> dict[str, Any] | None:
     """`ServeInstanceDetails` as a dict (one controller call), or None when no Serve controller runs.

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from typing import Any, AsyncGenerator
 
 import ray
@@ -28,6 +29,8 @@ log = logging.getLogger("maas.witness")
 MAX_QUEUED_REPORTS = 10_000
 SEND_ATTEMPTS = 5
 TOTALS_EVERY_S = 5.0  # how often an engine replica's token counters go to the actor (when they moved)
+ABORTS_KEPT = 4096  # the final counts of aborted requests, until their call's report takes them
+ABORT_WAIT_S = 1.0  # how long a broken call's report waits for its request's abort in vLLM
 
 
 def object_end(text: str, start: int) -> int:
@@ -85,6 +88,36 @@ class UsageWitness:
         self.replica, self.app_name = replica, app_name
         self.prompt_total = self.generation_total = 0
         self._ticking = False
+        self._aborted: OrderedDict[str, tuple[int, int]] = OrderedDict()  # reservation -> vLLM's final counts
+        self._waiting: set[asyncio.Task] = set()  # broken calls' reports waiting for their abort
+
+    def broken(self, reservation: str, counts: tuple[int, int] | None, started: float, stream: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self.report_broken(reservation, counts, started, stream))
+        self._waiting.add(task)
+        task.add_done_callback(self._waiting.discard)
+
+    def aborted(self, external_request_id: str, prompt: int, generation: int) -> None:
+        """vLLM aborted a request (serve_apps.ray_compat.watch_aborts): its final counts. The engine methods
+        give a call's request the reservation id (`chatcmpl-<reservation>`, `cmpl-<reservation>`)."""
+        reservation = external_request_id.split("-", 1)[-1]
+        before = self._aborted.pop(reservation, (0, 0))  # parallel samples (n > 1) are aborted one by one
+        self._aborted[reservation] = (max(before[0], prompt), before[1] + generation)
+        while len(self._aborted) > ABORTS_KEPT:
+            self._aborted.popitem(last=False)
+
+    async def report_broken(self, reservation: str, counts: tuple[int, int] | None, started: float,
+                            stream: bool) -> None:
+        """A call that ended before its answer did (its caller gone, cancelled): vLLM aborts its request as the
+        stream unwinds, in another task; its final counts (what vLLM's counters hold for it: the tokens still
+        in its output queue included) replace the last chunk's when they come within ABORT_WAIT_S."""
+        deadline = time.monotonic() + ABORT_WAIT_S
+        while reservation not in self._aborted and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        final = self._aborted.pop(reservation, None)
+        if final is not None:
+            counts = final if counts is None else (max(counts[0], final[0]), max(counts[1], final[1]))
+        if counts is not None:
+            self.report(reservation, counts[0], counts[1], started, stream)
 
     def count(self, prompt: int, generation: int) -> None:
         """One engine step's tokens (called by vLLM's stat logger hook, on the engine's event loop)."""
@@ -160,16 +193,20 @@ async def witnessed(generator: AsyncGenerator, reservation: str | None, witness:
         async for item in generator:
             yield item
         return
-    started, before, last = time.time(), None, None
+    started, before, last, finished = time.time(), None, None, False
     try:
         async for item in generator:
             before, last = last, item
             yield item
+        finished = True
     finally:
         # The final usage chunk may travel alone before `[DONE]`: the batch before the last one has it then.
         counts = next((c for c in map(usage_of, (last, before)) if c is not None), None)
-        if counts is not None:
-            try:
-                witness.report(reservation, counts[0], counts[1], started, stream)
-            except RuntimeError:  # closed outside an event loop (garbage collection): nothing to report with
-                log.warning("usage of %s not reported: no event loop", reservation)
+        try:
+            if finished:
+                if counts is not None:
+                    witness.report(reservation, counts[0], counts[1], started, stream)
+            else:
+                witness.broken(reservation, counts, started, stream)
+        except RuntimeError:  # closed outside an event loop (garbage collection): nothing to report with
+            log.warning("usage of %s not reported: no event loop", reservation)

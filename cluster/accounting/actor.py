@@ -360,6 +360,11 @@ class AccountingActor:
                 self._witnessed[report.reservation] = report
         self._start_sweeper()
 
+    def witnessed(self, reservation_id: str) -> tuple[int, int] | None:
+        """The engine's count of a call not settled yet (a gateway settling a broken stream asks for it)."""
+        report = self._witnessed.get(reservation_id)
+        return None if report is None else (report.prompt_tokens, report.completion_tokens)
+
     def _start_sweeper(self) -> None:
         if self._sweeper is None or self._sweeper.done():
             try:

@@ -120,6 +120,19 @@ class Settler:
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
+    def submit_after(self, first: Awaitable, call: Call, status: int, error_code: str = "") -> None:
+        """Settle once `first` is done (it may correct the call's counts); pending meanwhile."""
+        async def later() -> None:
+            try:
+                await first
+            except Exception as exc:  # noqa: BLE001  (the counts the call has stand)
+                log.warning("usage of %s not corrected (%s)", call.reservation, type(exc).__name__)
+            self.submit(call, status, error_code)
+
+        task = asyncio.get_running_loop().create_task(later())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
     async def _send_batch(self, shard: int, settlements: list[Settlement]) -> list:
         actor = await self._actor(shard)
         await actor.settle_many.remote(settlements)
@@ -147,8 +160,9 @@ class Settler:
     async def drain(self, timeout_s: float) -> int:
         """Wait (at most `timeout_s`) until every pending settlement is acknowledged; returns how many are
         still pending. A replica stopped on purpose (scale-in, upgrade, `maas down`) calls this first."""
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._pending and (left := deadline - time.monotonic()) > 0:  # a task may add a settlement
+            await asyncio.wait(list(self._pending), timeout=left)
         return len(self._pending)
 
 

@@ -44,6 +44,7 @@ log = logging.getLogger("maas.gateway")
 # new calls with 503: bounded memory, and never a call answered that could not be recorded.
 MAX_PENDING_SETTLEMENTS = 10_000
 SHUTDOWN_DRAIN_S = 15.0  # within Serve's graceful_shutdown_timeout_s (20 s)
+BROKEN_COUNT_WAIT_S = 2.5  # a broken stream's settlement waits this long for the engine's final count
 
 app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -392,7 +393,23 @@ class Gateway:
         finally:
             if status != 200 or not call.usage_final:
                 relay.partial()
-            self.settler.submit(call, status, code)
+            if status != 200 and call.reservation:  # the engine's final count of the broken call, if it comes
+                self.settler.submit_after(self._engine_count(call), call, status, code)
+            else:
+                self.settler.submit(call, status, code)
+
+    async def _engine_count(self, call: Call) -> None:
+        """A broken stream's tokens as vLLM counted them at its abort (the engine replica reports them to the
+        actor, serve_apps.witness): the last chunk relayed here may be a few tokens behind. Waits at most
+        BROKEN_COUNT_WAIT_S; a dead engine never reports, and the relayed count stands."""
+        deadline = time.monotonic() + BROKEN_COUNT_WAIT_S
+        while time.monotonic() < deadline:
+            counts = await self.accounting.witnessed(call.reservation)
+            if counts is not None:
+                call.prompt_tokens = max(call.prompt_tokens, counts[0])
+                call.completion_tokens = max(call.completion_tokens, counts[1])
+                return
+            await asyncio.sleep(0.25)
 
     @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request):

@@ -17,7 +17,8 @@ from typing import Any
 
 import ray
 
-from serve_apps.contract import NAMESPACE, Admission, AdmissionRequest, Settlement, settlement_shard, shard_actor
+from serve_apps.contract import (NAMESPACE, Admission, AdmissionRequest, Settlement, reservation_shard,
+                                 settlement_shard, shard_actor)
 from serve_apps.errors import PlatformError
 from serve_apps.gateway.admission import NaturalBatcher, is_actor_error
 
@@ -101,6 +102,10 @@ class AccountingShards:
                     self._actors.pop(shard, None)
                     log.debug("heartbeat to shard %d not sent (%s)", shard, exc)
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def witnessed(self, reservation: str) -> tuple[int, int] | None:
+        """The engine's report of a call, if its shard has one (prompt, completion)."""
+        return await (await self.actor(reservation_shard(reservation))).witnessed.remote(reservation)
 
     async def list_models(self, key_hash: str):
         return await (await self.actor(self.key_shard(key_hash))).list_models.remote(key_hash)

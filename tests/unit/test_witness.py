@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from serve_apps.witness import UsageWitness, usage_of, witnessed
+from serve_apps.witness import ABORT_WAIT_S, UsageWitness, usage_of, witnessed
 
 pytestmark = pytest.mark.unit
 
@@ -53,8 +53,7 @@ def test_a_finished_stream_is_reported_once_with_the_final_count_even_when_done_
     assert recorder.reports == [("r1", 5, 3, True)]
 
 
-def test_a_stream_closed_midway_reports_what_the_engine_had_generated():
-    recorder = Recorder()
+def _closed_at_10(recorder, abort=None):
     batches = [[_chunk(str(i), 5, i)] for i in range(1, 50)]
 
     async def run():
@@ -63,9 +62,29 @@ def test_a_stream_closed_midway_reports_what_the_engine_had_generated():
             if '"completion_tokens":10' in batch[0]:
                 break
         await stream.aclose()  # the caller went away (Serve closes the replica's generator)
+        if abort is not None:  # vLLM aborts the request as the stream unwinds, in another task
+            await asyncio.sleep(0.05)
+            recorder.aborted(*abort)
+        await asyncio.sleep(ABORT_WAIT_S + 0.2)
 
     asyncio.run(run())
-    assert recorder.reports == [("r2", 5, 10, True)]
+
+
+def test_a_stream_closed_midway_reports_what_the_engine_had_generated():
+    recorder = Recorder()
+    _closed_at_10(recorder)
+    assert recorder.reports == [("r2", 5, 10, True)]  # no abort seen in time: the last chunk's count
+
+
+def test_a_stream_closed_midway_reports_vllms_count_at_the_abort():
+    """benchmarks/faults.py found it: the last chunk a stream yielded was ~4 tokens behind what vLLM had
+    counted when the request was aborted (its output queue and the batcher's buffer)."""
+    recorder = Recorder()
+    _closed_at_10(recorder, abort=("chatcmpl-r2", 5, 14))
+    assert recorder.reports == [("r2", 5, 14, True)]
+    other = Recorder()
+    _closed_at_10(other, abort=("chatcmpl-another", 5, 14))  # another call's abort: not this one's count
+    assert other.reports == [("r2", 5, 10, True)]
 
 
 def test_no_reservation_no_report():
@@ -75,3 +94,30 @@ def test_no_reservation_no_report():
         return [b async for b in witnessed(_engine([[_chunk("a", 1, 1)]]), None, recorder, True)]
 
     assert len(asyncio.run(run())) == 1 and recorder.reports == []
+
+
+def test_watch_aborts_hands_over_vllms_final_counts_before_vllm_drops_them():
+    from types import SimpleNamespace
+
+    from serve_apps.ray_compat import watch_aborts
+
+    dropped = []
+
+    class Processor:  # vLLM 0.32's OutputProcessor, the parts watch_aborts reads
+        def __init__(self):
+            self.request_states = {"chatcmpl-r9-1a2b": SimpleNamespace(
+                external_req_id="chatcmpl-r9", prompt_len=7, stats=SimpleNamespace(num_generation_tokens=23))}
+            self.external_req_ids = {"chatcmpl-r9": ["chatcmpl-r9-1a2b"]}
+
+        def abort_requests(self, request_ids, internal):
+            for request_id in request_ids:
+                dropped.append(self.request_states.pop(request_id, None))
+            return list(request_ids)
+
+    processor = Processor()
+    engine = SimpleNamespace(_engine_client=SimpleNamespace(output_processor=processor))
+    recorder = Recorder()
+    assert watch_aborts(engine, recorder.aborted)
+    assert processor.abort_requests(["chatcmpl-r9-1a2b"], True) == ["chatcmpl-r9-1a2b"]
+    assert dropped[0] is not None and recorder._aborted == {"r9": (7, 23)}
+    assert not watch_aborts(SimpleNamespace(), recorder.aborted)  # another engine: no hook, no failure
