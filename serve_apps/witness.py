@@ -30,7 +30,7 @@ MAX_QUEUED_REPORTS = 10_000
 SEND_ATTEMPTS = 5
 TOTALS_EVERY_S = 5.0  # how often an engine replica's token counters go to the actor (when they moved)
 ABORTS_KEPT = 4096  # the final counts of aborted requests, until their call's report takes them
-ABORT_WAIT_S = 1.0  # how long a broken call's report waits for its request's abort in vLLM
+ABORT_WAIT_S = 2.0  # how long a broken call's report waits for its request's abort in vLLM
 
 
 def object_end(text: str, start: int) -> int:

@@ -44,7 +44,7 @@ log = logging.getLogger("maas.gateway")
 # new calls with 503: bounded memory, and never a call answered that could not be recorded.
 MAX_PENDING_SETTLEMENTS = 10_000
 SHUTDOWN_DRAIN_S = 15.0  # within Serve's graceful_shutdown_timeout_s (20 s)
-BROKEN_COUNT_WAIT_S = 2.5  # a broken stream's settlement waits this long for the engine's final count
+BROKEN_COUNT_WAIT_S = 5.0  # a broken stream's settlement waits this long for the engine's final count
 
 app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
