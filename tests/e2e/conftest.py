@@ -6,6 +6,10 @@ building tiny-chat takes minutes; the database and everything else are new for e
 
 Tests that restart or otherwise disturb the shared platform carry `@pytest.mark.disruptive` and run at the
 end of the session (pytest_collection_modifyitems below), whatever their module's name.
+
+Tests marked `cluster` (`make test-cluster`) get the platform as the head of a cluster: MAAS_STORAGE apart from
+MAAS_HOME (the models there), PostgreSQL as the database. Other tests read the models under MAAS_HOME, so the two
+kinds never share a session: selected together, the cluster tests are deselected (with a warning).
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return 2 if item.get_closest_marker("audit") else 1 if item.get_closest_marker("disruptive") else 0
 
     items[:] = sorted(items, key=rank)  # stable: each group keeps its collection order
+    cluster = [i for i in items if i.get_closest_marker("cluster")]
+    if cluster and any(i.get_closest_marker("e2e") and not i.get_closest_marker("cluster") for i in items):
+        config.hook.pytest_deselected(items=cluster)
+        items[:] = [i for i in items if not i.get_closest_marker("cluster")]
+        config.issue_config_time_warning(pytest.PytestWarning(
+            f"deselected {len(cluster)} cluster test(s): they need a session of their own (make test-cluster)"), 2)
 
 
 @dataclass
@@ -44,6 +54,7 @@ class Platform:
     admin_key: str
     database_url: str
     up_stderr: str = ""
+    storage: Path | None = None  # MAAS_STORAGE, when the session runs cluster tests
 
     def maas(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run([str(BIN / "maas"), *args], env=self.env, capture_output=True, text=True,
@@ -67,16 +78,21 @@ class Platform:
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory) -> Platform:
+def platform(request, tmp_path_factory) -> Platform:
     cache = Path(os.environ.get("MAAS_TEST_CACHE", Path.home() / ".cache" / "maas-tests")) / "models"
     cache.mkdir(parents=True, exist_ok=True)
-    home = Path(os.environ.get("MAAS_TEST_HOME") or tempfile.mkdtemp(prefix="maas-test-"))
+    root = Path(os.environ.get("MAAS_TEST_HOME") or tempfile.mkdtemp(prefix="maas-test-"))
+    as_cluster = any(item.get_closest_marker("cluster") for item in request.session.items)
+    # A cluster's head keeps its state in MAAS_HOME and what every node reads in MAAS_STORAGE.
+    home, storage = (root / "head", root / "storage") if as_cluster else (root, None)
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "models").exists():
-        (home / "models").symlink_to(cache)
+    store = storage or home
+    store.mkdir(parents=True, exist_ok=True)
+    if not (store / "models").exists():
+        (store / "models").symlink_to(cache)
     admin_key = "admin-test-" + os.urandom(8).hex()
     database_url = f"sqlite:///{home / 'maas.db'}"
-    if os.environ.get("MAAS_TEST_DATABASE") == "postgres":  # the same tests on a real PostgreSQL server
+    if os.environ.get("MAAS_TEST_DATABASE") == "postgres" or as_cluster:  # a real PostgreSQL server
         from tests.pg import postgres_url
 
         database_url = postgres_url(f"maas_slot{SLOT}")
@@ -93,7 +109,7 @@ def platform(tmp_path_factory) -> Platform:
         "MAAS_COLD_START_TIMEOUT_S": "5",
         "FORWARDED_ALLOW_IPS": "",  # as `maas up` starts Ray: the proxy's uvicorn leaves X-Forwarded-For alone
         "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
-    }
+    } | ({"MAAS_STORAGE": str(storage)} if storage else {})
     stop_ray(env)
     start_ray_head(env)
     up = subprocess.run([str(BIN / "maas"), "up"], env=env, capture_output=True, text=True, timeout=1500)
@@ -101,10 +117,10 @@ def platform(tmp_path_factory) -> Platform:
         stop_ray(env)
         pytest.fail(f"maas up failed:\n{up.stdout[-5000:]}\n{up.stderr[-5000:]}")
     yield Platform(home=home, env=env, base_url=f"http://127.0.0.1:{SERVE_PORT}", up_output=up.stdout,
-                   admin_key=admin_key, database_url=database_url, up_stderr=up.stderr)
+                   admin_key=admin_key, database_url=database_url, up_stderr=up.stderr, storage=storage)
     stop_ray(env)
     if not os.environ.get("MAAS_TEST_HOME"):
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
