@@ -28,13 +28,14 @@ def _preset(session: Session, model_id: str) -> Preset:
     return row
 
 
-def _grant(session: Session, project_id: str, model_id: str) -> PresetGrant:
-    """The project's activation or claim; a row a freeze made before (not granted) becomes one from now."""
+def _grant(session: Session, project_id: str, model_id: str, granted: bool = True) -> PresetGrant:
+    """The project's row for a preset. `granted`: its activation or claim (a row a freeze made before, not
+    granted, becomes one from now); not granted: the row a freeze needs, a grant only if it was one already."""
     grant = session.get(PresetGrant, (project_id, model_id))
     if grant is None:
-        grant = PresetGrant(project_id=project_id, model_id=model_id, granted=True, created_at=time.time())
+        grant = PresetGrant(project_id=project_id, model_id=model_id, granted=granted, created_at=time.time())
         session.add(grant)
-    elif not grant.granted:
+    elif granted and not grant.granted:
         grant.granted, grant.created_at = True, time.time()
     session.flush()
     return grant
@@ -58,10 +59,7 @@ def set_preset(session: Session, model_id: str, spec: PresetSpec) -> PresetView:
 def freeze(session: Session, model_id: str, spec: FreezeSpec) -> ProjectPresetView:
     """Freezing a project that never activated or claimed records the freeze only (`granted` false)."""
     preset = _preset(session, model_id)
-    grant = session.get(PresetGrant, (spec.project_id, model_id))
-    if grant is None:
-        grant = PresetGrant(project_id=spec.project_id, model_id=model_id, granted=False, created_at=time.time())
-        session.add(grant)
+    grant = _grant(session, spec.project_id, model_id, granted=False)
     grant.frozen = spec.frozen
     session.flush()
     return ProjectPresetView(**_view(preset).model_dump(), activated=grant.granted, frozen=grant.frozen)
