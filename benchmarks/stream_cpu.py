@@ -94,11 +94,12 @@ def cpu_snapshot() -> dict[int, tuple[str, float]]:
 
 
 def cpu_by_process(before: dict, after: dict) -> dict[str, float]:
-    """CPU seconds per process name between two snapshots (processes that lived through both)."""
+    """CPU seconds per process name between two snapshots (processes that lived through both). Matched by pid:
+    a Ray actor's process title names the method it runs (`ray::AccountingActor.settle_many`), so it changes."""
     spent: dict[str, float] = collections.Counter()
     for pid, (name, t) in after.items():
-        if pid in before and before[pid][0] == name:
-            spent[name] += t - before[pid][1]
+        if pid in before:
+            spent[name.split(".")[0] if name.startswith("ray::") else name] += t - before[pid][1]
     return dict(spent)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
@@ -23,6 +24,9 @@ class Settings(PlaneSettings):
     database_url: str = Field("", description="Any SQLAlchemy URL; default: SQLite in MAAS_HOME.")
     host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens (maas up).")
     port: int = 8000
+    proxy_location: Literal["HeadOnly", "EveryNode", "Disabled"] | None = Field(
+        None, description="Where Serve runs HTTP proxies (maas up; default: the serve config's, HeadOnly). "
+                          "EveryNode with MAAS_HOST=0.0.0.0 on a cluster behind a load balancer.")
     serve_config: Path = Field(REPO_ROOT / "ray_configs" / "maas.yaml",
                                description="The applications `maas up` deploys (the file `serve deploy` takes).")
     url: str | None = Field(None, description="The platform's base URL for the CLI (default http://host:port).")

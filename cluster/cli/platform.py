@@ -116,7 +116,7 @@ def deploy(console: Console) -> list[str]:
     http = config.get("http_options", {})
     settings = get_settings()
     serve.start(http_options={"host": settings.host or http.get("host"), "port": settings.port},
-                proxy_location=config.get("proxy_location", "HeadOnly"))
+                proxy_location=settings.proxy_location or config.get("proxy_location", "HeadOnly"))
     targets = [RunTarget(target=import_attr(a["import_path"])(a.get("args") or {}), name=a["name"],
                          route_prefix=a.get("route_prefix")) for a in config["applications"]]
     # Deploy all at once and let the caller show progress, instead of waiting app by app.
