@@ -37,6 +37,7 @@ class Call:
     settled: bool = False
     playground: bool = False  # X-MaaS-Playground: 1 (the console's playground; spec §5.1)
     replica_wait_ms: float | None = None  # until an engine replica took the call (a cold start from zero)
+    ended_at: float | None = None  # when the answer ended, if its settlement waits (a broken stream's count)
 
     def usage(self, usage: Any) -> None:
         if usage is None:
@@ -62,7 +63,7 @@ class Call:
             # record are then the same call to the actor, counted once whichever comes first.
             "request_id": self.reservation or uuid.uuid4().hex, "ts": self.ts, "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens, "status_code": status, "error_code": error_code,
-            "latency_ms": (time.perf_counter() - self.started) * 1000, "ttft_ms": ttft, "tpot_ms": tpot,
+            "latency_ms": ((self.ended_at or time.perf_counter()) - self.started) * 1000, "ttft_ms": ttft, "tpot_ms": tpot,
             "client_ip": self.client_ip, "stream": self.stream, "playground": self.playground,
             "replica_wait_ms": self.replica_wait_ms,
         }

@@ -394,6 +394,7 @@ class Gateway:
             if status != 200 or not call.usage_final:
                 relay.partial()
             if status != 200 and call.reservation:  # the engine's final count of the broken call, if it comes
+                call.ended_at = time.perf_counter()  # its latency is the stream's, not the wait's
                 self.settler.submit_after(self._engine_count(call), call, status, code)
             else:
                 self.settler.submit(call, status, code)

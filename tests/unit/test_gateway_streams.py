@@ -101,3 +101,29 @@ def test_responses_and_messages_texts_and_budgets():
         {"role": "user", "content": [{"type": "text", "text": "hi"}]}]})
     assert request_text(messages).split("\n") == ["hi", "sys"] and completion_budget(messages) == 5
     assert output_text([{"type": "tool_use", "id": "t1", "name": "f", "input": {"city": "paris"}}]) == "f\nparis"
+
+
+def test_a_broken_streams_latency_ends_when_the_stream_did_not_when_its_count_came():
+    """Its settlement waits (up to 5 s) for the engine's count: the wait is not the call's latency."""
+    from serve_apps.gateway.admission import Settler
+
+    sent = []
+
+    async def actor(shard):
+        class A:
+            class settle_many:
+                @staticmethod
+                async def remote(settlements):
+                    sent.extend(settlements)
+        return A
+
+    async def run():
+        settler = Settler(actor)
+        call = Call({"project_id": "p"}, "127.0.0.1", "r1", stream=True)
+        call.ended_at = call.started + 0.05
+        settler.submit_after(asyncio.sleep(0.3), call, 499, "MaaS.0499")
+        assert settler.pending == 1
+        assert await settler.drain(5) == 0
+    asyncio.run(run())
+    [(_, record)] = sent
+    assert record["status_code"] == 499 and abs(record["latency_ms"] - 50) < 1
