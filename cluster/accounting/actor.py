@@ -425,11 +425,9 @@ class AccountingActor:
         samples before a restart, a range would count all the replica ever processed)."""
         totals = EngineTotals(*totals)
         self._keep_sample(totals.replica, totals.app_name, totals.at, totals.prompt_tokens, totals.generation_tokens)
-        self._unwritten_samples.append({"replica": totals.replica, "app_name": totals.app_name, "at": totals.at,
-                                        "prompt_tokens": totals.prompt_tokens,
-                                        "generation_tokens": totals.generation_tokens})
-        del self._unwritten_samples[:-MAX_UNWRITTEN_SAMPLES]
-        rows, self._unwritten_samples = self._unwritten_samples, []
+        # The columns are EngineTotals' fields; samples a failed write left wait here (the newest kept).
+        rows = [*self._unwritten_samples, totals._asdict()][-MAX_UNWRITTEN_SAMPLES:]
+        self._unwritten_samples = []
         try:
             await asyncio.to_thread(self._write_samples, rows, totals.at - ENGINE_SAMPLES_KEPT_S)
         except Exception as exc:  # noqa: BLE001  (the database is down: written with the next sample)

@@ -14,8 +14,8 @@ from cluster.my_models.schemas import ModelName
 from cluster.runtime.running_time import running_seconds
 from cluster.schemas import AutoStop, Notified, StrictModel, format_duration, pattern_rule
 from cluster.state.db import TuningJob
-from train_jobs.config import JOB_NAME_PATTERN, JobType, LoraSettings
 from serve_apps.placement import NodeType
+from train_jobs.config import JOB_NAME_PATTERN, JobType, LoraSettings
 from train_jobs.progress import METRICS_FILE, read_status
 
 NOTIFIABLE = ("pending", "starting", "running", "stopping", "stopped", "completed", "failed")
