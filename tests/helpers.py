@@ -32,19 +32,28 @@ def start_ray_head(env: dict) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def stop_ray(env: dict) -> None:
-    """Stop only the tests' cluster: `ray stop` would stop every Ray cluster on the machine."""
+def _processes_and_children(matches) -> list:
+    """The processes whose command line has an argument `matches(arg)` accepts, and all their children."""
     import psutil
 
-    roots = [p for p in psutil.process_iter(["cmdline"])
-             if any(RAY_TEMP_DIR in arg or arg.endswith(f":{RAY_PORT}") for arg in p.info["cmdline"] or [])]
-    victims = {p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}
-    for proc in victims.values():
+    roots = [p for p in psutil.process_iter(["cmdline"]) if any(map(matches, p.info["cmdline"] or []))]
+    return list({p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}.values())
+
+
+def _kill(victims: list) -> None:
+    import psutil
+
+    for proc in victims:
         try:
             proc.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(list(victims.values()), timeout=30)
+    psutil.wait_procs(victims, timeout=30)
+
+
+def stop_ray(env: dict) -> None:
+    """Stop only the tests' cluster: `ray stop` would stop every Ray cluster on the machine."""
+    _kill(_processes_and_children(lambda arg: RAY_TEMP_DIR in arg or arg.endswith(f":{RAY_PORT}")))
 
 
 # -- a second Ray node on this machine (tests/e2e/test_two_nodes.py) --------------------------------------------
@@ -78,23 +87,11 @@ def start_worker_node(env: dict, private_home: Path, resources: dict[str, float]
 
 def worker_node_processes() -> list:
     """The worker node's processes: the daemons `ray start` left (they name its temp dir) and their children."""
-    import psutil
-
-    roots = [p for p in psutil.process_iter(["cmdline"])
-             if any(WORKER_TEMP_DIR in arg for arg in p.info["cmdline"] or [])]
-    return list({p.pid: p for root in roots for p in [root, *root.children(recursive=True)]}.values())
+    return _processes_and_children(lambda arg: WORKER_TEMP_DIR in arg)
 
 
 def stop_worker_node() -> None:
-    import psutil
-
-    victims = worker_node_processes()
-    for proc in victims:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(victims, timeout=30)
+    _kill(worker_node_processes())
 
 
 def wait_status(platform, service: str, statuses: set[str], timeout: float = 420, project: str = "default") -> dict:
