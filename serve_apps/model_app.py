@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 from typing import Any, AsyncGenerator
 
+import ray
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
@@ -21,6 +22,7 @@ from autoscaling.builder import serve_autoscaling_config
 from autoscaling.config import LLMPolicyOptions, Mode, ScalingSpec
 from autoscaling.metrics import EngineStats
 from serve_apps.catalog import CatalogModel, ModelType, builtin
+from serve_apps.direct_stream import StreamServer
 from serve_apps.errors import context_length_exceeded
 from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
                                    LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
@@ -47,6 +49,11 @@ class ModelServiceSpec(BaseModel):
     max_ongoing_requests: int = Field(64, gt=0)
     stream_batching_interval_ms: float = Field(
         50, ge=0, description="After the first chunk (sent at once), chunks travel in batches this often.")
+    stream_batching_per_stream_ms: float = Field(
+        0, ge=0, description="The interval grows by this much per stream the replica relays at once (up to "
+                             "stream_batching_max_ms): a busy replica then sends about 1000 / this many batches a "
+                             "second in all, however many streams it relays. 0: a fixed interval.")
+    stream_batching_max_ms: float = Field(250, ge=0, description="The longest interval the growth above reaches.")
     accelerator: Accelerator = "cpu"
     kv_cache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     max_lora_adapters: int = Field(0, ge=0, description="LoRA adapters served on this engine at once (0: none).")
@@ -76,22 +83,42 @@ class LocalWeightsCallback(CallbackBase):
 class FirstChunkBatcher(Batcher):
     """Like ray.serve.llm's Batcher, but the opening chunks (the role chunk and the first token) leave as
     soon as they exist: batching then saves per-chunk hops for the rest of the stream without adding to
-    time-to-first-token."""
+    time-to-first-token. With `per_stream_ms`, the interval after them grows with the streams this replica
+    relays at once (every hop's cost is per batch, so the batches per second stay bounded under load),
+    between `interval_ms` and `max_ms`."""
 
     IMMEDIATE = 2
+    streams = 0  # streams being relayed in this process (a replica runs one engine)
+
+    def __init__(self, generator, interval_ms: float, per_stream_ms: float = 0.0, max_ms: float | None = None):
+        self._per_stream_s, self._max_s = per_stream_ms / 1000, (max_ms or interval_ms) / 1000
+        super().__init__(generator, interval_ms=interval_ms)
+
+    @property
+    def interval_s(self) -> float:
+        """Read by Batcher.stream before every wait."""
+        return min(self._max_s, max(self._base_s, self._per_stream_s * FirstChunkBatcher.streams))
+
+    @interval_s.setter
+    def interval_s(self, value: float) -> None:
+        self._base_s = value
 
     async def stream(self):
-        for _ in range(self.IMMEDIATE):
-            item = asyncio.ensure_future(self.queue.get())
-            finished = asyncio.ensure_future(self.done_event.wait())
-            await asyncio.wait([item, finished], return_when=asyncio.FIRST_COMPLETED)
-            finished.cancel()
-            if not item.done():
-                item.cancel()
-                break
-            yield [item.result(), *self.drain_queue()]
-        async for batch in super().stream():
-            yield batch
+        FirstChunkBatcher.streams += 1
+        try:
+            for _ in range(self.IMMEDIATE):
+                item = asyncio.ensure_future(self.queue.get())
+                finished = asyncio.ensure_future(self.done_event.wait())
+                await asyncio.wait([item, finished], return_when=asyncio.FIRST_COMPLETED)
+                finished.cancel()
+                if not item.done():
+                    item.cancel()
+                    break
+                yield [item.result(), *self.drain_queue()]
+            async for batch in super().stream():
+                yield batch
+        finally:
+            FirstChunkBatcher.streams -= 1
 
 
 class LocalLoraLoader(LoraModelLoader):
@@ -126,6 +153,10 @@ class MaasLLMServer(LLMServer):
         self._witness = UsageWitness(replica=context.replica_id.unique_id, app_name=context.app_name)
         watch_scheduler_stats(self.engine, self._engine_stats.record, self._witness.count)
         watch_aborts(self.engine, self._witness.aborted)
+        self._streams = None
+        if plane_settings().direct_streams:
+            self._streams = StreamServer()
+            await self._streams.start(ray.util.get_node_ip_address())
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         stats = getattr(self, "_engine_stats", None)
@@ -135,21 +166,29 @@ class MaasLLMServer(LLMServer):
         interval = self._get_batch_interval_ms()
         if not interval:
             return super()._batch_output_stream(generator)
-        return FirstChunkBatcher(generator, interval_ms=interval).stream()
+        configs = self._llm_config.experimental_configs
+        return FirstChunkBatcher(generator, interval_ms=interval,
+                                 per_stream_ms=configs.get("stream_batching_per_stream_ms", 0),
+                                 max_ms=configs.get("stream_batching_max_ms")).stream()
 
     # `reservation`: the accounting actor's id of the call (the gateway sends it); the engine reports what it
     # generated for the call under it (serve_apps.witness), which settles the call if its gateway dies.
-    async def chat(self, request, raw_request_info=None, reservation: str | None = None):
+    # `detour`: the caller (the gateway) takes the stream after its first batch over a connection of its own
+    # (serve_apps.direct_stream), not through Serve.
+    async def chat(self, request, raw_request_info=None, reservation: str | None = None, detour: bool = False):
         if error := await self._over_context(request, "messages"):
             return _single(error)
         _name_request(request, reservation)
-        return self._witnessed(await super().chat(request, raw_request_info), reservation, request.stream)
+        answer = await super().chat(request, raw_request_info)
+        return self._witnessed(answer, reservation, request.stream, detour)
 
-    async def completions(self, request, raw_request_info=None, reservation: str | None = None):
+    async def completions(self, request, raw_request_info=None, reservation: str | None = None,
+                          detour: bool = False):
         if error := await self._over_context(request, "prompt"):
             return _single(error)
         _name_request(request, reservation)
-        return self._witnessed(await super().completions(request, raw_request_info), reservation, request.stream)
+        answer = await super().completions(request, raw_request_info)
+        return self._witnessed(answer, reservation, request.stream, detour)
 
     async def context_error(self, request):
         """The product's context-length 400 for a chat or completion request (None when it fits), counted with
@@ -158,28 +197,30 @@ class MaasLLMServer(LLMServer):
         yield await self._over_context(request, "messages" if hasattr(request, "messages") else "prompt",
                                        at_least=1)
 
-    async def responses(self, request: dict, reservation: str | None = None):
+    async def responses(self, request: dict, reservation: str | None = None, detour: bool = False):
         """The OpenAI Responses API (vLLM's own, which ray.serve.llm does not route): a JSON body in, a JSON
         dict or a stream of SSE events (`event: <type>` + `data: {...}`) out."""
         from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 
         answer = await self._serve_api("openai_serving_responses", ResponsesRequest, "create_responses", request)
-        return self._witnessed(answer, reservation, bool(request.get("stream")))
+        return self._witnessed(answer, reservation, bool(request.get("stream")), detour)
 
-    async def messages(self, request: dict, reservation: str | None = None):
+    async def messages(self, request: dict, reservation: str | None = None, detour: bool = False):
         """The Anthropic Messages API (vLLM's own): a JSON body in, a JSON dict or its SSE stream out."""
         from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
 
         answer = await self._serve_api("anthropic_serving_messages", AnthropicMessagesRequest, "create_messages",
                                        request)
-        return self._witnessed(answer, reservation, bool(request.get("stream")))
+        return self._witnessed(answer, reservation, bool(request.get("stream")), detour)
 
-    def _witnessed(self, generator, reservation: str | None, stream: bool):
-        if reservation is None:
-            return generator
-        if getattr(self, "_witness", None) is None:
-            self._witness = UsageWitness()
-        return witnessed(generator, reservation, self._witness, bool(stream))
+    def _witnessed(self, generator, reservation: str | None, stream: bool, detour: bool = False):
+        if reservation is not None:
+            if getattr(self, "_witness", None) is None:
+                self._witness = UsageWitness()
+            generator = witnessed(generator, reservation, self._witness, bool(stream))
+        if stream and detour and getattr(self, "_streams", None) is not None:
+            generator = self._streams.relay(generator)
+        return generator
 
     async def _serve_api(self, name: str, model: type[BaseModel], method: str, body: dict):
         try:
@@ -290,7 +331,9 @@ def build_llm_config(spec: ModelServiceSpec) -> LLMConfig:
             "max_ongoing_requests": spec.max_ongoing_requests,
             "ray_actor_options": placement["ray_actor_options"],
         },
-        experimental_configs={"stream_batching_interval_ms": spec.stream_batching_interval_ms},
+        experimental_configs={"stream_batching_interval_ms": spec.stream_batching_interval_ms,
+                              "stream_batching_per_stream_ms": spec.stream_batching_per_stream_ms,
+                              "stream_batching_max_ms": spec.stream_batching_max_ms},
         log_engine_metrics=True,
         callback_config={"callback_class": LocalWeightsCallback},
     )

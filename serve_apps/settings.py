@@ -41,6 +41,11 @@ class PlaneSettings(BaseSettings):
         "one; every replica busy at its max ongoing requests) before the 503 MaaS.0503. Under the OpenAI "
         "SDK's 600 s default timeout, so clients get the platform's answer rather than their own timeout."))
 
+    direct_streams: bool = Field(True, description=(
+        "A streamed answer goes from the engine replica to the gateway over a TCP connection of its own after "
+        "its first batch (serve_apps.direct_stream), not as one Ray object per batch. Off: every batch through "
+        "Serve (for nodes that cannot reach each other on free ports)."))
+
     @field_validator("home", "storage")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
