@@ -90,6 +90,7 @@ class UsageWitness:
         self._ticking = False
         self._aborted: OrderedDict[str, tuple[int, int]] = OrderedDict()  # reservation -> vLLM's final counts
         self._waiting: set[asyncio.Task] = set()  # broken calls' reports waiting for their abort
+        self._abort_seen: dict[str, asyncio.Event] = {}  # reservation -> set when vLLM aborts its request
 
     def broken(self, reservation: str, counts: tuple[int, int] | None, started: float, stream: bool) -> None:
         task = asyncio.get_running_loop().create_task(self.report_broken(reservation, counts, started, stream))
@@ -104,15 +105,22 @@ class UsageWitness:
         self._aborted[reservation] = (max(before[0], prompt), before[1] + generation)
         while len(self._aborted) > ABORTS_KEPT:
             self._aborted.popitem(last=False)
+        if (seen := self._abort_seen.get(reservation)) is not None:  # (vLLM calls this on the replica's loop)
+            seen.set()
 
     async def report_broken(self, reservation: str, counts: tuple[int, int] | None, started: float,
                             stream: bool) -> None:
         """A call that ended before its answer did (its caller gone, cancelled): vLLM aborts its request as the
         stream unwinds, in another task; its final counts (what vLLM's counters hold for it: the tokens still
         in its output queue included) replace the last chunk's when they come within ABORT_WAIT_S."""
-        deadline = time.monotonic() + ABORT_WAIT_S
-        while reservation not in self._aborted and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        if reservation not in self._aborted:
+            seen = self._abort_seen.setdefault(reservation, asyncio.Event())
+            try:
+                await asyncio.wait_for(seen.wait(), ABORT_WAIT_S)
+            except TimeoutError:
+                pass
+            finally:
+                self._abort_seen.pop(reservation, None)
         final = self._aborted.pop(reservation, None)
         if final is not None:
             counts = final if counts is None else (max(counts[0], final[0]), max(counts[1], final[1]))

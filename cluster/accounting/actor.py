@@ -45,6 +45,7 @@ GATEWAY_LEASE_S = 15.0
 SWEEP_INTERVAL_S = 2.0
 # A call whose gateway died and whose engine never reported (both gone) is settled with no tokens after this.
 RESERVATION_LEASE_S = 3600.0
+WITNESS_WAIT_MAX_S = 10.0  # the longest a gateway's question for an engine's report of a call may wait
 ENGINE_SAMPLES_KEPT_S = 25 * 3600  # engine token counters kept for `maas usage audit` (ranges up to a day)
 MAX_UNWRITTEN_SAMPLES = 10_000  # engine samples held while the database is down (the oldest go first)
 RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
@@ -94,6 +95,7 @@ class AccountingActor:
         # reservation id -> (its window entries, its record, the free quota it draws on, when, which gateway)
         self._reservations: dict[str, tuple[Reservation, RecordBase, tuple[str, str] | None, float, str | None]] = {}
         self._witnessed: dict[str, WitnessReport] = {}  # reservation id -> the engine's count of the call
+        self._witness_waits: dict[str, asyncio.Event] = {}  # reservation id -> set when its report arrives
         self._gateways: dict[str, float] = {}  # gateway replica id -> when it last said it is alive
         self._unswept: list[Settlement] = []  # settlements of dead gateways' calls not yet written
         self._sweeper: asyncio.Task | None = None
@@ -358,10 +360,21 @@ class AccountingActor:
             report = WitnessReport(*report)
             if report.reservation in self._reservations:
                 self._witnessed[report.reservation] = report
+                if (arrived := self._witness_waits.get(report.reservation)) is not None:
+                    arrived.set()
         self._start_sweeper()
 
-    def witnessed(self, reservation_id: str) -> tuple[int, int] | None:
-        """The engine's count of a call not settled yet (a gateway settling a broken stream asks for it)."""
+    async def witnessed(self, reservation_id: str, wait_s: float = 0.0) -> tuple[int, int] | None:
+        """The engine's count of a call not settled yet (a gateway settling a broken stream asks for it), waiting
+        up to `wait_s` (at most WITNESS_WAIT_MAX_S) for the engine's report while the call's reservation is held."""
+        if reservation_id not in self._witnessed and wait_s > 0 and reservation_id in self._reservations:
+            arrived = self._witness_waits.setdefault(reservation_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(arrived.wait(), min(wait_s, WITNESS_WAIT_MAX_S))
+            except TimeoutError:
+                pass
+            finally:
+                self._witness_waits.pop(reservation_id, None)
         report = self._witnessed.get(reservation_id)
         return None if report is None else (report.prompt_tokens, report.completion_tokens)
 

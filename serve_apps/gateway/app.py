@@ -2,7 +2,8 @@
 
 Per request: the middleware checks the Authorization header's shape and the body size; the handler
 parses the body strictly, asks the accounting actor (one round trip) who the caller is and which
-deployment serves the model, then calls that deployment through a Serve handle (no second HTTP hop).
+deployment serves the model, then calls that deployment through a Serve handle (no second HTTP hop); a
+stream's batches after its first come over a connection to the engine replica (serve_apps.direct_stream).
 Streams always ask the engine for usage; the usage chunk is removed again for clients that did not ask.
 """
 
@@ -26,6 +27,7 @@ from vllm.entrypoints.generate.base.protocol import StreamOptions
 
 from serve_apps.catalog import CatalogModel
 from serve_apps.contract import Admission, AdmissionRequest, Route, bearer_token, hash_key
+from serve_apps.direct_stream import DetouredStream
 from serve_apps.errors import OpenAIError, PlatformError, error_for
 from serve_apps.gateway.admission import Call, Settler, client_ip, estimate_prompt_tokens, is_actor_error
 from serve_apps.gateway.guard import GatewayGuard
@@ -319,7 +321,8 @@ class Gateway:
         client_wants_running = bool(client_wants_usage and body.stream_options.continuous_usage_stats)
         if body.stream:  # usage always comes back from the engine, in every chunk: a broken stream is counted too
             body.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=True)
-        generator = getattr(handle, method).remote(body, reservation=call.reservation)
+        detour = bool(body.stream) and plane_settings().direct_streams
+        generator = getattr(handle, method).remote(body, reservation=call.reservation, detour=detour)
         first = await _first(generator, call)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
@@ -343,12 +346,14 @@ class Gateway:
             return _json(200, content)
         renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
         relay = StreamRelay(call, moderator, ChatShape(client_wants_usage, renames, client_wants_running))
-        return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
+        return StreamingResponse(self._stream(relay, call, batch, DetouredStream(generator)),
+                                 media_type="text/event-stream")
 
     async def _generate_api(self, routed: Routed, call: Call, handle, method: str, body) -> Response:
         """/v1/responses and /v1/messages: the engine answers a JSON dict, or a stream of SSE events."""
+        detour = bool(body.stream) and plane_settings().direct_streams
         generator = getattr(handle, method).remote(body.model_dump(mode="json", exclude_unset=True),
-                                                   reservation=call.reservation)
+                                                   reservation=call.reservation, detour=detour)
         first = await _first(generator, call)
         batch = first if isinstance(first, list) else [first]
         head = batch[0]
@@ -368,7 +373,8 @@ class Gateway:
         renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
         shape = ResponsesShape(renames) if method == "responses" else MessagesShape(renames)
         relay = StreamRelay(call, moderator, shape)
-        return StreamingResponse(self._stream(relay, call, batch, generator), media_type="text/event-stream")
+        return StreamingResponse(self._stream(relay, call, batch, DetouredStream(generator)),
+                                 media_type="text/event-stream")
 
     async def _stream(self, relay: StreamRelay, call: Call, first: list, rest) -> AsyncIterator[str]:
         """Relay the stream; whatever ends it, the call is settled once with the tokens the engine generated.
@@ -403,14 +409,14 @@ class Gateway:
         """A broken stream's tokens as vLLM counted them at its abort (the engine replica reports them to the
         actor, serve_apps.witness): the last chunk relayed here may be a few tokens behind. Waits at most
         BROKEN_COUNT_WAIT_S; a dead engine never reports, and the relayed count stands."""
-        deadline = time.monotonic() + BROKEN_COUNT_WAIT_S
-        while time.monotonic() < deadline:
-            counts = await self.accounting.witnessed(call.reservation)
-            if counts is not None:
-                call.prompt_tokens = max(call.prompt_tokens, counts[0])
-                call.completion_tokens = max(call.completion_tokens, counts[1])
-                return
-            await asyncio.sleep(0.25)
+        try:
+            counts = await self.accounting.witnessed(call.reservation, BROKEN_COUNT_WAIT_S)
+        except Exception as exc:  # noqa: BLE001  (the actor restarting: the relayed count stands)
+            log.warning("no engine count for a broken stream (%s)", type(exc).__name__)
+            return
+        if counts is not None:
+            call.prompt_tokens = max(call.prompt_tokens, counts[0])
+            call.completion_tokens = max(call.completion_tokens, counts[1])
 
     @app.post("/v1/embeddings")
     async def embeddings(self, body: EmbeddingRequest, request: Request):

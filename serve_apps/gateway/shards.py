@@ -103,9 +103,9 @@ class AccountingShards:
                     log.debug("heartbeat to shard %d not sent (%s)", shard, exc)
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def witnessed(self, reservation: str) -> tuple[int, int] | None:
-        """The engine's report of a call, if its shard has one (prompt, completion)."""
-        return await (await self.actor(reservation_shard(reservation))).witnessed.remote(reservation)
+    async def witnessed(self, reservation: str, wait_s: float = 0.0) -> tuple[int, int] | None:
+        """The engine's report of a call (prompt, completion), if its shard has one or gets it within wait_s."""
+        return await (await self.actor(reservation_shard(reservation))).witnessed.remote(reservation, wait_s)
 
     async def list_models(self, key_hash: str):
         return await (await self.actor(self.key_shard(key_hash))).list_models.remote(key_hash)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cluster.state.db import migrate
+from tests.db import world
 
 
 @pytest.fixture
@@ -13,3 +14,9 @@ def migrated(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'maas.db'}"
     migrate(url)
     return url
+
+
+@pytest.fixture
+def url(migrated) -> str:
+    """A migrated database holding tests/db/world.py's project, key and grant (modules may define their own)."""
+    return world.build(migrated)

@@ -18,7 +18,8 @@ from cluster.accounting import actor as actor_module
 from cluster.accounting.actor import GATEWAY_LEASE_S, RESERVATION_LEASE_S
 from cluster.state.db import UsageRecord, session_scope
 from serve_apps.contract import AdmissionRequest, Settlement, WitnessReport, hash_key
-from tests.db.test_settlement_once import SECRET, Actor, _tpm_used, url  # noqa: F401  (the fixture)
+from tests.db.world import SECRET, Actor
+from tests.db.world import tpm_used as _tpm_used
 
 pytestmark = pytest.mark.db
 
@@ -100,3 +101,26 @@ def test_a_database_outage_during_the_sweep_writes_the_record_later_and_counts_i
     asyncio.run(actor.sweep(dead + actor_module.SWEEP_INTERVAL_S))
     [row] = _rows(url)
     assert row.completion_tokens == 9 and actor._free_used[("p1", "tiny-chat")] == 12 and not actor._unswept
+
+
+def test_a_gateway_asking_for_a_broken_calls_count_gets_it_as_soon_as_the_engine_reports(url):
+    """The gateway's one question waits on the report itself (no polling): answered when it arrives, None at once
+    for a call the actor does not hold, None after the wait when no report comes (a dead engine)."""
+    actor = Actor(url)
+    reservation, other = _admit(actor)["reservation"], _admit(actor)["reservation"]
+
+    async def scenario():
+        asking = asyncio.ensure_future(actor.witnessed(reservation, 5.0))
+        await asyncio.sleep(0.1)
+        assert not asking.done()
+        started = time.monotonic()
+        await actor.witness_many([WitnessReport(reservation, 7, 41, time.time(), True)])
+        assert await asking == (7, 41)
+        assert time.monotonic() - started < 0.5 and not actor._witness_waits
+        started = time.monotonic()
+        assert await actor.witnessed("not-held", 5.0) is None and time.monotonic() - started < 0.1
+        started = time.monotonic()
+        assert await actor.witnessed(other, 0.3) is None and 0.25 < time.monotonic() - started < 2
+        assert not actor._witness_waits
+
+    asyncio.run(scenario())

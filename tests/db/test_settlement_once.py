@@ -14,30 +14,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from cluster.accounting.actor import AccountingActor
-from cluster.presets.service import register_builtin_models
-from cluster.state.db import ApiKey, Preset, PresetGrant, Project, UsageRecord, session_scope
+from cluster.state.db import UsageRecord, session_scope
 from serve_apps.contract import Settlement, hash_key
+from tests.db.world import SECRET, Actor
+from tests.db.world import tpm_used as _tpm_used
 
 pytestmark = pytest.mark.db
-SECRET = "sk-once-test"
-Actor = AccountingActor.__ray_actor_class__
-
-
-@pytest.fixture
-def url(migrated):
-    with session_scope(migrated) as session:
-        register_builtin_models(session, ["tiny-chat"])
-        session.add(Project(id="p1", name="p1"))
-        session.flush()
-        session.add(ApiKey(id="k1", project_id="p1", label="k1", description="k1", key_hash=hash_key(SECRET),
-                           prefix="sk-o", suffix="test"))
-        preset = session.get(Preset, "tiny-chat")
-        preset.free_quota_tokens, preset.tpm = 1000, 500
-        session.add(PresetGrant(project_id="p1", model_id="tiny-chat"))
-    return migrated
-
-
 def _call(actor, tokens: int) -> Settlement:
     answer = actor._admit((hash_key(SECRET), "tiny-chat", 5, 10))
     assert "error" not in answer, answer
@@ -55,10 +37,6 @@ def _tokens_counter(actor) -> float:
 def _rows(url: str) -> int:
     with session_scope(url) as session:
         return session.scalar(select(func.count()).select_from(UsageRecord))
-
-
-def _tpm_used(actor) -> int:
-    return max(actor._windows.used(key, time.time()) for key in actor._windows._windows if "tpm" in key)
 
 
 def test_an_outage_then_resends_count_each_call_once(url, monkeypatch):

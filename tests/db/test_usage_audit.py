@@ -12,7 +12,7 @@ import pytest
 from cluster.state.db import ServedModel, session_scope
 from cluster.usage.audit import audit
 from serve_apps.contract import AdmissionRequest, EngineTotals, Settlement, hash_key
-from tests.db.test_settlement_once import SECRET, Actor, url  # noqa: F401  (the fixture)
+from tests.db.world import SECRET, Actor
 
 pytestmark = pytest.mark.db
 

@@ -87,6 +87,20 @@ def test_a_stream_closed_midway_reports_vllms_count_at_the_abort():
     assert other.reports == [("r2", 5, 10, True)]
 
 
+def test_a_broken_calls_report_leaves_as_soon_as_vllm_aborts_its_request():
+    recorder = Recorder()
+
+    async def run():
+        recorder.broken("r3", (5, 10), 0.0, True)
+        await asyncio.sleep(0.05)
+        assert recorder.reports == []  # waiting for the abort
+        recorder.aborted("chatcmpl-r3", 5, 12)
+        await asyncio.sleep(0.05)  # far less than ABORT_WAIT_S
+        assert recorder.reports == [("r3", 5, 12, True)] and not recorder._abort_seen
+
+    asyncio.run(run())
+
+
 def test_no_reservation_no_report():
     recorder = Recorder()
 
