@@ -6,6 +6,8 @@ One run measures, one server at a time (so only one engine competes for the CPU 
   rayllm0  the same with experimental_configs={"stream_batching_interval_ms": 0}
   gateway  the platform (`maas up`): an already running one, or one this script starts (--start-platform) on
            a Ray head of its own (own ports, stopped by pid); its cold start counts that head's start too
+  gateway-serve  the same platform with MAAS_DIRECT_STREAMS=0 (every streamed batch through Serve, as before
+           serve_apps.direct_stream), with --start-platform only
 
 For each server and concurrency level (default 1, 16 and 64) it sends N streaming requests (default 256)
 of exactly 32 output tokens (`ignore_eos`), each level after an unmeasured warm-up at that same concurrency
@@ -49,7 +51,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "serving_overhead.json"
 BIN = Path(sys.executable).parent
 PROMPT = "Write a short story about a robot who learns to paint."
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu"}
-SERVERS = ["bare", "rayllm", "rayllm0", "gateway"]
+SERVERS = ["bare", "rayllm", "rayllm0", "gateway", "gateway-serve"]
 
 
 def log(msg: str) -> None:
@@ -341,7 +343,7 @@ def table(summary_: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|"]
     for name in [s for s in SERVERS if s in summary_]:
         res = summary_[name]
-        cold = ", ".join(f"{v:.0f}" for v in res["cold_start_s"]) if name == "gateway" else ""
+        cold = ", ".join(f"{v:.0f}" for v in res["cold_start_s"]) if name.startswith("gateway") else ""
         if not res["levels"]:
             rows.append(f"| {name} | failed: {'; '.join(res['failed_rounds'])[:150]} | | | | | | | |")
         for c, lv in res["levels"].items():
@@ -384,9 +386,13 @@ def main() -> None:
     info = machine()
     print(f"machine: {info['cpu_count']} CPUs, {info['cpu_model']} ({info['platform']})", flush=True)
     servers = {"bare": lambda: bare_vllm(args), "rayllm": lambda: ray_serve_llm(args, None),
-               "rayllm0": lambda: ray_serve_llm(args, 0), "gateway": lambda: gateway(args)}
+               "rayllm0": lambda: ray_serve_llm(args, 0), "gateway": lambda: gateway(args),
+               "gateway-serve": lambda: gateway(argparse.Namespace(**{
+                   **vars(args), "platform_env": [*args.platform_env, "MAAS_DIRECT_STREAMS=0"]}))}
     if "gateway" in args.only and not args.start_platform and not args.api_key:
         sys.exit("benchmarking the gateway needs --api-key (or MAAS_API_KEY), or --start-platform")
+    if "gateway-serve" in args.only and not args.start_platform:
+        sys.exit("gateway-serve starts a platform of its own: it needs --start-platform")
     if "gateway" in args.only and args.start_platform and answers(args.gateway_url):
         sys.exit(f"--start-platform: something already answers at {args.gateway_url}; stop it first")
     info["platform_running_at_start"] = answers(args.gateway_url)

@@ -46,13 +46,10 @@ RESULTS = so.ROOT / "benchmarks" / "results" / "stream_cpu.json"
 # interval after the first token and its growth per stream). A longer interval sends more tokens per Serve streaming object when each stream gets
 # fewer tokens per second than one per interval (16 streams sharing a slow engine).
 # `serve-streams`: every streamed batch through Serve (MAAS_DIRECT_STREAMS=0), as before direct streams.
-# `grow10`: the interval grows by 10 ms per stream the replica relays (up to 250 ms; 160 ms at c=16).
 HA = ["RAY_SERVE_ENABLE_HA_PROXY=1"]
-GROW10 = {"stream_batching_per_stream_ms": 10}
 VARIANTS = {"default": ([], {}), "haproxy": (HA, {}), "serve-streams": (["MAAS_DIRECT_STREAMS=0"], {}),
             "batch150": ([], {"stream_batching_interval_ms": 150}),
-            "haproxy-batch150": (HA, {"stream_batching_interval_ms": 150}),
-            "grow10": ([], GROW10), "haproxy-grow10": (HA, GROW10)}
+            "haproxy-batch150": (HA, {"stream_batching_interval_ms": 150})}
 
 
 def serve_config(tiny_chat: dict) -> list[str]:

@@ -49,11 +49,6 @@ class ModelServiceSpec(BaseModel):
     max_ongoing_requests: int = Field(64, gt=0)
     stream_batching_interval_ms: float = Field(
         50, ge=0, description="After the first chunk (sent at once), chunks travel in batches this often.")
-    stream_batching_per_stream_ms: float = Field(
-        0, ge=0, description="The interval grows by this much per stream the replica relays at once (up to "
-                             "stream_batching_max_ms): a busy replica then sends about 1000 / this many batches a "
-                             "second in all, however many streams it relays. 0: a fixed interval.")
-    stream_batching_max_ms: float = Field(250, ge=0, description="The longest interval the growth above reaches.")
     accelerator: Accelerator = "cpu"
     kv_cache_gib: int = Field(1, gt=0, description="KV cache size on CPU (VLLM_CPU_KVCACHE_SPACE).")
     max_lora_adapters: int = Field(0, ge=0, description="LoRA adapters served on this engine at once (0: none).")
@@ -83,42 +78,22 @@ class LocalWeightsCallback(CallbackBase):
 class FirstChunkBatcher(Batcher):
     """Like ray.serve.llm's Batcher, but the opening chunks (the role chunk and the first token) leave as
     soon as they exist: batching then saves per-chunk hops for the rest of the stream without adding to
-    time-to-first-token. With `per_stream_ms`, the interval after them grows with the streams this replica
-    relays at once (every hop's cost is per batch, so the batches per second stay bounded under load),
-    between `interval_ms` and `max_ms`."""
+    time-to-first-token."""
 
     IMMEDIATE = 2
-    streams = 0  # streams being relayed in this process (a replica runs one engine)
-
-    def __init__(self, generator, interval_ms: float, per_stream_ms: float = 0.0, max_ms: float | None = None):
-        self._per_stream_s, self._max_s = per_stream_ms / 1000, (max_ms or interval_ms) / 1000
-        super().__init__(generator, interval_ms=interval_ms)
-
-    @property
-    def interval_s(self) -> float:
-        """Read by Batcher.stream before every wait."""
-        return min(self._max_s, max(self._base_s, self._per_stream_s * FirstChunkBatcher.streams))
-
-    @interval_s.setter
-    def interval_s(self, value: float) -> None:
-        self._base_s = value
 
     async def stream(self):
-        FirstChunkBatcher.streams += 1
-        try:
-            for _ in range(self.IMMEDIATE):
-                item = asyncio.ensure_future(self.queue.get())
-                finished = asyncio.ensure_future(self.done_event.wait())
-                await asyncio.wait([item, finished], return_when=asyncio.FIRST_COMPLETED)
-                finished.cancel()
-                if not item.done():
-                    item.cancel()
-                    break
-                yield [item.result(), *self.drain_queue()]
-            async for batch in super().stream():
-                yield batch
-        finally:
-            FirstChunkBatcher.streams -= 1
+        for _ in range(self.IMMEDIATE):
+            item = asyncio.ensure_future(self.queue.get())
+            finished = asyncio.ensure_future(self.done_event.wait())
+            await asyncio.wait([item, finished], return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+            if not item.done():
+                item.cancel()
+                break
+            yield [item.result(), *self.drain_queue()]
+        async for batch in super().stream():
+            yield batch
 
 
 class LocalLoraLoader(LoraModelLoader):
@@ -166,10 +141,7 @@ class MaasLLMServer(LLMServer):
         interval = self._get_batch_interval_ms()
         if not interval:
             return super()._batch_output_stream(generator)
-        configs = self._llm_config.experimental_configs
-        return FirstChunkBatcher(generator, interval_ms=interval,
-                                 per_stream_ms=configs.get("stream_batching_per_stream_ms", 0),
-                                 max_ms=configs.get("stream_batching_max_ms")).stream()
+        return FirstChunkBatcher(generator, interval_ms=interval).stream()
 
     # `reservation`: the accounting actor's id of the call (the gateway sends it); the engine reports what it
     # generated for the call under it (serve_apps.witness), which settles the call if its gateway dies.
@@ -331,9 +303,7 @@ def build_llm_config(spec: ModelServiceSpec) -> LLMConfig:
             "max_ongoing_requests": spec.max_ongoing_requests,
             "ray_actor_options": placement["ray_actor_options"],
         },
-        experimental_configs={"stream_batching_interval_ms": spec.stream_batching_interval_ms,
-                              "stream_batching_per_stream_ms": spec.stream_batching_per_stream_ms,
-                              "stream_batching_max_ms": spec.stream_batching_max_ms},
+        experimental_configs={"stream_batching_interval_ms": spec.stream_batching_interval_ms},
         log_engine_metrics=True,
         callback_config={"callback_class": LocalWeightsCallback},
     )
