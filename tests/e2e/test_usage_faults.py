@@ -112,6 +112,40 @@ def _replica_pids(platform, app: str) -> list[int]:
     return [int(a["pid"]) for a in actors if a.get("class_name", "").startswith("ServeReplica:" + app + ":")]
 
 
+def _engine_connections(gateways: list[int], engines: list[int]) -> set[tuple]:
+    """The gateway replicas' TCP connections to a port an engine replica listens on."""
+    import psutil
+
+    listening = {c.laddr.port for pid in engines for c in psutil.Process(pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    return {(pid, c.laddr.port, c.raddr.port) for pid in gateways
+            for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in listening}
+
+
+def test_a_stream_after_its_first_batch_travels_on_a_connection_of_its_own(platform):
+    """serve_apps.direct_stream: while a stream runs, a gateway replica holds a connection to the engine replica's
+    stream server (besides Ray's own connections, which stay); the stream's end closes it."""
+    key = platform.new_key("direct-stream")
+    engines, gateways = _replica_pids(platform, CHAT), _replica_pids(platform, "maas-gateway")
+    assert engines and gateways
+    with _stream(platform, key["key"], CHAT, 300) as response:
+        lines, delivered = response.iter_lines(), 0
+        for line in lines:
+            delivered += _has_content(line)
+            if delivered == 10:
+                break
+        during = _engine_connections(gateways, engines)
+        rest, others = _content_chunks(lines)
+    assert others[-1] == {"done": True} and delivered + rest >= 290
+    deadline = time.time() + 10
+    while (stream := during - _engine_connections(gateways, engines)) == set() and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(stream) == 1, (during, stream)  # the stream's own connection, gone with the stream
+    [row] = _wait_records(platform, key["id"], 1)
+    assert row["status_code"] == 200 and row["completion_tokens"] == 300
+
+
 def _audit_is_exact_on_a_fresh_engine(platform, key: dict, service_id: str) -> None:
     """`maas usage audit`: calls that end normally are billed exactly what the engine's own counters say."""
     with _stream(platform, key["key"], "fault-svc", 48) as response:
