@@ -6,11 +6,7 @@ tokens/s go (issue 14). Same load as serving_overhead.py (streaming, 32 tokens, 
 """
 import argparse
 import asyncio
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -25,24 +21,16 @@ VARIANTS = {
     "platform": ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "16", "--enable-auto-tool-choice",
                  "--tool-call-parser", "hermes", "--reasoning-parser", "qwen3"],
 }
-args = argparse.Namespace(concurrency=[1, 16], requests=[96], requests_per_level=96, warmup=32, max_tokens=32)
+args = argparse.Namespace(concurrency=[1, 16], requests=[96], requests_per_level=96, warmup=32, max_tokens=32,
+                          model_dir=MODEL, start_timeout=400)
 rows = []
 for rnd in range(ROUNDS):
     for name, flags in VARIANTS.items():
-        port = so.free_port()
-        log = tempfile.NamedTemporaryFile("w", prefix=f"bare_{name}_", suffix=".log", delete=False)
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", MODEL, "--served-model-name",
-               "tiny-chat", "--port", str(port), "--max-model-len", "2048", "--enforce-eager", *flags]
-        proc = subprocess.Popen(cmd, env={**os.environ, **so.ENGINE_ENV}, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        try:
-            so.wait_ready(f"http://127.0.0.1:{port}", {}, 400, proc)
-            levels = asyncio.run(so.bench_server(f"http://127.0.0.1:{port}", {}, args))
-            for c, lv in levels.items():
-                rows.append((rnd, name, c, lv["output_tok_s"], lv["ttft_p50_ms"], lv["e2e_p50_ms"]))
-                print(rows[-1], flush=True)
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM); proc.wait(60)
+        with so.bare_vllm(args, tuple(flags)) as (base_url, headers, _startup):
+            levels = asyncio.run(so.bench_server(base_url, headers, args))
+        for c, lv in levels.items():
+            rows.append((rnd, name, c, lv["output_tok_s"], lv["ttft_p50_ms"], lv["e2e_p50_ms"]))
+            print(rows[-1], flush=True)
 print("| variant | c | tok/s (rounds) | TTFT p50 ms | e2e p50 ms |\n|---|---|---|---|---|")
 for name in VARIANTS:
     for c in (1, 16):

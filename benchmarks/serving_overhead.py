@@ -176,11 +176,13 @@ def wait_ready(base_url: str, headers: dict, timeout_s: float, proc: subprocess.
 
 # -- servers: each yields (base_url, headers, startup info) and tears itself down -----------------------
 @contextmanager
-def bare_vllm(args):
+def bare_vllm(args, flags: tuple[str, ...] = ()):
+    """vLLM's own OpenAI server on args.model_dir, with extra server flags (benchmarks/engine_flags.py)."""
     port = free_port()
     logf = tempfile.NamedTemporaryFile("w", prefix="bare_vllm_", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model_dir,
-           "--served-model-name", "tiny-chat", "--port", str(port), "--max-model-len", "2048", "--enforce-eager"]
+           "--served-model-name", "tiny-chat", "--port", str(port), "--max-model-len", "2048", "--enforce-eager",
+           *flags]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env={**os.environ, **ENGINE_ENV}, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
