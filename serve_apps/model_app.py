@@ -24,9 +24,10 @@ from autoscaling.metrics import EngineStats
 from serve_apps.catalog import CatalogModel, ModelType, builtin
 from serve_apps.direct_stream import StreamServer
 from serve_apps.errors import context_length_exceeded
-from serve_apps.ray_compat import (Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo, ErrorResponse,
-                                   LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
-                                   patch_tokenizer_service, vllm_serving, watch_aborts, watch_scheduler_stats)
+from serve_apps.ray_compat import (NAMED_MESSAGES, Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo,
+                                   ErrorResponse, LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
+                                   name_messages_requests, patch_tokenizer_service, vllm_serving, watch_aborts,
+                                   watch_scheduler_stats)
 from serve_apps.placement import NodeType, node_type_resources
 from serve_apps.settings import Accelerator, plane_settings
 from serve_apps.witness import UsageWitness, witnessed
@@ -174,6 +175,8 @@ class MaasLLMServer(LLMServer):
         dict or a stream of SSE events (`event: <type>` + `data: {...}`) out."""
         from vllm.entrypoints.openai.responses.protocol import ResponsesRequest
 
+        if reservation is not None:  # named like chat's: `resp_<reservation>` (vLLM: `..._0` per sub-request)
+            request = {**request, "request_id": f"resp_{reservation}"}
         answer = await self._serve_api("openai_serving_responses", ResponsesRequest, "create_responses", request)
         return self._witnessed(answer, reservation, bool(request.get("stream")), detour)
 
@@ -181,8 +184,12 @@ class MaasLLMServer(LLMServer):
         """The Anthropic Messages API (vLLM's own): a JSON body in, a JSON dict or its SSE stream out."""
         from vllm.entrypoints.anthropic.protocol import AnthropicMessagesRequest
 
-        answer = await self._serve_api("anthropic_serving_messages", AnthropicMessagesRequest, "create_messages",
-                                       request)
+        named = NAMED_MESSAGES.set(reservation)  # its chat request is `chatcmpl-<reservation>` (ray_compat)
+        try:
+            answer = await self._serve_api("anthropic_serving_messages", AnthropicMessagesRequest,
+                                           "create_messages", request)
+        finally:
+            NAMED_MESSAGES.reset(named)
         return self._witnessed(answer, reservation, bool(request.get("stream")), detour)
 
     def _witnessed(self, generator, reservation: str | None, stream: bool, detour: bool = False):
@@ -197,6 +204,8 @@ class MaasLLMServer(LLMServer):
     async def _serve_api(self, name: str, model: type[BaseModel], method: str, body: dict):
         try:
             serving = vllm_serving(self.engine, name)
+            if name.startswith("anthropic"):
+                name_messages_requests(serving)
             request = model.model_validate(body)
         except (NotImplementedError, ValueError) as exc:
             return _single(ErrorResponse(error=ErrorInfo(message=str(exc), type="BadRequestError", code=400)))

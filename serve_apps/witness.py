@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections import OrderedDict
 from typing import Any, AsyncGenerator
@@ -31,6 +32,12 @@ SEND_ATTEMPTS = 5
 TOTALS_EVERY_S = 5.0  # how often an engine replica's token counters go to the actor (when they moved)
 ABORTS_KEPT = 4096  # the final counts of aborted requests, until their call's report takes them
 ABORT_WAIT_S = 2.0  # how long a broken call's report waits for its request's abort in vLLM
+
+
+# vLLM's request id of an admitted call (serve_apps.model_app): chat (and Anthropic Messages, a chat inside vLLM)
+# `chatcmpl-<reservation>`, completions `cmpl-<reservation>`, Responses `resp_<reservation>_<n>`; a request of
+# several prompts adds `_<i>`. A reservation is 32 hex digits, `s<shard>-` first on shards other than 0.
+ENGINE_REQUEST_ID = re.compile(r"(?:chatcmpl-|cmpl-|resp_)(?P<reservation>(?:s\d+-)?[0-9a-f]{32})(?:_\d+)?")
 
 
 def object_end(text: str, start: int) -> int:
@@ -100,7 +107,10 @@ class UsageWitness:
     def aborted(self, external_request_id: str, prompt: int, generation: int) -> None:
         """vLLM aborted a request (serve_apps.ray_compat.watch_aborts): its final counts. The engine methods
         give a call's request the reservation id (`chatcmpl-<reservation>`, `cmpl-<reservation>`)."""
-        reservation = external_request_id.split("-", 1)[-1]
+        named = ENGINE_REQUEST_ID.fullmatch(external_request_id)
+        if named is None:  # not a call of the platform's (a request sent to the engine some other way)
+            return
+        reservation = named["reservation"]
         before = self._aborted.pop(reservation, (0, 0))  # parallel samples (n > 1) are aborted one by one
         self._aborted[reservation] = (max(before[0], prompt), before[1] + generation)
         while len(self._aborted) > ABORTS_KEPT:

@@ -82,3 +82,28 @@ def test_a_tuning_job_asks_its_node_type_for_each_worker():
         "CPU": 4, "n": 0.01}
     with pytest.raises(ValueError, match="node_type"):
         FinetuneConfig(**base, node_type="CPU")
+
+
+def test_anthropic_messages_requests_take_the_calls_name_and_only_while_it_is_set():
+    """vLLM's Messages serving makes a chat request of its own; ray_compat.name_messages_requests gives it the
+    call's reservation (`chatcmpl-<it>` in vLLM), so an aborted Messages stream's counts find their call."""
+    from types import SimpleNamespace
+
+    from serve_apps.ray_compat import NAMED_MESSAGES, name_messages_requests
+
+    class Serving:  # vLLM 0.32's AnthropicServingMessages, the part that is wrapped
+        @classmethod
+        def to_chat_completion_request(cls, request, **kwargs):
+            return SimpleNamespace(request_id="chatcmpl-random", model=request)
+
+    serving = Serving()
+    name_messages_requests(serving)
+    name_messages_requests(serving)  # once per serving object, however often asked
+    assert serving.to_chat_completion_request("m").request_id == "chatcmpl-random"  # not set: vLLM's own
+    token = NAMED_MESSAGES.set("a" * 32)
+    try:
+        assert serving.to_chat_completion_request("m", merge_inline_system=True).request_id == "a" * 32
+    finally:
+        NAMED_MESSAGES.reset(token)
+    assert serving.to_chat_completion_request("m").request_id == "chatcmpl-random"
+    assert Serving.to_chat_completion_request("m").request_id == "chatcmpl-random"  # the class is untouched
