@@ -5,7 +5,9 @@ One run measures, one server at a time (so only one engine competes for the CPU 
   rayllm   ray.serve.llm's `build_openai_app` with its defaults, on a local Ray cluster this script starts
   rayllm0  the same with experimental_configs={"stream_batching_interval_ms": 0}
   gateway  the platform (`maas up`): an already running one, or one this script starts (--start-platform) on
-           a Ray head of its own (own ports, stopped by pid); its cold start counts that head's start too
+           a Ray head of its own (own ports, stopped by pid); its cold start counts that head's start too. Its
+           tiny-chat runs on one engine replica, as bare and rayllm do (maas.yaml lets it autoscale to two, and
+           a second engine starting mid-level takes the cores); --platform-env MAAS_SERVE_CONFIG=... overrides
   gateway-serve  the same platform with MAAS_DIRECT_STREAMS=0 (every streamed batch through Serve, as before
            serve_apps.direct_stream), with --start-platform only
 
@@ -260,6 +262,21 @@ def private_ray_head(platform_env: dict):
         psutil.wait_procs(list(victims.values()), timeout=30)
 
 
+def tiny_chat_config(changes: dict | None = None) -> str:
+    """MAAS_SERVE_CONFIG=<a copy of maas.yaml with tiny-chat on one engine replica, like the other servers here,
+    and `changes` to its args>. maas.yaml lets tiny-chat's autoscaler add a second replica: under these loads it
+    does, and that engine's start-up takes the two cores in the middle of the measured levels."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "ray_configs" / "maas.yaml").read_text())
+    for app in config["applications"]:
+        if app["name"] == "tiny-chat":
+            app["args"].update({"autoscale": "off", "min_replicas": 1, "max_replicas": 1, **(changes or {})})
+    path = Path(tempfile.mkdtemp(prefix="bench-serve-config-")) / "maas.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return f"MAAS_SERVE_CONFIG={path}"
+
+
 @contextmanager
 def gateway(args):
     if not args.start_platform:  # a running platform (main() checked there is a key)
@@ -271,9 +288,10 @@ def gateway(args):
     home = Path(tempfile.mkdtemp(prefix="maas-bench-home-"))
     (home / "models").symlink_to(Path(args.maas_home, "models").resolve())
     try:
+        extra = dict(item.split("=", 1) for item in getattr(args, "platform_env", None) or [])
         env = {**{k: v for k, v in os.environ.items() if not k.startswith(("MAAS_", "RAY_"))}, "MAAS_HOME": str(home),
                "RAY_AUTH_MODE": "disabled", "MAAS_PORT": args.gateway_url.rsplit(":", 1)[-1],
-               **dict(item.split("=", 1) for item in getattr(args, "platform_env", None) or [])}
+               "MAAS_SERVE_CONFIG": tiny_chat_config().split("=", 1)[1], **extra}
         with private_ray_head(env) as (address, head_s):
             env["RAY_ADDRESS"] = address
             with _platform(args, env, head_s) as answer:

@@ -53,18 +53,9 @@ VARIANTS = {"default": ([], {}), "haproxy": (HA, {}), "serve-streams": (["MAAS_D
 
 
 def serve_config(tiny_chat: dict) -> list[str]:
-    """MAAS_SERVE_CONFIG=<a copy of maas.yaml with tiny-chat's args changed>, or nothing."""
-    if not tiny_chat:
-        return []
-    import yaml
-
-    config = yaml.safe_load((so.ROOT / "ray_configs" / "maas.yaml").read_text())
-    for app in config["applications"]:
-        if app["name"] == "tiny-chat":
-            app["args"].update(tiny_chat)
-    path = Path(tempfile.mkdtemp(prefix="stream-cpu-config-")) / "maas.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return [f"MAAS_SERVE_CONFIG={path}"]
+    """MAAS_SERVE_CONFIG=<maas.yaml with tiny-chat on one replica and its args changed>, or nothing (the same
+    one-replica copy serving_overhead.gateway uses then)."""
+    return [so.tiny_chat_config(tiny_chat)] if tiny_chat else []
 
 
 # py-spy frame file -> library, first match wins (inclusive: a sample counts once per library on its stack)
