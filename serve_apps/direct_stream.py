@@ -95,9 +95,11 @@ class StreamServer:
         yield Detour(self.host, self.port, token)
         try:
             writer = await asyncio.wait_for(attached, ATTACH_TIMEOUT_S)
-        except TimeoutError:
+        except (TimeoutError, asyncio.CancelledError) as exc:  # never attached, or the call cancelled meanwhile
+            await batches.aclose()  # vLLM aborts the request now, not when the generator is collected
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             log.warning("the gateway did not take a stream within %.0f s: cancelled", ATTACH_TIMEOUT_S)
-            await batches.aclose()
             return
         finally:
             self._waiting.pop(token, None)
@@ -141,7 +143,11 @@ class DetouredStream:
             item = await self.generator.__anext__()
             if not isinstance(item, Detour):
                 return item
-            self.reader, self.writer = await asyncio.open_connection(item.host, item.port)
+            try:
+                self.reader, self.writer = await asyncio.open_connection(item.host, item.port)
+            except OSError:  # the engine's node is not reachable on that port (MAAS_DIRECT_STREAMS=0 is the way)
+                self.generator.cancel()
+                raise
             self.writer.write(item.token.encode())
 
     def _close(self) -> None:

@@ -172,3 +172,18 @@ def test_a_gateway_that_never_attaches_closes_the_engine_stream(monkeypatch):
         assert engine.closed.is_set() and engine.sent == 1 and not server._waiting
 
     asyncio.run(scenario())
+
+
+def test_an_engine_the_gateway_cannot_reach_fails_the_call_and_cancels_it_on_serve():
+    async def scenario():
+        server, engine = await _server(), Engine(1000, pause=0.005)
+        call = ServeCall(server.relay(engine.stream()))
+        await call.__anext__()
+        detour = await call.__anext__()
+        await call.items.put(("item", Detour(detour.host, 1, detour.token)))  # a port nothing listens on
+        stream = DetouredStream(call)
+        with pytest.raises(OSError):
+            await stream.__anext__()
+        await asyncio.wait_for(engine.closed.wait(), 5)  # the Serve call was cancelled: the engine stopped
+
+    asyncio.run(scenario())
