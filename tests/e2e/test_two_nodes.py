@@ -119,6 +119,13 @@ def test_a_service_placed_on_the_worker_node_serves_a_model_imported_after_start
             {"role": "user", "content": f"what is the color of the {thing} ?"}])
         assert re.fullmatch(r"the \w+ is \w+ \.", reply.choices[0].message.content.strip()), reply  # tiny-chat's form
         assert reply.usage.completion_tokens > 0
+        # Streamed: after its first batch the stream comes over a connection from the worker node's engine
+        # replica to the gateway on the head (serve_apps.direct_stream), and arrives whole.
+        chunks = list(client.chat.completions.create(
+            model="on-worker", max_tokens=64, stream=True, extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True}, messages=[{"role": "user", "content": "tell me a story"}]))
+        assert chunks[-1].usage.completion_tokens == 64
+        assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) >= 60
     finally:
         admin.post(f"/default/services/{service['id']}/stop")
         wait_status(platform, service["id"], {"Terminated", "Failed"}, timeout=180)
