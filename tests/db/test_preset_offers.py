@@ -15,9 +15,9 @@ import pytest
 from cluster.accounting.actor import AccountingActor
 from cluster.presets import service as preset_service
 from cluster.presets.schemas import FreezeSpec
-from cluster.presets.service import register_builtin_models
-from cluster.state.db import ApiKey, ModelVersion, MyModel, Preset, PresetGrant, Project, session_scope
+from cluster.state.db import ModelVersion, MyModel, Preset, PresetGrant, session_scope
 from serve_apps.contract import hash_key
+from tests.db.world import add_project_with_key
 
 pytestmark = pytest.mark.db
 SECRET = "sk-offer-test"
@@ -28,11 +28,7 @@ Actor = AccountingActor.__ray_actor_class__  # the plain class behind the Ray ac
 def url(migrated):
     url = migrated
     with session_scope(url) as session:
-        register_builtin_models(session, ["tiny-chat"])
-        session.add(Project(id="p1", name="p1"))
-        session.flush()
-        session.add(ApiKey(id="k1", project_id="p1", label="k1", description="k1", key_hash=hash_key(SECRET),
-                           prefix="sk-o", suffix="test"))
+        add_project_with_key(session, SECRET)
         session.add(MyModel(id="mdl-1", project_id="p1", name="mine", base_model="tiny-chat"))
         session.flush()
         session.add(ModelVersion(id="mv-1", model_id="mdl-1", version=1, path="/nowhere/adapter", kind="lora"))

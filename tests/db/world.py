@@ -15,13 +15,18 @@ SECRET = "sk-once-test"
 Actor = AccountingActor.__ray_actor_class__
 
 
+def add_project_with_key(session, secret: str = SECRET) -> None:
+    """tiny-chat registered, project p1 and its key k1 (the secret given)."""
+    register_builtin_models(session, ["tiny-chat"])
+    session.add(Project(id="p1", name="p1"))
+    session.flush()
+    session.add(ApiKey(id="k1", project_id="p1", label="k1", description="k1", key_hash=hash_key(secret),
+                       prefix="sk-o", suffix="test"))
+
+
 def build(url: str) -> str:
     with session_scope(url) as session:
-        register_builtin_models(session, ["tiny-chat"])
-        session.add(Project(id="p1", name="p1"))
-        session.flush()
-        session.add(ApiKey(id="k1", project_id="p1", label="k1", description="k1", key_hash=hash_key(SECRET),
-                           prefix="sk-o", suffix="test"))
+        add_project_with_key(session)
         preset = session.get(Preset, "tiny-chat")
         preset.free_quota_tokens, preset.tpm = 1000, 500
         session.add(PresetGrant(project_id="p1", model_id="tiny-chat"))
