@@ -14,8 +14,9 @@ per token than vLLM's forward pass (benchmarks/RESULTS.md, stream_cpu.py). So a 
 Either side going away ends both: the gateway cancels the Serve call (the replica's pump is cancelled, vLLM
 aborts the request) and closes the connection; a replica that dies leaves the connection without its `E`, which
 the gateway reads as the engine's failure (its 503). The server binds the node's IP on a free port; a
-connection that does not present a waiting token within ATTACH_TIMEOUT_S is closed, so nothing but the
-gateway that Serve handed the token to can read a stream. MAAS_DIRECT_STREAMS=0 turns it off (every batch
+connection that does not present a waiting token within HANDSHAKE_TIMEOUT_S is closed, so nothing but the
+gateway that Serve handed the token to can read a stream, and at most MAX_HANDSHAKES connections wait for
+their token at once (a flood of idle connections is closed, not held). MAAS_DIRECT_STREAMS=0 turns it off (every batch
 through Serve, as before), for a cluster whose nodes cannot reach each other on free ports.
 """
 
@@ -31,6 +32,8 @@ from typing import Any, AsyncGenerator
 
 log = logging.getLogger("maas.direct_stream")
 ATTACH_TIMEOUT_S = 10.0  # how long a replica waits for the gateway to connect (then: the caller is gone)
+HANDSHAKE_TIMEOUT_S = 5.0  # a connection's token must arrive this soon (the gateway writes it on connecting)
+MAX_HANDSHAKES = 64  # connections still owing their token; more are closed at once (a flood holds no more)
 TOKEN_BYTES = 32  # hex characters of the one-time token
 HEADER = struct.Struct("!cI")  # frame kind, payload length
 
@@ -59,6 +62,7 @@ class StreamServer:
     def __init__(self) -> None:
         self._waiting: dict[str, asyncio.Future] = {}
         self._server: asyncio.AbstractServer | None = None
+        self._handshakes = 0  # connections accepted that have not sent their token yet
         self.host, self.port = "", 0
 
     async def start(self, host: str) -> None:
@@ -66,11 +70,17 @@ class StreamServer:
         self.host, self.port = host, self._server.sockets[0].getsockname()[1]
 
     async def _attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._handshakes >= MAX_HANDSHAKES:
+            writer.close()
+            return
+        self._handshakes += 1
         try:
-            token = (await asyncio.wait_for(reader.readexactly(TOKEN_BYTES), ATTACH_TIMEOUT_S)).decode()
+            token = (await asyncio.wait_for(reader.readexactly(TOKEN_BYTES), HANDSHAKE_TIMEOUT_S)).decode()
         except (asyncio.IncompleteReadError, TimeoutError, UnicodeDecodeError, ConnectionError):
             writer.close()
             return
+        finally:
+            self._handshakes -= 1
         waiting = self._waiting.pop(token, None)
         if waiting is None or waiting.done():
             writer.close()

@@ -187,3 +187,28 @@ def test_an_engine_the_gateway_cannot_reach_fails_the_call_and_cancels_it_on_ser
         await asyncio.wait_for(engine.closed.wait(), 5)  # the Serve call was cancelled: the engine stopped
 
     asyncio.run(scenario())
+
+
+def test_a_flood_of_idle_connections_is_closed_and_the_gateway_still_attaches(monkeypatch):
+    monkeypatch.setattr(direct_stream, "MAX_HANDSHAKES", 4)
+    monkeypatch.setattr(direct_stream, "HANDSHAKE_TIMEOUT_S", 0.5)
+
+    async def scenario():
+        server, engine = await _server(), Engine(3, pause=0.05)
+        call = ServeCall(server.relay(engine.stream()))
+        await call.__anext__()
+        detour = await call.__anext__()
+        idle = [await asyncio.open_connection(detour.host, detour.port) for _ in range(4)]  # send nothing
+        await asyncio.sleep(0.05)
+        assert server._handshakes == 4
+        reader, _ = await asyncio.open_connection(detour.host, detour.port)  # one more: closed at once
+        assert await asyncio.wait_for(reader.read(), 0.3) == b""
+        for reader, _ in idle:  # the idle ones are closed after HANDSHAKE_TIMEOUT_S, nothing sent
+            assert await asyncio.wait_for(reader.read(), 2) == b""
+        assert server._handshakes == 0
+        stream = DetouredStream(call)
+        stream.generator.items.put_nowait(("item", detour))  # the gateway attaches once the flood is over
+        rest = await _drain(stream)
+        assert rest == [['data: {"n":1}\n\n'], ['data: {"n":2}\n\n']] and engine.closed.is_set()
+
+    asyncio.run(scenario())
