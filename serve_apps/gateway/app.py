@@ -132,6 +132,11 @@ def _openai_shape(content: dict, fields: tuple[str, ...] = NULL_FIELDS) -> dict:
     return content
 
 
+def _model_renames(routed: Routed) -> dict[str, str]:
+    """A LoRA version's stream names the model as its caller called it, not by the engine's adapter name."""
+    return {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
+
+
 def _thinking_default(body, card: CatalogModel) -> None:
     """Thinking is off unless the caller asks (or the catalog says otherwise)."""
     if card.thinking_kwarg:
@@ -321,13 +326,8 @@ class Gateway:
         client_wants_running = bool(client_wants_usage and body.stream_options.continuous_usage_stats)
         if body.stream:  # usage always comes back from the engine, in every chunk: a broken stream is counted too
             body.stream_options = StreamOptions(include_usage=True, continuous_usage_stats=True)
-        detour = bool(body.stream) and plane_settings().direct_streams
-        generator = getattr(handle, method).remote(body, reservation=call.reservation, detour=detour)
-        first = await _first(generator, call)
-        batch = first if isinstance(first, list) else [first]
+        generator, batch = await self._engine_call(handle, method, body, call, bool(body.stream))
         head = batch[0]
-        if isinstance(head, ErrorResponse):
-            raise OpenAIError(head.error.code, head.error.message, head.error.type)
         moderator = self.moderator if routed.route["moderation"] else None
         if not body.stream:
             content = _openai_shape(head.model_dump())
@@ -344,21 +344,14 @@ class Gateway:
                 content["model"] = routed.called_as
             self.settler.submit(call, 200)
             return _json(200, content)
-        renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
-        relay = StreamRelay(call, moderator, ChatShape(client_wants_usage, renames, client_wants_running))
-        return StreamingResponse(self._stream(relay, call, batch, DetouredStream(generator)),
-                                 media_type="text/event-stream")
+        shape = ChatShape(client_wants_usage, _model_renames(routed), client_wants_running)
+        return self._streaming_response(StreamRelay(call, moderator, shape), call, batch, generator)
 
     async def _generate_api(self, routed: Routed, call: Call, handle, method: str, body) -> Response:
         """/v1/responses and /v1/messages: the engine answers a JSON dict, or a stream of SSE events."""
-        detour = bool(body.stream) and plane_settings().direct_streams
-        generator = getattr(handle, method).remote(body.model_dump(mode="json", exclude_unset=True),
-                                                   reservation=call.reservation, detour=detour)
-        first = await _first(generator, call)
-        batch = first if isinstance(first, list) else [first]
+        generator, batch = await self._engine_call(handle, method, body.model_dump(mode="json", exclude_unset=True),
+                                                   call, bool(body.stream))
         head = batch[0]
-        if isinstance(head, ErrorResponse):
-            raise OpenAIError(head.error.code, head.error.message, head.error.type)
         moderator = self.moderator if routed.route["moderation"] else None
         if isinstance(head, dict):
             usage = head.get("usage") or {}
@@ -370,9 +363,22 @@ class Gateway:
                 head["model"] = routed.called_as
             self.settler.submit(call, 200)
             return _json(200, _openai_shape(head, RESPONSE_NULL_FIELDS))
-        renames = {f'"model":"{routed.lora}"': f'"model":{json.dumps(routed.called_as)}'} if routed.lora else {}
-        shape = ResponsesShape(renames) if method == "responses" else MessagesShape(renames)
-        relay = StreamRelay(call, moderator, shape)
+        shape = (ResponsesShape if method == "responses" else MessagesShape)(_model_renames(routed))
+        return self._streaming_response(StreamRelay(call, moderator, shape), call, batch, generator)
+
+    @staticmethod
+    async def _engine_call(handle, method: str, payload, call: Call, stream: bool) -> tuple[Any, list]:
+        """Call the engine's `method`: (its Serve generator, its first batch). An engine's error answer raises.
+        A stream's later batches come over a connection of their own (serve_apps.direct_stream)."""
+        detour = stream and plane_settings().direct_streams
+        generator = getattr(handle, method).remote(payload, reservation=call.reservation, detour=detour)
+        first = await _first(generator, call)
+        batch = first if isinstance(first, list) else [first]
+        if isinstance(batch[0], ErrorResponse):
+            raise OpenAIError(batch[0].error.code, batch[0].error.message, batch[0].error.type)
+        return generator, batch
+
+    def _streaming_response(self, relay: StreamRelay, call: Call, batch: list, generator) -> StreamingResponse:
         return StreamingResponse(self._stream(relay, call, batch, DetouredStream(generator)),
                                  media_type="text/event-stream")
 
