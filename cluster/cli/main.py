@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from cluster.cli.common import JsonOpt, console
 from cluster.cli.common import fail as _fail
@@ -103,7 +103,9 @@ def status(as_json: bool = JsonOpt) -> None:
     if not report["applications"]:
         console.print("MaaS is not running (no Serve applications).")
         raise typer.Exit(1)
-    table = Table("application", "status", "deployment", "replicas", "deployment status")
+    # names whole (a user copies them); the replica counts wrap instead
+    table = Table(Column("application", no_wrap=True), "status", Column("deployment", no_wrap=True), "replicas",
+                  "health")
     for name, application in report["applications"].items():
         for dep_name, dep in application["deployments"].items():
             replicas = ", ".join(f"{n} {s.lower()}" for s, n in dep["replicas"].items()) or "-"

@@ -173,7 +173,8 @@ def test_scale_to_zero_bounds_the_wait_then_wakes_for_the_retry(platform, servic
     rows = _usage(platform, key["id"], refusals + 1)
     assert [(r["status_code"], r["error_code"]) for r in rows] == [(503, "MaaS.0503")] * refusals + [(200, "")]
     for row in rows[:-1]:  # each refused call waited the whole bound for a replica, and no longer
-        assert COLD_START_S * 1000 <= row["replica_wait_ms"] < (COLD_START_S + 3) * 1000, row
+        # (less 20 ms: the event loop's timer may fire a hair before the gateway's own clock reads the bound)
+        assert COLD_START_S * 1000 - 20 <= row["replica_wait_ms"] < (COLD_START_S + 3) * 1000, row
     answered = rows[-1]  # waited for the replica too (unless it was up already), and its TTFT holds that wait
     assert 0 <= answered["replica_wait_ms"] < (COLD_START_S + 1) * 1000 and answered["stream"]
     assert answered["ttft_ms"] >= answered["replica_wait_ms"]

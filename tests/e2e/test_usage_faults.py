@@ -35,11 +35,15 @@ def _wait_records(platform, key_id: str, count: int, timeout: float = 30) -> lis
         time.sleep(0.3)
 
 
-def _stream(platform, key: str, model: str, max_tokens: int):
+def _stream(platform, key: str, model: str, max_tokens: int, running: bool = False):
+    """A streamed chat call; `running`: every chunk carries the engine's running usage (continuous_usage_stats),
+    so the client knows how many tokens it received (a token whose text is empty sends no content chunk)."""
+    body = {"model": model, "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "tell me a long story"}]}
+    if running:
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
     return httpx.stream("POST", platform.base_url + "/v1/chat/completions", timeout=120,
-                        headers={"Authorization": f"Bearer {key}"},
-                        json={"model": model, "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
-                              "messages": [{"role": "user", "content": "tell me a long story"}]})
+                        headers={"Authorization": f"Bearer {key}"}, json=body)
 
 
 def _has_content(line: str) -> bool:
@@ -169,22 +173,23 @@ def test_an_engine_killed_mid_stream_ends_the_stream_with_an_error_and_is_record
         [pid] = _replica_pids(platform, view["app_name"])
         key = platform.new_key("engine-dies")
         _audit_is_exact_on_a_fresh_engine(platform, platform.new_key("audit"), view["id"])
-        delivered = 0
-        with _stream(platform, key["key"], "fault-svc", 1500) as response:
-            lines = response.iter_lines()
-            for line in lines:
+        delivered, received, events = 0, 0, []  # content chunks; tokens by the last running usage the client got
+        with _stream(platform, key["key"], "fault-svc", 1500, running=True) as response:
+            for line in response.iter_lines():  # the whole stream: it must end, not drop
+                if not line.startswith("data: "):
+                    continue
+                events.append({"done": True} if line == "data: [DONE]" else json.loads(line[6:]))
+                received = max(received, (events[-1].get("usage") or {}).get("completion_tokens") or 0)
                 delivered += _has_content(line)
-                if delivered == 30:
+                if delivered == 30 and pid:
                     os.kill(pid, signal.SIGKILL)
-                    break
-            more, others = _content_chunks(lines)  # the rest of the stream: it must end, not drop
-        assert others and others[-1] == {"done": True}, others[-3:]
-        errors = [e for e in others if e.get("object") == "error"]
-        assert errors and errors[0]["code"] == 503, others[-3:]
+                    pid = 0
+        assert events[-1] == {"done": True}, events[-3:]
+        errors = [e for e in events if e.get("object") == "error"]
+        assert errors and errors[0]["code"] == 503, events[-3:]
         [row] = _wait_records(platform, key["id"], 1)
         assert row["status_code"] == 503 and row["error_code"] == "MaaS.0503"
-        assert row["completion_tokens"] >= 30, row
-        assert row["completion_tokens"] <= delivered + more + 1, (row, delivered, more)
+        assert received >= 30 and row["completion_tokens"] == received, (row, received, delivered)
     finally:
         platform.maas("services", "delete", "fault-svc", "--confirm", "DELETE", check=False)
 
