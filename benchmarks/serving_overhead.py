@@ -178,20 +178,22 @@ def wait_ready(base_url: str, headers: dict, timeout_s: float, proc: subprocess.
 
 # -- servers: each yields (base_url, headers, startup info) and tears itself down -----------------------
 @contextmanager
-def bare_vllm(args, flags: tuple[str, ...] = ()):
-    """vLLM's own OpenAI server on args.model_dir, with extra server flags (benchmarks/engine_flags.py)."""
+def bare_vllm(args, flags: tuple[str, ...] = (), env: dict | None = None):
+    """vLLM's own OpenAI server on args.model_dir, with extra server flags and environment
+    (benchmarks/engine_flags.py, engine_process.py)."""
     port = free_port()
     logf = tempfile.NamedTemporaryFile("w", prefix="bare_vllm_", suffix=".log", delete=False)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model_dir,
            "--served-model-name", "tiny-chat", "--port", str(port), "--max-model-len", "2048", "--enforce-eager",
            *flags]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env={**os.environ, **ENGINE_ENV}, stdout=logf, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, env={**os.environ, **ENGINE_ENV, **(env or {})}, stdout=logf, stderr=subprocess.STDOUT,
                             start_new_session=True)
     log(f"bare vLLM on port {port}, log {logf.name}")
     try:
         wait_ready(f"http://127.0.0.1:{port}", {}, args.start_timeout, proc)
-        yield f"http://127.0.0.1:{port}", {}, {"startup_s": time.perf_counter() - t0, "log": logf.name}
+        yield f"http://127.0.0.1:{port}", {}, {"startup_s": time.perf_counter() - t0, "log": logf.name,
+                                              "pid": proc.pid}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
