@@ -39,6 +39,28 @@ from ray.llm._internal.serve.core.ingress.utils import (  # noqa: F401
 # `_get_batch_interval_ms` (first chunk at once), `_llm_config` (the context length), `engine` (below).
 
 
+def keep_cpu_uniproc_executor() -> None:
+    """ray.serve.llm (checked against ray 2.60.0, `VLLMEngineConfig.get_initialization_kwargs`) sets
+    distributed_executor_backend="mp" for every CPU engine, whatever engine_kwargs say: the engine core process
+    then starts a worker process of its own. A CPU engine that asks for "uni" (the worker inside the engine core
+    process, serve_apps.model_app) keeps it. Idempotent; call it in the replica before the engine starts."""
+    from ray.llm._internal.serve.engines.vllm.vllm_models import VLLMEngineConfig
+
+    original = VLLMEngineConfig.get_initialization_kwargs
+    if getattr(original, "maas_keeps_uni", False):
+        return
+
+    def get_initialization_kwargs(self) -> dict:
+        kwargs = original(self)
+        if self.engine_kwargs.get("distributed_executor_backend") == "uni" and kwargs.get(
+                "distributed_executor_backend") == "mp":
+            kwargs["distributed_executor_backend"] = "uni"
+        return kwargs
+
+    get_initialization_kwargs.maas_keeps_uni = True
+    VLLMEngineConfig.get_initialization_kwargs = get_initialization_kwargs
+
+
 def patch_tokenizer_service(engine) -> None:
     """ray 2.60 looks for vLLM 0.32's tokenizer service under an older attribute name: point it there."""
     if getattr(engine, "_oai_serving_tokenization", False) is None:

@@ -107,3 +107,28 @@ def test_anthropic_messages_requests_take_the_calls_name_and_only_while_it_is_se
         NAMED_MESSAGES.reset(token)
     assert serving.to_chat_completion_request("m").request_id == "chatcmpl-random"
     assert Serving.to_chat_completion_request("m").request_id == "chatcmpl-random"  # the class is untouched
+
+
+def test_a_cpu_engine_runs_its_worker_in_the_engine_core_process_unless_told_otherwise():
+    """benchmarks/engine_process.py: one process fewer per CPU engine. ray.serve.llm would set "mp" again
+    (ray_compat.keep_cpu_uniproc_executor keeps "uni"), and vLLM's CPU platform too without the variable."""
+    from ray.llm._internal.serve.engines.vllm.vllm_models import VLLMEngineConfig
+
+    from serve_apps.catalog import builtin
+    from serve_apps.model_app import ModelServiceSpec, build_llm_config
+    from serve_apps.ray_compat import keep_cpu_uniproc_executor
+
+    spec = ModelServiceSpec(model=builtin("tiny-chat"), app_name="x", model_path="/tmp/x", accelerator="cpu")
+    config = build_llm_config(spec)
+    assert config.engine_kwargs["distributed_executor_backend"] == "uni"
+    assert config.runtime_env["env_vars"]["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    engine_config = config.get_engine_config()
+    assert isinstance(engine_config, VLLMEngineConfig)
+    assert engine_config.get_initialization_kwargs()["distributed_executor_backend"] == "mp"  # Ray's own rule
+    keep_cpu_uniproc_executor()
+    keep_cpu_uniproc_executor()  # idempotent
+    assert engine_config.get_initialization_kwargs()["distributed_executor_backend"] == "uni"
+
+    process = build_llm_config(spec.model_copy(update={"engine_kwargs": {"distributed_executor_backend": "mp"}}))
+    assert "VLLM_ENABLE_V1_MULTIPROCESSING" not in process.runtime_env["env_vars"]
+    assert process.get_engine_config().get_initialization_kwargs()["distributed_executor_backend"] == "mp"
