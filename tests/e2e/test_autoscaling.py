@@ -74,7 +74,9 @@ def test_queueing_load_adds_a_replica_answers_throughout_and_scales_back(platfor
         for index in range(8):
             pool.submit(caller, index)
         try:
-            decided = _until(platform, lambda v: (v["replicas_target"] or 0) >= 2, 60, "a scale-up decision")
+            # Serve's new target may show one reconciler pass before the decision's event: wait for both
+            decided = _until(platform, lambda v: (v["replicas_target"] or 0) >= 2 and (v["last_scaling"] or {}).get(
+                "to_replicas") == 2, 60, "a scale-up decision")
             up = decided["last_scaling"]
             assert (up["from_replicas"], up["to_replicas"], up["policy"]) == (1, 2, "llm")
             # requests waiting in vLLM's queue or at Serve's handles (the policy's pressure: autoscaling/policy.py)
