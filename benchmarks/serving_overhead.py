@@ -8,8 +8,7 @@ One run measures, one server at a time (so only one engine competes for the CPU 
            a Ray head of its own (own ports, stopped by pid); its cold start counts that head's start too. Its
            tiny-chat runs on one engine replica, as bare and rayllm do (maas.yaml lets it autoscale to two, and
            a second engine starting mid-level takes the cores); --platform-env MAAS_SERVE_CONFIG=... overrides
-  gateway-serve  the same platform with MAAS_DIRECT_STREAMS=0 (every streamed batch through Serve, as before
-           serve_apps.direct_stream), with --start-platform only
+  gateway-*  the same platform with one lever changed (VARIANTS below), with --start-platform only
 
 For each server and concurrency level (default 1, 16 and 64) it sends N streaming requests (default 256)
 of exactly 32 output tokens (`ignore_eos`), each level after an unmeasured warm-up at that same concurrency
@@ -53,7 +52,15 @@ RESULTS = ROOT / "benchmarks" / "results" / "serving_overhead.json"
 BIN = Path(sys.executable).parent
 PROMPT = "Write a short story about a robot who learns to paint."
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu"}
-SERVERS = ["bare", "rayllm", "rayllm0", "gateway", "gateway-serve"]
+# The platform with settings changed (each starts a platform of its own, --start-platform only): levers.
+#   gateway-serve  MAAS_DIRECT_STREAMS=0: every streamed batch through Serve, as before serve_apps.direct_stream
+#   gateway-loop   Serve's replicas run user code and their handles' router on the replica's own event loop
+#                  (Ray's "throughput optimized" pair), not a thread and a loop of their own each
+#   gateway-haproxy  HAProxy on the platform's port forwards to the gateway replicas (no proxy actor)
+LOOP = ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0"]
+VARIANTS = {"gateway-serve": ["MAAS_DIRECT_STREAMS=0"], "gateway-loop": LOOP,
+            "gateway-haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"]}
+SERVERS = ["bare", "rayllm", "rayllm0", "gateway", *VARIANTS]
 
 
 def log(msg: str) -> None:
@@ -402,6 +409,10 @@ def parse_args():
     return args
 
 
+def _variant(args, env: list[str]):
+    return lambda: gateway(argparse.Namespace(**{**vars(args), "platform_env": [*args.platform_env, *env]}))
+
+
 def main() -> None:
     args = parse_args()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Ray turns INFO logging on for every request
@@ -409,12 +420,12 @@ def main() -> None:
     print(f"machine: {info['cpu_count']} CPUs, {info['cpu_model']} ({info['platform']})", flush=True)
     servers = {"bare": lambda: bare_vllm(args), "rayllm": lambda: ray_serve_llm(args, None),
                "rayllm0": lambda: ray_serve_llm(args, 0), "gateway": lambda: gateway(args),
-               "gateway-serve": lambda: gateway(argparse.Namespace(**{
-                   **vars(args), "platform_env": [*args.platform_env, "MAAS_DIRECT_STREAMS=0"]}))}
+               **{name: _variant(args, env) for name, env in VARIANTS.items()}}
     if "gateway" in args.only and not args.start_platform and not args.api_key:
         sys.exit("benchmarking the gateway needs --api-key (or MAAS_API_KEY), or --start-platform")
-    if "gateway-serve" in args.only and not args.start_platform:
-        sys.exit("gateway-serve starts a platform of its own: it needs --start-platform")
+    if set(VARIANTS) & set(args.only) and not args.start_platform:
+        sys.exit(f"{', '.join(sorted(set(VARIANTS) & set(args.only)))} start a platform of their own: "
+                 "they need --start-platform")
     if "gateway" in args.only and args.start_platform and answers(args.gateway_url):
         sys.exit(f"--start-platform: something already answers at {args.gateway_url}; stop it first")
     info["platform_running_at_start"] = answers(args.gateway_url)
