@@ -25,7 +25,7 @@ MODEL = sys.argv[1] if len(sys.argv) > 1 else str(Path("~/.maas/models/tiny-chat
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 VARIANTS = {
     "mp (default)": ((), {}),
-    "uni": (("--distributed-executor-backend", "uni"), {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}),
+    "uni": so.UNI,
 }
 args = argparse.Namespace(concurrency=[1, 16], requests=[128], requests_per_level=128, warmup=32, max_tokens=32,
                           model_dir=MODEL, start_timeout=400)

@@ -2,6 +2,7 @@
 
 One run measures, one server at a time (so only one engine competes for the CPU cores):
   bare     vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`), a subprocess
+  bare-uni the same with vLLM's worker inside its engine core process, as the platform runs CPU engines
   rayllm   ray.serve.llm's `build_openai_app` with its defaults, on a local Ray cluster this script starts
   rayllm0  the same with experimental_configs={"stream_batching_interval_ms": 0}
   gateway  the platform (`maas up`): an already running one, or one this script starts (--start-platform) on
@@ -60,7 +61,10 @@ ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_TARGET
 LOOP = ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0"]
 VARIANTS = {"gateway-serve": ["MAAS_DIRECT_STREAMS=0"], "gateway-loop": LOOP,
             "gateway-haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"]}
-SERVERS = ["bare", "rayllm", "rayllm0", "gateway", *VARIANTS]
+# bare vLLM with its worker inside the engine core process, as the platform's CPU engines run it
+# (serve_apps.model_app; benchmarks/engine_process.py): bare's default `mp` sends a c=1 stream's first chunk late
+UNI = (("--distributed-executor-backend", "uni"), {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+SERVERS = ["bare", "bare-uni", "rayllm", "rayllm0", "gateway", *VARIANTS]
 
 
 def log(msg: str) -> None:
@@ -418,8 +422,9 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Ray turns INFO logging on for every request
     info = machine()
     print(f"machine: {info['cpu_count']} CPUs, {info['cpu_model']} ({info['platform']})", flush=True)
-    servers = {"bare": lambda: bare_vllm(args), "rayllm": lambda: ray_serve_llm(args, None),
-               "rayllm0": lambda: ray_serve_llm(args, 0), "gateway": lambda: gateway(args),
+    servers = {"bare": lambda: bare_vllm(args), "bare-uni": lambda: bare_vllm(args, *UNI),
+               "rayllm": lambda: ray_serve_llm(args, None), "rayllm0": lambda: ray_serve_llm(args, 0),
+               "gateway": lambda: gateway(args),
                **{name: _variant(args, env) for name, env in VARIANTS.items()}}
     if "gateway" in args.only and not args.start_platform and not args.api_key:
         sys.exit("benchmarking the gateway needs --api-key (or MAAS_API_KEY), or --start-platform")
