@@ -94,7 +94,7 @@ def body(max_tokens: int) -> dict:
 
 async def one_request(client: httpx.AsyncClient, url: str, headers: dict, max_tokens: int) -> dict:
     t0 = time.perf_counter()
-    ttft, chunks, usage_tokens = None, 0, None
+    ttft, chunks, usage_tokens, answer_id = None, 0, None, None
     try:
         async with client.stream("POST", url, json=body(max_tokens), headers=headers) as resp:
             if resp.status_code != 200:
@@ -106,6 +106,7 @@ async def one_request(client: httpx.AsyncClient, url: str, headers: dict, max_to
                 if data == "[DONE]":
                     break
                 event = json.loads(data)
+                answer_id = answer_id or event.get("id")
                 if event.get("usage"):
                     usage_tokens = event["usage"].get("completion_tokens")
                 for choice in event.get("choices") or []:
@@ -118,7 +119,7 @@ async def one_request(client: httpx.AsyncClient, url: str, headers: dict, max_to
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     e2e = time.perf_counter() - t0
     tokens = usage_tokens if usage_tokens is not None else chunks
-    return {"ok": ttft is not None, "ttft_ms": ttft * 1000 if ttft else None, "e2e_ms": e2e * 1000,
+    return {"ok": ttft is not None, "id": answer_id, "ttft_ms": ttft * 1000 if ttft else None, "e2e_ms": e2e * 1000,
             "tokens": tokens, "content_chunks": chunks, "usage_tokens": usage_tokens,
             **({} if ttft else {"error": "no content chunk"})}
 
@@ -307,8 +308,8 @@ def gateway(args):
                "MAAS_SERVE_CONFIG": tiny_chat_config().split("=", 1)[1], **extra}
         with private_ray_head(env) as (address, head_s):
             env["RAY_ADDRESS"] = address
-            with _platform(args, env, head_s) as answer:
-                yield answer
+            with _platform(args, env, head_s) as (base_url, headers, startup):
+                yield base_url, headers, {**startup, "maas_home": str(home)}
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
@@ -405,7 +406,7 @@ def parse_args():
     p.add_argument("--start-timeout", type=float, default=600, help="seconds to wait for a server to be ready")
     p.add_argument("--output", default=str(RESULTS))
     p.add_argument("--platform-env", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="settings for the started platform and its Ray head (a lever: RAY_SERVE_ENABLE_DIRECT_INGRESS=1)")
+                   help="settings for the started platform and its Ray head (VARIANTS are named sets of them)")
     args = p.parse_args()
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(args.only) - set(SERVERS):
