@@ -47,7 +47,7 @@ def records(maas_home: str, ids: list[str], timeout_s: float = 30) -> dict[str, 
     while True:
         with sqlite3.connect(Path(maas_home) / "maas.db") as db:
             db.row_factory = sqlite3.Row
-            rows = {r["request_id"]: r for r in db.execute("SELECT request_id, ttft_ms, replica_wait_ms, latency_ms "
+            rows = {r["request_id"]: r for r in db.execute("SELECT request_id, ttft_ms, replica_wait_ms "
                                                            "FROM usage_records WHERE stream = 1")
                     if r["request_id"] in wanted}
         if len(rows) == len(wanted) or time.time() > deadline:
@@ -83,8 +83,7 @@ def main() -> None:
     with so.gateway(args) as (base_url, headers, startup):
         calls = measure(base_url, headers)
         rows = records(startup["maas_home"], [c["id"] for c in calls])
-    paired = [(c["ttft_ms"], rows[c["id"].removeprefix("chatcmpl-")]) for c in calls
-              if c["id"].removeprefix("chatcmpl-") in rows]
+    paired = [(c["ttft_ms"], row) for c in calls if (row := rows.get(c["id"].removeprefix("chatcmpl-")))]
     client = [t for t, _ in paired]
     engine = [r["ttft_ms"] for _, r in paired]
     wait = [r["replica_wait_ms"] or 0.0 for _, r in paired]
