@@ -59,8 +59,12 @@ ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_TARGET
 #                  (Ray's "throughput optimized" pair), not a thread and a loop of their own each
 #   gateway-haproxy  HAProxy on the platform's port forwards to the gateway replicas (no proxy actor)
 LOOP = ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0"]
+#   gateway-grpc     Serve's calls (proxy -> gateway, gateway -> engine) over its inter-deployment gRPC servers,
+#                    not Ray actor calls (every streamed item a Ray object)
+GRPC = ["RAY_SERVE_USE_GRPC_BY_DEFAULT=1"]
 VARIANTS = {"gateway-serve": ["MAAS_DIRECT_STREAMS=0"], "gateway-loop": LOOP,
-            "gateway-haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"]}
+            "gateway-haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"], "gateway-grpc": GRPC,
+            "gateway-grpc-haproxy": [*GRPC, "RAY_SERVE_ENABLE_HA_PROXY=1"]}
 # bare vLLM with its worker inside the engine core process, as the platform's CPU engines run it
 # (serve_apps.model_app; benchmarks/engine_process.py): bare's default `mp` sends a c=1 stream's first chunk late
 UNI = (("--distributed-executor-backend", "uni"), {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
