@@ -43,6 +43,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 from machine import machine  # noqa: E402
 from tests import pg  # noqa: E402
 from tests.helpers import BIN, DASHBOARD_PORT, RAY_PORT, SERVE_PORT, start_ray_head, stop_ray  # noqa: E402
+from serve_apps.settings import RAY_NODE_ENV  # noqa: E402
 
 CHAT = "tiny-chat"
 FAULTS = ("cancel50", "cancel90", "gateway", "engine", "actor", "postgres")
@@ -59,8 +60,8 @@ class Platform:
         self.admin_key = "admin-faults-" + os.urandom(6).hex()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MAAS_"))} | {
             "MAAS_HOME": str(home), "MAAS_PORT": str(SERVE_PORT), "MAAS_ADMIN_KEY": self.admin_key,
-            "MAAS_DATABASE_URL": database_url, "FORWARDED_ALLOW_IPS": "", "RAY_AUTH_MODE": "disabled",
-            "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "PATH": f"{BIN}:{os.environ['PATH']}"}
+            "MAAS_DATABASE_URL": database_url, "RAY_AUTH_MODE": "disabled",
+            "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "PATH": f"{BIN}:{os.environ['PATH']}"} | RAY_NODE_ENV
 
     def maas(self, *args: str, check: bool = True) -> str:
         done = subprocess.run([str(BIN / "maas"), *args], env=self.env, capture_output=True, text=True, timeout=900)

@@ -49,6 +49,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import machine  # noqa: E402  (benchmarks/machine.py, beside this script)
+from serve_apps.settings import ray_node_env  # noqa: E402
 RESULTS = ROOT / "benchmarks" / "results" / "serving_overhead.json"
 BIN = Path(sys.executable).parent
 PROMPT = "Write a short story about a robot who learns to paint."
@@ -59,12 +60,11 @@ ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_TARGET
 #                  (Ray's "throughput optimized" pair), not a thread and a loop of their own each
 #   gateway-haproxy  HAProxy on the platform's port forwards to the gateway replicas (no proxy actor)
 LOOP = ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0"]
-#   gateway-grpc     Serve's calls (proxy -> gateway, gateway -> engine) over its inter-deployment gRPC servers,
-#                    not Ray actor calls (every streamed item a Ray object)
-GRPC = ["RAY_SERVE_USE_GRPC_BY_DEFAULT=1"]
+#   gateway-actor-calls  Serve's calls (proxy -> gateway, gateway -> engine) as Ray actor calls, every streamed item
+#                        a Ray object (the platform's default before 2026-12-06: now over Serve's gRPC)
+ACTOR_CALLS = ["RAY_SERVE_PROXY_USE_GRPC=0", "MAAS_SERVE_GRPC=0"]
 VARIANTS = {"gateway-serve": ["MAAS_DIRECT_STREAMS=0"], "gateway-loop": LOOP,
-            "gateway-haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"], "gateway-grpc": GRPC,
-            "gateway-grpc-haproxy": [*GRPC, "RAY_SERVE_ENABLE_HA_PROXY=1"]}
+            "gateway-haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"], "gateway-actor-calls": ACTOR_CALLS}
 # bare vLLM with its worker inside the engine core process, as the platform's CPU engines run it
 # (serve_apps.model_app; benchmarks/engine_process.py): bare's default `mp` sends a c=1 stream's first chunk late
 UNI = (("--distributed-executor-backend", "uni"), {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
@@ -263,7 +263,7 @@ def private_ray_head(platform_env: dict):
     cmd = [str(BIN / "ray"), "start", "--head", f"--port={port}", f"--temp-dir={temp}", "--num-cpus=16",
            f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
            f"--dashboard-agent-listen-port={free_port()}", "--disable-usage-stats", "--dashboard-host=127.0.0.1"]
-    env = {k: v for k, v in platform_env.items() if k != "RAY_ADDRESS"} | {"FORWARDED_ALLOW_IPS": ""}
+    env = ray_node_env({k: v for k, v in platform_env.items() if k != "RAY_ADDRESS"})  # as `maas up` starts Ray
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
     try:

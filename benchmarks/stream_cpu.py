@@ -12,7 +12,8 @@ Variants (--variant, repeatable) run one after the other on a fresh platform eac
 side in one run: `default`, `haproxy` (RAY_SERVE_ENABLE_HA_PROXY=1: direct ingress, the gateway replica
 listens on a port of its own and HAProxy forwards the platform's port to it; no proxy actor on the path),
 `serve-streams` (MAAS_DIRECT_STREAMS=0: every streamed batch from the engine replica through Serve, as before
-serve_apps.direct_stream).
+serve_apps.direct_stream), `actor-calls` (RAY_SERVE_PROXY_USE_GRPC=0 MAAS_SERVE_GRPC=0: Serve's proxy -> gateway
+and gateway -> engine calls as Ray actor calls, as before 2026-12-06, not over Serve's inter-deployment gRPC).
 
     .venv/bin/python benchmarks/stream_cpu.py --maas-home /tmp/maas_home --variant default --variant haproxy
 """
@@ -49,7 +50,8 @@ RESULTS = so.ROOT / "benchmarks" / "results" / "stream_cpu.json"
 HA = ["RAY_SERVE_ENABLE_HA_PROXY=1"]
 VARIANTS = {"default": ([], {}), "haproxy": (HA, {}), "serve-streams": (["MAAS_DIRECT_STREAMS=0"], {}),
             "batch150": ([], {"stream_batching_interval_ms": 150}),
-            "haproxy-batch150": (HA, {"stream_batching_interval_ms": 150})}
+            "haproxy-batch150": (HA, {"stream_batching_interval_ms": 150}),
+            "actor-calls": (so.ACTOR_CALLS, {})}
 
 
 def serve_config(tiny_chat: dict) -> list[str]:

@@ -179,6 +179,13 @@ async def until_assigned(response) -> None:
     await response._fetch_future_result_async()
 
 
+def over_grpc(handle):
+    """A handle whose calls go over Serve's inter-deployment gRPC server of the replica, not as Ray actor calls
+    (`_by_reference=False`: arguments and every streamed item are serialized onto the gRPC stream; the router,
+    the replica's ongoing-request count, rejection and cancellation are the same)."""
+    return handle.options(_by_reference=False)
+
+
 def pin_code_version(application, version: str):
     """Give an application's ingress deployment a fixed code version: Serve restarts every replica when the
     version changes, and an imperative deploy without one gets a random version on each call."""

@@ -41,6 +41,10 @@ class PlaneSettings(BaseSettings):
         "one; every replica busy at its max ongoing requests) before the 503 MaaS.0503. Under the OpenAI "
         "SDK's 600 s default timeout, so clients get the platform's answer rather than their own timeout."))
 
+    serve_grpc: bool = Field(True, description=(
+        "The gateway calls engine deployments over Serve's inter-deployment gRPC servers (a handle's "
+        "`_by_reference=False`), not as Ray actor calls that make every streamed item a Ray object: about a "
+        "third less CPU per streamed token (benchmarks/stream_cpu.py). Off: Ray actor calls, as before."))
     direct_streams: bool = Field(True, description=(
         "A streamed answer goes from the engine replica to the gateway over a TCP connection of its own after "
         "its first batch (serve_apps.direct_stream), not as one Ray object per batch. Off: every batch through "
@@ -84,6 +88,23 @@ def hosts_and_networks(text: str) -> tuple[set[str], list]:
         except ValueError:
             hosts.add(item.lower())
     return hosts, networks
+
+
+# What every Ray node of the platform starts with (`maas up`'s head, `maas join`, the tests' and the benchmarks'
+# clusters; ray_configs/kuberay sets the same): Serve's processes read it once, when they start.
+# - FORWARDED_ALLOW_IPS="": the HTTP proxy's uvicorn leaves X-Forwarded-For alone (it would trust 127.0.0.1 and
+#   rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
+# - RAY_SERVE_PROXY_USE_GRPC=1: the proxy hands calls to the gateway over Serve's inter-deployment gRPC, not as Ray
+#   actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it takes about 28% of the CPU per
+#   streamed token off the path (benchmarks/RESULTS.md). An environment that sets it (to 0) keeps its value.
+RAY_NODE_ENV = {"FORWARDED_ALLOW_IPS": "", "RAY_SERVE_PROXY_USE_GRPC": "1"}
+_FORCED = ("FORWARDED_ALLOW_IPS",)
+
+
+def ray_node_env(base: dict[str, str]) -> dict[str, str]:
+    """`base` (an environment) with RAY_NODE_ENV: FORWARDED_ALLOW_IPS always, the others unless `base` sets them."""
+    return {**{k: v for k, v in RAY_NODE_ENV.items() if k not in _FORCED}, **base,
+            **{k: RAY_NODE_ENV[k] for k in _FORCED}}
 
 
 @lru_cache(maxsize=1)

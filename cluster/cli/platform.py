@@ -23,6 +23,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from cluster.runtime import nodes
 from cluster.settings import get_settings
 from serve_apps.contract import ACCOUNTING_ACTOR, NAMESPACE
+from serve_apps.settings import ray_node_env
 
 LOGICAL_CPUS = 16  # Ray CPUs are logical: engines take one each, light deployments none
 
@@ -84,12 +85,12 @@ def _connect(console: Console) -> str:
         if settings.ray_address:
             raise StartupError(f"cannot reach the Ray cluster at RAY_ADDRESS={settings.ray_address}") from None
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    # FORWARDED_ALLOW_IPS="": the HTTP proxy's uvicorn leaves X-Forwarded-For alone (it would trust 127.0.0.1
-    # and rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
+    # RAY_NODE_ENV: what Serve's proxy must start with (X-Forwarded-For left alone, calls to the gateway over gRPC).
     # The venv's bin first on the workers' PATH: a job's `python` (`ray job submit -- python -m ...`) is then
     # the platform's python, with torch and the job code, whatever the submitting shell has activated.
-    env = os.environ | {"MAAS_HOME": str(settings.home), "FORWARDED_ALLOW_IPS": "",
-                        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = ray_node_env(dict(os.environ) | {
+        "MAAS_HOME": str(settings.home),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
     with console.status("Starting a local Ray head..."):
         done = subprocess.run([_ray_bin(), "start", "--head", f"--num-cpus={LOGICAL_CPUS}",
                                "--disable-usage-stats", "--dashboard-host=127.0.0.1"],
@@ -243,7 +244,8 @@ def join(console: Console, address: str, resources: str = "", num_cpus: int | No
         command.append(f"--resources={resources}")
     command += [f"--num-cpus={num_cpus}"] if num_cpus is not None else [f"--num-cpus={LOGICAL_CPUS}"]
     command += [f"--num-gpus={num_gpus}"] if num_gpus is not None else []
-    env = os.environ | {"PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = ray_node_env(dict(os.environ) | {
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise StartupError(f"`ray start --address {address}` failed:\n{done.stdout}\n{done.stderr}")

@@ -38,7 +38,7 @@ from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatS
                                        StreamRelay)
 from serve_apps.model_app import supports
 from serve_apps.moderation import load_moderator, message_text, output_text, request_text
-from serve_apps.ray_compat import ErrorResponse, ScoreRequest, sanitize_chat_request, until_assigned
+from serve_apps.ray_compat import ErrorResponse, ScoreRequest, over_grpc, sanitize_chat_request, until_assigned
 from serve_apps.settings import plane_settings
 
 log = logging.getLogger("maas.gateway")
@@ -223,7 +223,8 @@ class Gateway:
         key = (route["app_name"], route["deployment_name"])
         if key not in self._handles:
             handle = serve.get_deployment_handle(route["deployment_name"], route["app_name"])
-            self._handles[key] = handle.options(stream=True)  # every engine method answers a generator
+            handle = handle.options(stream=True)  # every engine method answers a generator
+            self._handles[key] = over_grpc(handle) if plane_settings().serve_grpc else handle
         return self._handles[key]
 
     async def _route(self, request: Request, body, kind: str, text: str = "") -> tuple[Routed, Call, Any]:

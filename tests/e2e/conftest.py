@@ -28,6 +28,7 @@ import openai
 import pytest
 
 from tests.helpers import BIN, RAY_PORT, SERVE_PORT, SLOT, start_ray_head, stop_ray
+from serve_apps.settings import RAY_NODE_ENV
 
 
 @pytest.hookimpl(trylast=True)
@@ -107,9 +108,8 @@ def platform(request, tmp_path_factory) -> Platform:
         # A call waits 5 s at most for an engine replica (test_autoscaling sees a cold start's 503 without waiting
         # the 300 s default; every other test calls services that are Running).
         "MAAS_COLD_START_TIMEOUT_S": "5",
-        "FORWARDED_ALLOW_IPS": "",  # as `maas up` starts Ray: the proxy's uvicorn leaves X-Forwarded-For alone
         "RAY_ADDRESS": f"127.0.0.1:{RAY_PORT}", "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
-    } | ({"MAAS_STORAGE": str(storage)} if storage else {})
+    } | ({"MAAS_STORAGE": str(storage)} if storage else {}) | RAY_NODE_ENV  # as `maas up` starts Ray
     stop_ray(env)
     start_ray_head(env)
     up = subprocess.run([str(BIN / "maas"), "up"], env=env, capture_output=True, text=True, timeout=1500)

@@ -96,3 +96,17 @@ def test_the_jobs_run_the_readme_entrypoints():
     assert _documents("rayjob-finetune.yaml")[0]["spec"]["entrypoint"].startswith("python -m train_jobs.finetune ")
     assert "-m quantize.compress --config" in _documents("rayjob-compress.yaml")[0]["spec"]["entrypoint"]
     assert "RUN make install ENGINE=" in Path(KUBERAY / "Dockerfile").read_text()
+
+
+def test_every_ray_container_of_the_rayservice_starts_with_the_platforms_ray_node_env():
+    """Serve's proxy reads RAY_NODE_ENV (X-Forwarded-For left alone, calls to the gateway over gRPC) when it starts,
+    on every node: the manifests must set what `maas up` and `maas join` set."""
+    from serve_apps.settings import RAY_NODE_ENV
+
+    [service] = [d for d in _documents("rayservice.yaml") if d["kind"] == "RayService"]
+    spec = service["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert {k: env.get(k) for k in RAY_NODE_ENV} == RAY_NODE_ENV, (group.get("groupName", "head"), env)
