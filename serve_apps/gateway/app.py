@@ -2,8 +2,9 @@
 
 Per request: the middleware checks the Authorization header's shape and the body size; the handler
 parses the body strictly, asks the accounting actor (one round trip) who the caller is and which
-deployment serves the model, then calls that deployment through a Serve handle (no second HTTP hop); a
-stream's batches after its first come over a connection to the engine replica (serve_apps.direct_stream).
+deployment serves the model, then calls that deployment through a Serve handle, over Serve's gRPC (no
+second HTTP hop, no Ray object per streamed item); a stream's batches after its first come over a
+connection to the engine replica (serve_apps.direct_stream).
 Streams always ask the engine for usage; the usage chunk is removed again for clients that did not ask.
 """
 
