@@ -12,6 +12,7 @@ rest wait in its queue) keep it short. Engine start-ups: the service, its second
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +26,7 @@ from tests.helpers import wait_status
 
 NAME = "auto-llm"
 QUIET_S = 12  # long enough for the QPS check with two replicas after the load
+RECONCILE_S = 2.0  # cluster/services/reconciler.py's INTERVAL_S: how often the service's view follows Serve
 COLD_START_S = 5  # MAAS_COLD_START_TIMEOUT_S of the session's platform (tests/e2e/conftest.py)
 
 
@@ -95,10 +97,13 @@ def test_queueing_load_adds_a_replica_answers_throughout_and_scales_back(platfor
     view = _until(platform, lambda v: v["replicas_target"] == 1 and v["last_scaling"]["to_replicas"] == 1,
                   QUIET_S + 30, "the scale-down and its event")
     # not before the quiet period: 4 callers fill the 2 x 2 slots of two replicas, so no pressure from the
-    # moment the second one serves
-    assert time.time() - serving >= QUIET_S - 1
+    # moment the second one serves. The policy counts it from when Serve had the replica ready; this view showed
+    # it up to a reconciler pass later (RECONCILE_S, and the pass's own time on a busy machine: CI saw 2.5 s).
+    assert time.time() - serving >= QUIET_S - 2 * RECONCILE_S
     down = view["last_scaling"]
     assert (down["from_replicas"], down["to_replicas"]) == (2, 1) and down["reason"].startswith("quiet")
+    quiet_for = int(re.match(r"quiet for (\d+) s", down["reason"]).group(1))
+    assert quiet_for >= QUIET_S, down  # the policy's own count of the quiet period
     assert view["status"] == "Running"
     messages = [e["message"] for e in platform.maas_json("services", "events", NAME)]
     assert any(m.startswith("Autoscaled 1 -> 2 (llm)") and "waiting" in m for m in messages)
