@@ -43,8 +43,8 @@ class PlaneSettings(BaseSettings):
 
     serve_grpc: bool = Field(True, description=(
         "The gateway calls engine deployments over Serve's inter-deployment gRPC servers (a handle's "
-        "`_by_reference=False`), not as Ray actor calls that make every streamed item a Ray object: about a "
-        "third less CPU per streamed token (benchmarks/stream_cpu.py). Off: Ray actor calls, as before."))
+        "`_by_reference=False`), not as Ray actor calls that make every streamed item a Ray object: less CPU "
+        "per streamed token in the gateway (benchmarks/stream_cpu.py). Off: Ray actor calls, as before."))
     direct_streams: bool = Field(True, description=(
         "A streamed answer goes from the engine replica to the gateway over a TCP connection of its own after "
         "its first batch (serve_apps.direct_stream), not as one Ray object per batch. Off: every batch through "
@@ -95,8 +95,8 @@ def hosts_and_networks(text: str) -> tuple[set[str], list]:
 # - FORWARDED_ALLOW_IPS="": the HTTP proxy's uvicorn leaves X-Forwarded-For alone (it would trust 127.0.0.1 and
 #   rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
 # - RAY_SERVE_PROXY_USE_GRPC=1: the proxy hands calls to the gateway over Serve's inter-deployment gRPC, not as Ray
-#   actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it takes about 28% of the CPU per
-#   streamed token off the path (benchmarks/RESULTS.md). An environment that sets it (to 0) keeps its value.
+#   actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it took 6% and 28% of the CPU per
+#   streamed token off the path in two runs, the gateway's and the proxy's share in both (benchmarks/RESULTS.md). An environment that sets it (to 0) keeps its value.
 RAY_NODE_ENV = {"FORWARDED_ALLOW_IPS": "", "RAY_SERVE_PROXY_USE_GRPC": "1"}
 _FORCED = ("FORWARDED_ALLOW_IPS",)
 
