@@ -96,7 +96,8 @@ def hosts_and_networks(text: str) -> tuple[set[str], list]:
 #   rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
 # - RAY_SERVE_PROXY_USE_GRPC=1: the proxy hands calls to the gateway over Serve's inter-deployment gRPC, not as Ray
 #   actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it took 6% and 28% of the CPU per
-#   streamed token off the path in two runs, the gateway's and the proxy's share in both (benchmarks/RESULTS.md). An environment that sets it (to 0) keeps its value.
+#   streamed token off the path in two runs, less in the gateway and the proxy in both (benchmarks/RESULTS.md).
+#   An environment that sets it (to 0) keeps its value.
 RAY_NODE_ENV = {"FORWARDED_ALLOW_IPS": "", "RAY_SERVE_PROXY_USE_GRPC": "1"}
 _FORCED = ("FORWARDED_ALLOW_IPS",)
 
