@@ -98,14 +98,14 @@ def hosts_and_networks(text: str) -> tuple[set[str], list]:
 #   actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it took 6% and 28% of the CPU per
 #   streamed token off the path in two runs, less in the gateway and the proxy in both (benchmarks/RESULTS.md).
 #   An environment that sets it (to 0) keeps its value.
-RAY_NODE_ENV = {"FORWARDED_ALLOW_IPS": "", "RAY_SERVE_PROXY_USE_GRPC": "1"}
-_FORCED = ("FORWARDED_ALLOW_IPS",)
+_NODE_DEFAULTS = {"RAY_SERVE_PROXY_USE_GRPC": "1"}  # unless the environment sets them
+_NODE_FORCED = {"FORWARDED_ALLOW_IPS": ""}  # whatever the environment says
+RAY_NODE_ENV = _NODE_DEFAULTS | _NODE_FORCED
 
 
 def ray_node_env(base: dict[str, str]) -> dict[str, str]:
     """`base` (an environment) with RAY_NODE_ENV: FORWARDED_ALLOW_IPS always, the others unless `base` sets them."""
-    return {**{k: v for k, v in RAY_NODE_ENV.items() if k not in _FORCED}, **base,
-            **{k: RAY_NODE_ENV[k] for k in _FORCED}}
+    return _NODE_DEFAULTS | base | _NODE_FORCED
 
 
 @lru_cache(maxsize=1)
