@@ -42,7 +42,7 @@ from sqlalchemy import create_engine, text  # noqa: E402
 
 from machine import machine  # noqa: E402
 from tests import pg  # noqa: E402
-from tests.helpers import BIN, DASHBOARD_PORT, RAY_PORT, SERVE_PORT, start_ray_head, stop_ray  # noqa: E402
+from tests.helpers import BIN, RAY_PORT, SERVE_PORT, actor_pids, start_ray_head, stop_ray  # noqa: E402
 from serve_apps.settings import RAY_NODE_ENV  # noqa: E402
 
 CHAT = "tiny-chat"
@@ -85,11 +85,7 @@ class Platform:
         return rows[0]["engine_generation_tokens"] if rows else None
 
     def pids(self, class_prefix: str) -> list[int]:
-        done = subprocess.run([str(BIN / "ray"), "list", "actors", "-f", "state=ALIVE", "--format", "json",
-                               "--limit", "1000", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}"],
-                              env=self.env, capture_output=True, text=True, timeout=60, check=False)
-        return [int(a["pid"]) for a in json.loads(done.stdout or "[]")
-                if a.get("class_name", "").startswith(class_prefix)]
+        return actor_pids(self.env, class_prefix)
 
 
 def stream(base: str, key: str, model: str, max_tokens: int, close_at: int | None = None,

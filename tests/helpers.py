@@ -94,6 +94,16 @@ def stop_worker_node() -> None:
     _kill(worker_node_processes())
 
 
+def actor_pids(env: dict, class_prefix: str) -> list[int]:
+    """The pids of the live actors of the tests' own cluster whose class name starts with `class_prefix`."""
+    import json
+
+    done = subprocess.run([str(BIN / "ray"), "list", "actors", "-f", "state=ALIVE", "--format", "json", "--limit",
+                           "1000", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    return [int(a["pid"]) for a in json.loads(done.stdout or "[]") if a.get("class_name", "").startswith(class_prefix)]
+
+
 def wait_status(platform, service: str, statuses: set[str], timeout: float = 420, project: str = "default") -> dict:
     """Poll a model service (id or name) until its status is one of `statuses`; its view then."""
     deadline, view = time.time() + timeout, None

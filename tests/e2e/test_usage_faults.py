@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import BIN, DASHBOARD_PORT, wait_status
+from tests.helpers import actor_pids, wait_status
 
 CHAT = "tiny-chat"
 
@@ -118,16 +117,8 @@ def test_a_whole_stream_still_bills_the_engines_final_count(platform):
     assert row["status_code"] == 200 and row["completion_tokens"] == 64
 
 
-def _actor_pids(platform, class_prefix: str) -> list[int]:
-    done = subprocess.run([str(BIN / "ray"), "list", "actors", "-f", "state=ALIVE", "--format", "json", "--limit",
-                           "1000", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}"],
-                          env=platform.env, capture_output=True, text=True, timeout=60)
-    actors = json.loads(done.stdout or "[]")
-    return [int(a["pid"]) for a in actors if a.get("class_name", "").startswith(class_prefix)]
-
-
 def _replica_pids(platform, app: str) -> list[int]:
-    return _actor_pids(platform, "ServeReplica:" + app + ":")
+    return actor_pids(platform.env, "ServeReplica:" + app + ":")
 
 
 def test_serves_proxy_hands_calls_to_the_gateway_over_grpc(platform):
@@ -135,7 +126,7 @@ def test_serves_proxy_hands_calls_to_the_gateway_over_grpc(platform):
     Ray object per streamed message) and leaves X-Forwarded-For alone. Both are read by the proxy's own process."""
     import psutil
 
-    [proxy] = _actor_pids(platform, "ProxyActor")
+    [proxy] = actor_pids(platform.env, "ProxyActor")
     environ = psutil.Process(proxy).environ()
     assert environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1" and environ.get("FORWARDED_ALLOW_IPS") == "", environ
 
