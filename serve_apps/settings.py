@@ -7,6 +7,8 @@ gateway) may not import `cluster`, so what it needs lives here.
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import sys
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
@@ -92,13 +94,19 @@ def hosts_and_networks(text: str) -> tuple[set[str], list]:
 
 # What every Ray node of the platform starts with (`maas up`'s head, `maas join`, the tests' and the benchmarks'
 # clusters; ray_configs/kuberay sets the same): Serve's processes read it once, when they start.
-# - FORWARDED_ALLOW_IPS="": the HTTP proxy's uvicorn leaves X-Forwarded-For alone (it would trust 127.0.0.1 and
-#   rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
-# - RAY_SERVE_PROXY_USE_GRPC=1: the proxy hands calls to the gateway over Serve's inter-deployment gRPC, not as Ray
-#   actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it took 6% and 28% of the CPU per
-#   streamed token off the path in two runs, less in the gateway and the proxy in both (benchmarks/RESULTS.md).
-#   An environment that sets it (to 0) keeps its value.
-_NODE_DEFAULTS = {"RAY_SERVE_PROXY_USE_GRPC": "1"}  # unless the environment sets them
+# - RAY_SERVE_ENABLE_HA_PROXY=1: HAProxy listens on the platform's port and forwards each call to a gateway
+#   replica's own port (Serve's direct ingress): no proxy actor on the path. RAY_SERVE_HAPROXY_BINARY_PATH starts
+#   it through `maas-haproxy` (serve_apps.haproxy_peer), which adds the caller's address (X-Maas-Peer) that Ray's
+#   configuration leaves out. An environment that sets RAY_SERVE_ENABLE_HA_PROXY=0 gets Serve's proxy actor.
+# - FORWARDED_ALLOW_IPS="": uvicorn (the proxy's, a direct-ingress replica's) leaves X-Forwarded-For alone (it would
+#   trust 127.0.0.1 and rewrite the peer); the gateway believes it only from MAAS_TRUSTED_PROXIES.
+# - RAY_SERVE_PROXY_USE_GRPC=1: with the proxy actor, it hands calls to the gateway over Serve's inter-deployment
+#   gRPC, not as Ray actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it took 6% and
+#   28% of the CPU per streamed token off the path in two runs (benchmarks/RESULTS.md).
+# The defaults yield to an environment that sets them.
+HAPROXY_WRAPPER = shutil.which("maas-haproxy") or str(Path(sys.executable).parent / "maas-haproxy")
+_NODE_DEFAULTS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER,
+                  "RAY_SERVE_PROXY_USE_GRPC": "1"}  # unless the environment sets them
 _NODE_FORCED = {"FORWARDED_ALLOW_IPS": ""}  # whatever the environment says
 RAY_NODE_ENV = _NODE_DEFAULTS | _NODE_FORCED
 

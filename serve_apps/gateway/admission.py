@@ -167,14 +167,51 @@ class Settler:
         return len(self._pending)
 
 
-def client_ip(headers, client, trusted: list | None = None) -> str:
-    """The caller's IP: the first X-Forwarded-For value (spec §9.2) when the peer is a trusted proxy
-    (MAAS_TRUSTED_PROXIES), else the peer itself; `-` counts as unknown."""
+def client_ip(headers, client, trusted: list | None = None, nodes: NodeAddresses | None = None) -> str:
+    """The caller's IP. Behind the platform's HAProxy (serve_apps.haproxy_peer) the peer is HAProxy, on a Ray
+    node, and X-Maas-Peer names the one that called it: believed only from a node's address. Then the first
+    X-Forwarded-For value (spec §9.2) when that peer is a trusted proxy (MAAS_TRUSTED_PROXIES), else the peer
+    itself; `-` counts as unknown."""
     peer = client.host if client else ""
+    relayed = headers.get("x-maas-peer", "")
+    if relayed and (NODES if nodes is None else nodes).has(peer):
+        peer = relayed.strip()
     forwarded = headers.get("x-forwarded-for", "")
     trusted = plane_settings().trusted_proxy_networks if trusted is None else trusted
     ip = forwarded.split(",")[0].strip() if forwarded and _in(peer, trusted) else peer
     return "" if ip == "-" else ip
+
+
+class NodeAddresses:
+    """The Ray cluster's node addresses (and loopback), where the platform's HAProxy runs. An address not
+    known yet re-reads the cluster's nodes, at most once every `refresh_s` (a node that joined since)."""
+
+    def __init__(self, read: Callable[[], set[str]] | None = None, refresh_s: float = 5.0):
+        self._read = read or _ray_node_addresses
+        self._refresh_s = refresh_s
+        self._known: set[str] = set()
+        self._read_at = float("-inf")
+
+    def has(self, address: str) -> bool:
+        try:
+            if ipaddress.ip_address(address).is_loopback:
+                return True
+        except ValueError:
+            return False
+        if address not in self._known and time.monotonic() - self._read_at >= self._refresh_s:
+            self._read_at = time.monotonic()
+            try:
+                self._known = self._read()
+            except Exception:  # the GCS away: keep what was known
+                log.warning("could not read the Ray nodes' addresses", exc_info=True)
+        return address in self._known
+
+
+def _ray_node_addresses() -> set[str]:
+    return {node["NodeManagerAddress"] for node in ray.nodes() if node.get("Alive")}
+
+
+NODES = NodeAddresses()
 
 
 def _in(address: str, networks: list) -> bool:

@@ -114,6 +114,17 @@ def test_usage_record_fields(platform, tenant):
     assert row["latency_ms"] > 0 and row["key_id"] and not row["stream"]
 
 
+def test_a_callers_own_peer_header_is_replaced_by_its_address(platform):
+    """HAProxy (started through maas-haproxy) sets X-Maas-Peer to the address that called it, over whatever the
+    caller sent: the record names the test's own address, not the one it wrote."""
+    key = platform.new_key()
+    platform.client(key["key"]).chat.completions.create(
+        model=CHAT, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+        extra_headers={"X-Maas-Peer": "203.0.113.66"})
+    [row] = _wait_records(platform, "key_id = :k", 1, k=key["id"])
+    assert row["client_ip"] == "127.0.0.1"
+
+
 def test_stream_record_has_ttft_tpot_and_engine_usage(platform):
     key = platform.new_key()
     stream = platform.client(key["key"]).chat.completions.create(

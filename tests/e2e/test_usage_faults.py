@@ -121,14 +121,23 @@ def _replica_pids(platform, app: str) -> list[int]:
     return actor_pids(platform.env, "ServeReplica:" + app + ":")
 
 
-def test_serves_proxy_hands_calls_to_the_gateway_over_grpc(platform):
-    """The platform's Ray nodes start with RAY_NODE_ENV: the HTTP proxy calls the gateway over Serve's gRPC (not a
-    Ray object per streamed message) and leaves X-Forwarded-For alone. Both are read by the proxy's own process."""
+def test_haproxy_answers_on_the_platforms_port_with_the_callers_address_added(platform):
+    """The platform's Ray nodes start with RAY_NODE_ENV: Serve runs HAProxy (not its proxy actor) on the platform's
+    port, started through maas-haproxy, whose copy of Ray's configuration sets X-Maas-Peer; the gateway replica's
+    own uvicorn (direct ingress) leaves X-Forwarded-For alone."""
     import psutil
 
-    [proxy] = actor_pids(platform.env, "ProxyActor")
-    environ = psutil.Process(proxy).environ()
-    assert environ.get("RAY_SERVE_PROXY_USE_GRPC") == "1" and environ.get("FORWARDED_ALLOW_IPS") == "", environ
+    [manager] = actor_pids(platform.env, "HAProxyManager")
+    haproxies = [p for p in psutil.Process(manager).children(recursive=True) if p.name() == "haproxy"]
+    assert haproxies
+    for haproxy in haproxies:
+        config = haproxy.cmdline()[haproxy.cmdline().index("-f") + 1]
+        assert config.endswith(".maas"), haproxy.cmdline()
+        assert "http-request set-header X-Maas-Peer %[src]" in open(config).read()
+    listening = {c.laddr.port for p in haproxies for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert httpx.URL(platform.base_url).port in listening
+    for pid in _replica_pids(platform, "maas-gateway"):
+        assert psutil.Process(pid).environ().get("FORWARDED_ALLOW_IPS") == ""
 
 
 def _engine_connections(gateways: list[int], engines: list[int]) -> set[tuple]:

@@ -109,4 +109,5 @@ def test_every_ray_container_of_the_rayservice_starts_with_the_platforms_ray_nod
     for group in groups:
         for container in group["template"]["spec"]["containers"]:
             env = {e["name"]: e.get("value") for e in container["env"]}
-            assert {k: env.get(k) for k in RAY_NODE_ENV} == RAY_NODE_ENV, (group.get("groupName", "head"), env)
+            expected = RAY_NODE_ENV | {"RAY_SERVE_HAPROXY_BINARY_PATH": "/app/.venv/bin/maas-haproxy"}  # the image's
+            assert {k: env.get(k) for k in expected} == expected, (group.get("groupName", "head"), env)

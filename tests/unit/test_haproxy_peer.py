@@ -1,0 +1,76 @@
+"""serve_apps.haproxy_peer (the HAProxy Ray starts on the platform's port, with the caller's address) and the
+gateway's reading of it (admission.client_ip)."""
+
+from __future__ import annotations
+
+import ipaddress
+from types import SimpleNamespace
+
+import pytest
+
+from serve_apps.gateway.admission import NodeAddresses, client_ip
+from serve_apps.haproxy_peer import main, with_peer_header
+
+pytestmark = pytest.mark.unit
+CONFIG = """defaults
+    mode http
+frontend prometheus
+    bind :9101
+frontend http_frontend
+    bind 0.0.0.0:8000
+    acl routes path -i /-/routes
+backend app
+    server a 10.0.0.2:30001
+"""
+
+
+def test_the_http_frontend_sets_the_peer_header_and_nothing_else_changes():
+    out = with_peer_header(CONFIG)
+    assert out == CONFIG.replace("    bind 0.0.0.0:8000\n",
+                                 "    bind 0.0.0.0:8000\n    http-request set-header X-Maas-Peer %[src]\n")
+
+
+def test_rays_haproxy_template_still_has_the_frontend_the_wrapper_looks_for():
+    # A Ray upgrade that renames the frontend would leave every caller's address as HAProxy's: fail here first.
+    from ray.serve._private.haproxy_templates import HAPROXY_CONFIG_TEMPLATE
+
+    assert "\nfrontend http_frontend\n    bind {{ config.frontend_host }}:{{ config.frontend_port }}\n" in (
+        HAPROXY_CONFIG_TEMPLATE)
+
+
+def test_the_wrapper_execs_the_real_haproxy_on_a_copy_with_the_line(tmp_path, monkeypatch):
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(CONFIG)
+    calls = []
+    monkeypatch.setenv("MAAS_HAPROXY_BINARY", "/opt/haproxy")
+    monkeypatch.setattr("os.execv", lambda binary, argv: calls.append((binary, argv)))
+    main(["-db", "-f", str(config), "-dR", "-sf", "123"])
+    [(binary, argv)] = calls
+    assert binary == "/opt/haproxy" and argv == ["/opt/haproxy", "-db", "-f", f"{config}.maas", "-dR", "-sf", "123"]
+    assert (tmp_path / "haproxy.cfg.maas").read_text() == with_peer_header(CONFIG)
+    assert config.read_text() == CONFIG  # Ray's own file is left as Ray wrote it
+
+
+def test_the_peer_header_is_believed_only_from_a_ray_nodes_address():
+    nodes = NodeAddresses(read=lambda: {"10.0.0.5"})
+    relayed = {"x-maas-peer": "198.51.100.7"}
+    assert client_ip(relayed, SimpleNamespace(host="10.0.0.5"), [], nodes) == "198.51.100.7"  # HAProxy on a node
+    assert client_ip(relayed, SimpleNamespace(host="127.0.0.1"), [], nodes) == "198.51.100.7"  # on this one
+    assert client_ip(relayed, SimpleNamespace(host="203.0.113.4"), [], nodes) == "203.0.113.4"  # anyone else
+
+
+def test_behind_haproxy_x_forwarded_for_is_believed_from_a_trusted_proxy_as_before():
+    nodes = NodeAddresses(read=lambda: {"10.0.0.5"})
+    proxy = [ipaddress.ip_network("192.0.2.0/24")]
+    headers = {"x-maas-peer": "192.0.2.10", "x-forwarded-for": "203.0.113.9, 192.0.2.1"}
+    assert client_ip(headers, SimpleNamespace(host="10.0.0.5"), proxy, nodes) == "203.0.113.9"
+    headers = {"x-maas-peer": "198.51.100.7", "x-forwarded-for": "203.0.113.9"}  # the caller wrote XFF itself
+    assert client_ip(headers, SimpleNamespace(host="10.0.0.5"), proxy, nodes) == "198.51.100.7"
+
+
+def test_an_unknown_address_rereads_the_nodes_at_most_once_per_interval():
+    reads = []
+    nodes = NodeAddresses(read=lambda: reads.append(1) or {"10.0.0.5"}, refresh_s=60)
+    assert not nodes.has("10.0.0.9") and not nodes.has("10.0.0.9") and nodes.has("10.0.0.5")
+    assert len(reads) == 1
+    assert not nodes.has("not an address") and len(reads) == 1
