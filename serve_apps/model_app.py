@@ -17,6 +17,7 @@ import ray
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.llm import LLMConfig, LLMServer, build_llm_deployment
+from starlette.responses import JSONResponse
 from vllm.entrypoints.serve.engine.protocol import ErrorResponse as VLLMErrorResponse
 
 from autoscaling.builder import serve_autoscaling_config
@@ -24,7 +25,7 @@ from autoscaling.config import LLMPolicyOptions, Mode, ScalingSpec
 from autoscaling.metrics import EngineStats
 from serve_apps.catalog import CatalogModel, ModelType, builtin
 from serve_apps.direct_stream import StreamServer
-from serve_apps.errors import context_length_exceeded
+from serve_apps.errors import PlatformError, context_length_exceeded
 from serve_apps.ray_compat import (NAMED_MESSAGES, Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo,
                                    ErrorResponse, LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
                                    keep_cpu_uniproc_executor, name_messages_requests, patch_tokenizer_service,
@@ -118,6 +119,12 @@ class MaasLLMServer(LLMServer):
     """`LLMServer` with first-chunk-immediate stream batching, the product's context-length rule (prompt +
     max_tokens over the context is refused; vLLM would silently shorten max_tokens), and the engine's queue
     and KV usage reported to Serve's autoscaler (`record_autoscaling_stats`, for the `llm` policy)."""
+
+    async def __call__(self, request):
+        # With HAProxy (Serve's direct ingress) every app's ingress replica listens on a port of its own (30000-31000;
+        # all interfaces on a cluster) and Serve hands HTTP calls there to this method. The gateway calls engines
+        # through Serve's handles only: the engine's own port answers no model call.
+        return JSONResponse(PlatformError("MaaS.0404", what="This address").body(), status_code=404)
 
     def _init_multiplex_loader(self, model_downloader_cls=None):
         # ray.serve.llm only downloads adapters from cloud storage; ours are local directories.

@@ -85,7 +85,7 @@ def _connect(console: Console) -> str:
         if settings.ray_address:
             raise StartupError(f"cannot reach the Ray cluster at RAY_ADDRESS={settings.ray_address}") from None
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
-    # RAY_NODE_ENV: what Serve's proxy must start with (X-Forwarded-For left alone, calls to the gateway over gRPC).
+    # RAY_NODE_ENV: what Serve must start with (HAProxy through maas-haproxy, X-Forwarded-For left alone, ...).
     # The venv's bin first on the workers' PATH: a job's `python` (`ray job submit -- python -m ...`) is then
     # the platform's python, with torch and the job code, whatever the submitting shell has activated.
     env = ray_node_env(dict(os.environ) | {

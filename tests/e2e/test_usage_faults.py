@@ -140,6 +140,22 @@ def test_haproxy_answers_on_the_platforms_port_with_the_callers_address_added(pl
         assert psutil.Process(pid).environ().get("FORWARDED_ALLOW_IPS") == ""
 
 
+def test_an_engine_replicas_own_http_port_answers_nothing(platform):
+    """With HAProxy every app's ingress replica listens on a port of its own (30000-31000), engines too: vLLM's
+    OpenAI app there would answer without a key. MaasLLMServer's HTTP app answers every call 404."""
+    import psutil
+
+    [engine] = _replica_pids(platform, CHAT)
+    ports = [c.laddr.port for c in psutil.Process(engine).net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN and 30000 <= c.laddr.port <= 31000]
+    assert ports
+    for port in ports:
+        answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                            json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+        assert answer.status_code == 404 and answer.json()["error_code"] == "MaaS.0404", answer.text
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 404
+
+
 def _engine_connections(gateways: list[int], engines: list[int]) -> set[tuple]:
     """The gateway replicas' TCP connections to a port an engine replica listens on."""
     import psutil
