@@ -9,16 +9,20 @@ Ray starts the binary at RAY_SERVE_HAPROXY_BINARY_PATH (RAY_NODE_ENV points it h
 
     http-request set-header X-Maas-Peer %[src]
 
-(it replaces whatever a caller sent in that header) and execs the real HAProxy on the copy, so HAProxy keeps the
-pid Ray knows. The gateway believes X-Maas-Peer only from a Ray node's address (admission.client_ip), then reads
+(it replaces whatever a caller sent in that header), and HAProxy's own errors (no gateway replica up: Ray's
+configuration answers a bare 500 for 502/503/504) in the platform's shape: 503 MaaS.0503, 502 MaaS.0502. Then it
+execs the real HAProxy on the copy, so HAProxy keeps the pid Ray knows. The gateway believes X-Maas-Peer only from a Ray node's address (admission.client_ip), then reads
 it as the peer: MAAS_TRUSTED_PROXIES and X-Forwarded-For work as they do behind Serve's own proxy.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
+
+from serve_apps.errors import PlatformError
 
 PEER_HEADER = "X-Maas-Peer"
 _LINE = f"    http-request set-header {PEER_HEADER} %[src]\n"
@@ -35,6 +39,34 @@ def with_peer_header(config: str) -> str:
         elif in_frontend and not done and line.strip().startswith("bind "):
             out.append(_LINE)
             done = True
+    return "".join(out)
+
+
+# HAProxy's own answers (no server up, a server that died mid-answer, a timeout) -> the platform's error.
+_HAPROXY_ERRORS = {502: ("502 Bad Gateway", PlatformError("MaaS.0502")),
+                   503: ("503 Service Unavailable", PlatformError("MaaS.0503", reason="no gateway replica is up.")),
+                   504: ("503 Service Unavailable", PlatformError("MaaS.0503", reason="no gateway replica answered."))}
+
+
+def error_page(status: int) -> str:
+    """A raw HTTP answer for HAProxy's `errorfile`: the platform's error body, closed after."""
+    line, error = _HAPROXY_ERRORS[status]
+    body = json.dumps(error.body())
+    return (f"HTTP/1.1 {line}\r\nContent-Type: application/json\r\nContent-Length: {len(body.encode())}\r\n"
+            f"Cache-Control: no-cache\r\nConnection: close\r\n\r\n{body}")
+
+
+def with_error_pages(config: str, folder: str) -> str:
+    """`errorfile 50x <Ray's bare 500>` lines pointed at the platform's pages, written into `folder`."""
+    out = []
+    for line in config.splitlines(keepends=True):
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "errorfile" and parts[1].isdigit() and int(parts[1]) in _HAPROXY_ERRORS:
+            page = os.path.join(folder, f"maas-{parts[1]}.http")
+            with open(page, "w", encoding="utf-8", newline="") as f:
+                f.write(error_page(int(parts[1])))
+            line = line[:len(line) - len(line.lstrip())] + f"errorfile {parts[1]} {page}\n"
+        out.append(line)
     return "".join(out)
 
 
@@ -66,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                 config = f.read()
             copy = source + ".maas"
             with open(copy + ".tmp", "w", encoding="utf-8") as f:
-                f.write(with_peer_header(config))
+                f.write(with_error_pages(with_peer_header(config), os.path.dirname(os.path.abspath(source))))
             os.replace(copy + ".tmp", copy)
             args[i + 1] = copy
     binary = real_binary()

@@ -74,3 +74,84 @@ def test_an_unknown_address_rereads_the_nodes_at_most_once_per_interval():
     assert not nodes.has("10.0.0.9") and not nodes.has("10.0.0.9") and nodes.has("10.0.0.5")
     assert len(reads) == 1
     assert not nodes.has("not an address") and len(reads) == 1
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_real_haproxy_runs_the_copy_sets_the_peer_and_answers_its_errors_in_the_platforms_shape(tmp_path):
+    """The bundled HAProxy on a configuration shaped like Ray's: a caller's own X-Maas-Peer is replaced by its
+    address, and with the backend gone the answer is the platform's 503, not Ray's bare 500."""
+    import http.server
+    import subprocess
+    import threading
+    import time
+
+    import httpx
+
+    from serve_apps.haproxy_peer import real_binary, with_error_pages
+
+    seen = []
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get_all("X-Maas-Peer"))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    front, gone = _free_port(), _free_port()
+    (tmp_path / "500.http").write_text("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(f"""global
+    maxconn 100
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    errorfile 502 {tmp_path}/500.http
+    errorfile 503 {tmp_path}/500.http
+    errorfile 504 {tmp_path}/500.http
+frontend http_frontend
+    bind 127.0.0.1:{front}
+    use_backend gone if {{ path_beg /gone }}
+    default_backend app
+backend app
+    server a 127.0.0.1:{backend.server_address[1]}
+backend gone
+    server b 127.0.0.1:{gone}
+""")
+    copy = with_error_pages(with_peer_header(config.read_text()), str(tmp_path))
+    (tmp_path / "haproxy.cfg.maas").write_text(copy)
+    check = subprocess.run([real_binary(), "-c", "-f", f"{config}.maas"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    haproxy = subprocess.Popen([real_binary(), "-db", "-f", f"{config}.maas"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 10
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{front}/v1/models", headers={"X-Maas-Peer": "203.0.113.66"})
+                break
+            except httpx.TransportError:
+                assert time.time() < deadline
+                time.sleep(0.1)
+        assert answer.status_code == 200 and seen == [["127.0.0.1"]]
+        down = httpx.get(f"http://127.0.0.1:{front}/gone")
+        assert down.status_code == 503 and down.json()["error_code"] == "MaaS.0503", down.text
+    finally:
+        haproxy.terminate()
+        haproxy.wait(10)
+        backend.shutdown()
