@@ -142,18 +142,32 @@ def test_haproxy_answers_on_the_platforms_port_with_the_callers_address_added(pl
 
 def test_an_engine_replicas_own_http_port_answers_nothing(platform):
     """With HAProxy every app's ingress replica listens on a port of its own (30000-31000), engines too: vLLM's
-    OpenAI app there would answer without a key. MaasLLMServer's HTTP app answers every call 404."""
+    OpenAI app there would answer without a key. MaasLLMServer's HTTP app answers every call 404. (An engine
+    replica may hold other listeners in that range that do not speak HTTP/1: Serve's gRPC.)"""
     import psutil
 
-    [engine] = _replica_pids(platform, CHAT)
-    ports = [c.laddr.port for c in psutil.Process(engine).net_connections("tcp")
-             if c.status == psutil.CONN_LISTEN and 30000 <= c.laddr.port <= 31000]
-    assert ports
-    for port in ports:
-        answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
-                            json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-        assert answer.status_code == 404 and answer.json()["error_code"] == "MaaS.0404", answer.text
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 404
+    def listeners(pid: int) -> set[int]:
+        return {c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and 30000 <= c.laddr.port <= 31000}
+
+    # A replica that replaces one an earlier test killed opens its port when its initialization ends.
+    deadline = time.time() + 300
+    while not (engines := _replica_pids(platform, CHAT)) or not all(
+            "initialize" not in psutil.Process(pid).cmdline()[0] and listeners(pid) for pid in engines):
+        assert time.time() < deadline, [(pid, psutil.Process(pid).cmdline()[:1]) for pid in engines]
+        time.sleep(2)
+    for engine in engines:
+        answered, ports = 0, listeners(engine)
+        for port in ports:
+            try:
+                answer = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30, json={
+                    "model": CHAT, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+            except httpx.RemoteProtocolError:  # Serve's gRPC server on a port of that range
+                continue
+            assert answer.status_code == 404 and answer.json()["error_code"] == "MaaS.0404", answer.text
+            assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=30).status_code == 404
+            answered += 1
+        assert answered == 1, (engine, ports)
 
 
 def _engine_connections(gateways: list[int], engines: list[int]) -> set[tuple]:
