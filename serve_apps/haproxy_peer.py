@@ -11,8 +11,9 @@ Ray starts the binary at RAY_SERVE_HAPROXY_BINARY_PATH (RAY_NODE_ENV points it h
 
 (it replaces whatever a caller sent in that header), and HAProxy's own errors (no gateway replica up: Ray's
 configuration answers a bare 500 for 502/503/504) in the platform's shape: 503 MaaS.0503, 502 MaaS.0502. Then it
-execs the real HAProxy on the copy, so HAProxy keeps the pid Ray knows. The gateway believes X-Maas-Peer only from a Ray node's address (admission.client_ip), then reads
-it as the peer: MAAS_TRUSTED_PROXIES and X-Forwarded-For work as they do behind Serve's own proxy.
+execs the real HAProxy on the copy, so HAProxy keeps the pid Ray knows. The gateway believes X-Maas-Peer only from
+a Ray node's address (admission.client_ip), then reads it as the peer: MAAS_TRUSTED_PROXIES and X-Forwarded-For
+work as they do behind Serve's own proxy.
 """
 
 from __future__ import annotations

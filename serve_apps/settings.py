@@ -105,8 +105,7 @@ def hosts_and_networks(text: str) -> tuple[set[str], list]:
 #   28% of the CPU per streamed token off the path in two runs (benchmarks/RESULTS.md).
 # The defaults yield to an environment that sets them.
 _BESIDE_PYTHON = Path(sys.executable).parent / "maas-haproxy"  # this venv's, before another one on PATH
-HAPROXY_WRAPPER = str(_BESIDE_PYTHON) if _BESIDE_PYTHON.exists() else (shutil.which("maas-haproxy")
-                                                                       or str(_BESIDE_PYTHON))
+HAPROXY_WRAPPER = str(_BESIDE_PYTHON if _BESIDE_PYTHON.exists() else shutil.which("maas-haproxy") or _BESIDE_PYTHON)
 _NODE_DEFAULTS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER,
                   "RAY_SERVE_PROXY_USE_GRPC": "1"}  # unless the environment sets them
 _NODE_FORCED = {"FORWARDED_ALLOW_IPS": ""}  # whatever the environment says

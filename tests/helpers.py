@@ -5,6 +5,7 @@ tests), waiting for a service's status, and the database backends the db tier ru
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -92,6 +93,13 @@ def worker_node_processes() -> list:
 
 def stop_worker_node() -> None:
     _kill(worker_node_processes())
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def actor_pids(env: dict, class_prefix: str) -> list[int]:

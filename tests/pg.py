@@ -23,13 +23,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.helpers import free_port
 
 SUPERUSER = "postgres"  # the database role initdb makes, whatever the OS user
 _APT_LOCK = "/tmp/maas-tests-apt.lock"
@@ -142,12 +143,6 @@ def _run_as() -> tuple[int | None, int | None]:
                               "PostgreSQL as (it refuses to run as root)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _base_dir(uid: int | None) -> str:
     # As root the server's user must reach the directory, and a socket path has ~100 characters at most:
     # /tmp is the safe choice then; else the usual temp dir unless its path is too long.
@@ -210,7 +205,7 @@ def _start(bindir: Path) -> _Server:
         if done.returncode != 0:
             raise PostgresUnavailable(f"initdb failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         for _attempt in range(3):  # the free port can be taken between our check and the server's bind
-            server.port = _free_port()
+            server.port = free_port()
             done = _pg_ctl_start(server)
             if done.returncode == 0:
                 return server

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ from cluster.usage import stats as usage_stats
 from cluster.usage.export import export_xlsx
 from cluster.usage.schemas import UsageQuery
 from serve_apps.errors import PlatformError
-from tests.helpers import DATABASES
+from tests.helpers import DATABASES, free_port
 
 UTC = timezone.utc
 NOW = datetime(2025, 3, 10, 12, 30, tzinfo=UTC)  # "today" is 2025-03-10 00:00 .. 12:30 UTC
@@ -269,12 +268,6 @@ def test_export_chosen_metrics(db):
 ADMIN = "admin-usage-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def control_plane(tmp_path, monkeypatch):
     """The usage routes behind the real admin check, on uvicorn, with calls made around the real clock."""
@@ -288,7 +281,7 @@ def control_plane(tmp_path, monkeypatch):
     from cluster.usage.router import router
 
     url = f"sqlite:///{tmp_path / 'maas.db'}"
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("MAAS_DATABASE_URL", url)
     monkeypatch.setenv("MAAS_HOME", str(tmp_path))
     monkeypatch.setenv("MAAS_URL", f"http://127.0.0.1:{port}")

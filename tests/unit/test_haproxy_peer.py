@@ -10,6 +10,7 @@ import pytest
 
 from serve_apps.gateway.admission import NodeAddresses, client_ip
 from serve_apps.haproxy_peer import main, with_peer_header
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.unit
 CONFIG = """defaults
@@ -76,14 +77,6 @@ def test_an_unknown_address_rereads_the_nodes_at_most_once_per_interval():
     assert not nodes.has("not an address") and len(reads) == 1
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_real_haproxy_runs_the_copy_sets_the_peer_and_answers_its_errors_in_the_platforms_shape(tmp_path):
     """The bundled HAProxy on a configuration shaped like Ray's: a caller's own X-Maas-Peer is replaced by its
     address, and with the backend gone the answer is the platform's 503, not Ray's bare 500."""
@@ -111,7 +104,7 @@ def test_the_real_haproxy_runs_the_copy_sets_the_peer_and_answers_its_errors_in_
 
     backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=backend.serve_forever, daemon=True).start()
-    front, gone = _free_port(), _free_port()
+    front, gone = free_port(), free_port()
     (tmp_path / "500.http").write_text("HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
     config = tmp_path / "haproxy.cfg"
     config.write_text(f"""global
