@@ -56,17 +56,22 @@ PROMPT = "Write a short story about a robot who learns to paint."
 ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_TARGET_DEVICE": "cpu"}
 # The platform with settings changed (each starts a platform of its own, --start-platform only): levers.
 #   gateway-serve  MAAS_DIRECT_STREAMS=0: every streamed batch through Serve, as before serve_apps.direct_stream
-#   gateway-loop   Serve's replicas run user code and their handles' router on the replica's own event loop
-#                  (Ray's "throughput optimized" pair), not a thread and a loop of their own each
+#   gateway-separate-loops  Serve's replicas run user code in a thread of its own and their handles' router on
+#                  a loop of its own, the GC not frozen: Ray's defaults (the platform's before 2026-12-06 20:10 UTC,
+#                  serve_apps.settings RAY_NODE_ENV)
+SEPARATE_LOOPS = ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=1",
+                  "RAY_SERVE_FREEZE_GC_ON_STARTUP=0"]
+#   gateway-throughput  Ray's whole "throughput optimized" mode (RAY_SERVE_THROUGHPUT_OPTIMIZED=1): the platform's
+#                       settings, and access logs buffered (1,000 lines) and not copied to stderr
+THROUGHPUT = ["RAY_SERVE_THROUGHPUT_OPTIMIZED=1"]
 #   gateway-proxy-actor  Serve's proxy actor on the platform's port (RAY_SERVE_ENABLE_HA_PROXY=0), not HAProxy (the
 #                        platform's default before 2026-12-06 16:00 UTC)
-LOOP = ["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0"]
 #   gateway-actor-calls  Serve's proxy actor, and Serve's calls (proxy -> gateway, gateway -> engine) as Ray actor
 #                        calls, every streamed item a Ray object (the platform's default before 2026-12-06)
 PROXY_ACTOR = ["RAY_SERVE_ENABLE_HA_PROXY=0"]
 ACTOR_CALLS = [*PROXY_ACTOR, "RAY_SERVE_PROXY_USE_GRPC=0", "MAAS_SERVE_GRPC=0"]
-VARIANTS = {"gateway-serve": ["MAAS_DIRECT_STREAMS=0"], "gateway-loop": LOOP,
-            "gateway-proxy-actor": PROXY_ACTOR, "gateway-actor-calls": ACTOR_CALLS}
+VARIANTS = {"gateway-serve": ["MAAS_DIRECT_STREAMS=0"], "gateway-separate-loops": SEPARATE_LOOPS,
+            "gateway-throughput": THROUGHPUT, "gateway-proxy-actor": PROXY_ACTOR, "gateway-actor-calls": ACTOR_CALLS}
 # bare vLLM with its worker inside the engine core process, as the platform's CPU engines run it
 # (serve_apps.model_app; benchmarks/engine_process.py): bare's default `mp` sends a c=1 stream's first chunk late
 UNI = (("--distributed-executor-backend", "uni"), {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"})

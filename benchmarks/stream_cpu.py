@@ -14,7 +14,10 @@ ingress), `proxy-actor` (RAY_SERVE_ENABLE_HA_PROXY=0: Serve's proxy actor on the
 2026-12-06 16:00 UTC),
 `serve-streams` (MAAS_DIRECT_STREAMS=0: every streamed batch from the engine replica through Serve, as before
 serve_apps.direct_stream), `actor-calls` (the proxy actor, and RAY_SERVE_PROXY_USE_GRPC=0 MAAS_SERVE_GRPC=0: Serve's
-proxy -> gateway and gateway -> engine calls as Ray actor calls, as before 2026-12-06, not over Serve's gRPC).
+proxy -> gateway and gateway -> engine calls as Ray actor calls, as before 2026-12-06, not over Serve's gRPC),
+`separate-loops` (Serve's replicas with user code in a thread and the router on a loop of their own each, Ray's
+defaults, as before 2026-12-06 20:10 UTC), `throughput` (RAY_SERVE_THROUGHPUT_OPTIMIZED=1: the platform's settings
+and Serve's access logs buffered).
 
     .venv/bin/python benchmarks/stream_cpu.py --maas-home /tmp/maas_home --variant default --variant proxy-actor
 """
@@ -51,7 +54,8 @@ RESULTS = so.ROOT / "benchmarks" / "results" / "stream_cpu.json"
 VARIANTS = {"default": ([], {}), "proxy-actor": (so.PROXY_ACTOR, {}),
             "serve-streams": (["MAAS_DIRECT_STREAMS=0"], {}),
             "batch150": ([], {"stream_batching_interval_ms": 150}),
-            "actor-calls": (so.ACTOR_CALLS, {})}
+            "actor-calls": (so.ACTOR_CALLS, {}),
+            "separate-loops": (so.SEPARATE_LOOPS, {}), "throughput": (so.THROUGHPUT, {})}
 
 
 def serve_config(tiny_chat: dict) -> list[str]:

@@ -94,3 +94,22 @@ def builtin(model_id: str) -> CatalogModel:
         if model.id == model_id:
             return model
     raise KeyError(model_id)
+
+
+def ensure_built(model: CatalogModel, directory: Path) -> Path:
+    """The model's weights directory; a built-in one is built first if missing (tiny-chat: ~45 s)."""
+    path = model.resolve_source(directory)
+    if model.source == "builtin:tiny-chat":
+        from serve_apps import tiny_chat
+
+        if not tiny_chat.is_built(path):
+            tiny_chat.build(path)
+    return path
+
+
+def supports(model: CatalogModel, route: str) -> bool:
+    """Which OpenAI route a model type answers."""
+    needed = {"chat": ModelType.TEXT_GENERATION, "completions": ModelType.TEXT_GENERATION,
+              "responses": ModelType.TEXT_GENERATION, "messages": ModelType.TEXT_GENERATION,
+              "embeddings": ModelType.EMBEDDING, "rerank": ModelType.RERANK}[route]
+    return needed in model.types

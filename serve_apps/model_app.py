@@ -23,7 +23,7 @@ from vllm.entrypoints.serve.engine.protocol import ErrorResponse as VLLMErrorRes
 from autoscaling.builder import serve_autoscaling_config
 from autoscaling.config import LLMPolicyOptions, Mode, ScalingSpec
 from autoscaling.metrics import EngineStats
-from serve_apps.catalog import CatalogModel, ModelType, builtin
+from serve_apps.catalog import CatalogModel, builtin, ensure_built
 from serve_apps.direct_stream import StreamServer
 from serve_apps.errors import PlatformError, context_length_exceeded
 from serve_apps.ray_compat import (NAMED_MESSAGES, Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo,
@@ -373,22 +373,3 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     args.setdefault("model_path", str(ensure_built(model, models_dir())))
     args.setdefault("accelerator", plane_settings().accelerator)
     return build_model_app(ModelServiceSpec(model=model, **args))
-
-
-def ensure_built(model: CatalogModel, directory: Path) -> Path:
-    """The model's weights directory; a built-in one is built first if missing (tiny-chat: ~45 s)."""
-    path = model.resolve_source(directory)
-    if model.source == "builtin:tiny-chat":
-        from serve_apps import tiny_chat
-
-        if not tiny_chat.is_built(path):
-            tiny_chat.build(path)
-    return path
-
-
-def supports(model: CatalogModel, route: str) -> bool:
-    """Which OpenAI route a model type answers."""
-    needed = {"chat": ModelType.TEXT_GENERATION, "completions": ModelType.TEXT_GENERATION,
-              "responses": ModelType.TEXT_GENERATION, "messages": ModelType.TEXT_GENERATION,
-              "embeddings": ModelType.EMBEDDING, "rerank": ModelType.RERANK}[route]
-    return needed in model.types

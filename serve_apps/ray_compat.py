@@ -8,30 +8,36 @@ never the other way round, so this module lives on the data-plane side.
 from __future__ import annotations
 
 import contextvars
+import importlib
 from typing import Any
 
 # -- ray.llm internals (checked against ray 2.60.0) -------------------------------------------------------
-# The OpenAI protocol models ray.serve.llm's LLMServer speaks (re-exports of vLLM's, with Ray's fixes).
-from ray.llm._internal.serve.core.configs.openai_api_models import (  # noqa: F401
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingCompletionRequest,
-    ErrorInfo,
-    ErrorResponse,
-    ScoreRequest,
-    TokenizeChatRequest,
-    TokenizeCompletionRequest,
-)
-# LLMServer's callback hook (we skip its per-node download task), its stream batcher (we send the first
-# chunk at once), its LoRA loader and the config it returns (we load adapters from local disk).
-from ray.llm._internal.common.callbacks.base import CallbackBase  # noqa: F401
-from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig  # noqa: F401
-from ray.llm._internal.serve.utils.batcher import Batcher  # noqa: F401
-from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader  # noqa: F401
-# What ray.serve.llm's own ingress does to a chat body before the engine sees it (tool-call ids etc.).
-from ray.llm._internal.serve.core.ingress.utils import (  # noqa: F401
-    _sanitize_chat_completion_request as sanitize_chat_request,
-)
+# Imported on first use (PEP 562): importing them imports vLLM, torch and transformers (~13 s of CPU), which the
+# control plane's replica and `maas` commands need only once they build a model service.
+_LAZY = {
+    # The OpenAI protocol models ray.serve.llm's LLMServer speaks (re-exports of vLLM's, with Ray's fixes).
+    **dict.fromkeys(("ChatCompletionRequest", "CompletionRequest", "EmbeddingCompletionRequest", "ErrorInfo",
+                     "ErrorResponse", "ScoreRequest", "TokenizeChatRequest", "TokenizeCompletionRequest"),
+                    "ray.llm._internal.serve.core.configs.openai_api_models"),
+    # LLMServer's callback hook (we skip its per-node download task), its stream batcher (we send the first
+    # chunk at once), its LoRA loader and the config it returns (we load adapters from local disk).
+    "CallbackBase": "ray.llm._internal.common.callbacks.base",
+    "DiskMultiplexConfig": "ray.llm._internal.serve.core.configs.llm_config",
+    "Batcher": "ray.llm._internal.serve.utils.batcher",
+    "LoraModelLoader": "ray.llm._internal.serve.utils.lora_serve_utils",
+    # What ray.serve.llm's own ingress does to a chat body before the engine sees it (tool-call ids etc.).
+    "sanitize_chat_request": "ray.llm._internal.serve.core.ingress.utils:_sanitize_chat_completion_request",
+}
+
+
+def __getattr__(name: str) -> Any:
+    path = _LAZY.get(name)
+    if path is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, _, attribute = path.partition(":")
+    value = getattr(importlib.import_module(module), attribute or name)
+    globals()[name] = value  # once
+    return value
 
 
 # Private methods of `ray.serve.llm.LLMServer` that `serve_apps.model_app.MaasLLMServer` overrides or calls

@@ -103,11 +103,20 @@ def hosts_and_networks(text: str) -> tuple[set[str], list]:
 # - RAY_SERVE_PROXY_USE_GRPC=1: with the proxy actor, it hands calls to the gateway over Serve's inter-deployment
 #   gRPC, not as Ray actor calls (every streamed ASGI message a Ray object); with MAAS_SERVE_GRPC it took 6% and
 #   28% of the CPU per streamed token off the path in two runs (benchmarks/RESULTS.md).
+# - RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0, RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0,
+#   RAY_SERVE_FREEZE_GC_ON_STARTUP=1: a replica runs its deployment's code and its handles' router on its own event
+#   loop (not a thread and a loop of their own each, with a hop between loops per call and per streamed item), and
+#   freezes the objects of its start-up out of the GC's scans. Three settings of Ray's "throughput optimized" mode
+#   (RAY_SERVE_THROUGHPUT_OPTIMIZED), without its log settings: a buffer of 1,000 access-log lines flushed only
+#   when full would hide a quiet replica's warnings. The platform's blocking work runs in threads of its own (the
+#   reconciler, asyncio.to_thread), so one loop serves. benchmarks/RESULTS.md, serving_overhead run 11.
 # The defaults yield to an environment that sets them.
 _BESIDE_PYTHON = Path(sys.executable).parent / "maas-haproxy"  # this venv's, before another one on PATH
 HAPROXY_WRAPPER = str(_BESIDE_PYTHON if _BESIDE_PYTHON.exists() else shutil.which("maas-haproxy") or _BESIDE_PYTHON)
 _NODE_DEFAULTS = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER,
-                  "RAY_SERVE_PROXY_USE_GRPC": "1"}  # unless the environment sets them
+                  "RAY_SERVE_PROXY_USE_GRPC": "1", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+                  "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+                  "RAY_SERVE_FREEZE_GC_ON_STARTUP": "1"}  # unless the environment sets them
 _NODE_FORCED = {"FORWARDED_ALLOW_IPS": ""}  # whatever the environment says
 RAY_NODE_ENV = _NODE_DEFAULTS | _NODE_FORCED
 

@@ -194,7 +194,7 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
     from cluster.app import prepare
     from cluster.auth import save_credentials
     from serve_apps.catalog import builtin
-    from serve_apps.model_app import ensure_built
+    from serve_apps.catalog import ensure_built
 
     _quiet_driver_logs()  # again: the imports above configured the root logger
     start = time.time()

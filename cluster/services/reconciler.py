@@ -219,7 +219,8 @@ def _deploy(snap: Snapshot, name: str) -> None:
     from ray.serve.api import RunTarget
 
     from serve_apps.catalog import builtin
-    from serve_apps.model_app import ModelServiceSpec, build_model_app, ensure_built
+    from serve_apps.catalog import ensure_built
+    from serve_apps.model_app import ModelServiceSpec, build_model_app
 
     settings = get_settings()
     if snap.model_id.startswith("mdl-"):  # a version of one of the project's own models

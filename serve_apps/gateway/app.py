@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 from ray import serve
 from vllm.entrypoints.generate.base.protocol import StreamOptions
 
-from serve_apps.catalog import CatalogModel
+from serve_apps.catalog import CatalogModel, supports
 from serve_apps.contract import Admission, AdmissionRequest, Route, bearer_token, hash_key
 from serve_apps.direct_stream import DetouredStream
 from serve_apps.errors import OpenAIError, PlatformError, error_for
@@ -37,7 +37,6 @@ from serve_apps.gateway.protocol import (ChatRequest, CompletionRequest, Embeddi
                                          RerankRequest, ResponsesRequest, completion_budget)
 from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatShape, MessagesShape, ResponsesShape,
                                        StreamRelay)
-from serve_apps.model_app import supports
 from serve_apps.moderation import load_moderator, message_text, output_text, request_text
 from serve_apps.ray_compat import ErrorResponse, ScoreRequest, over_grpc, sanitize_chat_request, until_assigned
 from serve_apps.settings import plane_settings

@@ -136,8 +136,59 @@ def test_haproxy_answers_on_the_platforms_port_with_the_callers_address_added(pl
         assert "http-request set-header X-Maas-Peer %[src]" in open(config).read()
     listening = {c.laddr.port for p in haproxies for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
     assert httpx.URL(platform.base_url).port in listening
-    for pid in _replica_pids(platform, "maas-gateway"):
-        assert psutil.Process(pid).environ().get("FORWARDED_ALLOW_IPS") == ""
+    for pid in _replica_pids(platform, "maas-gateway") + _replica_pids(platform, CHAT):
+        environ = psutil.Process(pid).environ()
+        assert environ.get("FORWARDED_ALLOW_IPS") == ""
+        assert environ.get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD") == "0"  # one loop (serve_apps.settings)
+
+
+def _haproxies(platform) -> list:
+    import psutil
+
+    managers = actor_pids(platform.env, "HAProxyManager")
+    return [p for m in managers for p in psutil.Process(m).children(recursive=True) if p.name() == "haproxy"]
+
+
+@pytest.mark.disruptive  # kills HAProxy: the platform's port is closed until Serve starts it again
+def test_haproxy_killed_mid_stream_records_the_call_and_the_port_comes_back(platform):
+    """SIGKILL to HAProxy while it relays a stream: the client's connection drops; the gateway replica sees its
+    caller gone and records the call once (499, the tokens relayed); Serve's health check of the HAProxy manager
+    fails and a new HAProxy, through maas-haproxy again, answers on the platform's port."""
+    key = platform.new_key("haproxy-dies")
+    before = {p.pid for p in _haproxies(platform)}
+    assert before
+    delivered, killed_at = 0, None
+    with pytest.raises(httpx.HTTPError):
+        with _stream(platform, key["key"], CHAT, 1500) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                delivered += _has_content(line)
+                if delivered == 20 and killed_at is None:
+                    for pid in before:
+                        os.kill(pid, signal.SIGKILL)
+                    killed_at = time.time()
+    assert killed_at is not None and delivered >= 20
+    [row] = _wait_records(platform, key["id"], 1)
+    assert row["status_code"] == 499 and row["error_code"] == "MaaS.0499", row
+    assert 20 <= row["completion_tokens"] < 1500, row
+    deadline, answer = time.time() + 240, None
+    while time.time() < deadline:
+        try:
+            answer = httpx.get(platform.base_url + "/v1/models", timeout=10,
+                               headers={"Authorization": f"Bearer {key['key']}"})
+            if answer.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    assert answer is not None and answer.status_code == 200, answer
+    back_after = time.time() - killed_at
+    now = _haproxies(platform)
+    assert now and not {p.pid for p in now} & before
+    for haproxy in now:
+        assert haproxy.cmdline()[haproxy.cmdline().index("-f") + 1].endswith(".maas"), haproxy.cmdline()
+    assert len(_records(platform, key["id"])) == 1  # still once
+    print(f"the platform's port answered again {back_after:.0f} s after HAProxy was killed")
 
 
 def test_an_engine_replicas_own_http_port_answers_nothing(platform):

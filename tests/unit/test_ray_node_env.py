@@ -14,3 +14,11 @@ def test_an_operator_may_turn_the_grpc_path_off_but_not_the_forwarded_header_rul
     # every usage record's client IP would be whatever the caller wrote.
     env = ray_node_env({"RAY_SERVE_PROXY_USE_GRPC": "0", "FORWARDED_ALLOW_IPS": "*"})
     assert env["RAY_SERVE_PROXY_USE_GRPC"] == "0" and env["FORWARDED_ALLOW_IPS"] == ""
+
+
+def test_serve_runs_a_replicas_code_and_its_router_on_one_loop_unless_told_otherwise():
+    env = ray_node_env({})
+    assert env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"
+    assert env["RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP"] == "0" and env["RAY_SERVE_FREEZE_GC_ON_STARTUP"] == "1"
+    assert ray_node_env({"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1"})[
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "1"
