@@ -4,7 +4,9 @@ platform's default, executor "uni") or in a process of its own (vLLM's default, 
 application's engine_kwargs). A fresh MAAS_HOME and a Ray head of its own per start, the built models shared;
 the variants interleaved round by round (issue 14: cold start <= 90 s).
 
-    flock /tmp/maas-heavy.lock .venv/bin/python benchmarks/cold_start.py [MAAS_HOME_WITH_MODELS] [ROUNDS]
+    flock /tmp/maas-heavy.lock .venv/bin/python benchmarks/cold_start.py [MAAS_HOME_WITH_MODELS] [ROUNDS] [uni,mp]
+
+The third argument picks the variants (default both): `uni` alone measures the platform as it starts.
 """
 import argparse
 import statistics
@@ -20,6 +22,8 @@ import serving_overhead as so  # noqa: E402
 HOME = sys.argv[1] if len(sys.argv) > 1 else str(Path("~/.maas").expanduser())
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 2
 VARIANTS = {"uni (platform default)": "uni", "mp (vLLM default)": "mp"}
+if len(sys.argv) > 3:
+    VARIANTS = {name: backend for name, backend in VARIANTS.items() if backend in sys.argv[3].split(",")}
 
 
 def serve_config(backend: str) -> str:
