@@ -92,13 +92,11 @@ def _connect(console: Console) -> str:
         "MAAS_HOME": str(settings.home),
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])})
     with console.status("Starting a local Ray head..."):
-        head = subprocess.Popen([_ray_bin(), "start", "--head", f"--num-cpus={LOGICAL_CPUS}",
-                                 "--disable-usage-stats", "--dashboard-host=127.0.0.1"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _import_applications()  # while Ray starts (mostly waiting): deploy() needs these modules next
-        stdout, stderr = head.communicate()
-    if head.returncode != 0:
-        raise StartupError(f"`ray start --head` failed:\n{stdout}\n{stderr}")
+        done = subprocess.run([_ray_bin(), "start", "--head", f"--num-cpus={LOGICAL_CPUS}",
+                               "--disable-usage-stats", "--dashboard-host=127.0.0.1"],
+                              env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StartupError(f"`ray start --head` failed:\n{done.stdout}\n{done.stderr}")
     (settings.home / "ray_started_by_maas").write_text(str(time.time()))
     return _dashboard(ray.init(address="auto", namespace=NAMESPACE, logging_level="ERROR", log_to_driver=False))
 
@@ -106,18 +104,6 @@ def _connect(console: Console) -> str:
 def _dashboard(context) -> str:
     url = context.dashboard_url or ""
     return url if url.startswith("http") else f"http://{url}" if url else "(dashboard not running)"
-
-
-def _import_applications() -> None:
-    """Import the modules of the serve config's applications (the gateway's and the engines' import vLLM, torch
-    and transformers: ~13 s of CPU, before any replica can start). `deploy` imports them anyway; `_connect`
-    calls this while `ray start` runs, which leaves a core idle for most of its ~7 s."""
-    import importlib
-
-    for application in load_serve_config()["applications"]:
-        path = application["import_path"]
-        importlib.import_module(path.partition(":")[0] if ":" in path else path.rpartition(".")[0])
-    _quiet_driver_logs()  # importing ray.serve.llm points the root logger at Ray's JSON formatter again
 
 
 def deploy(console: Console) -> list[str]:
