@@ -120,6 +120,7 @@ def deploy(console: Console) -> list[str]:
                 proxy_location=settings.proxy_location or config.get("proxy_location", "HeadOnly"))
     targets = [RunTarget(target=import_attr(a["import_path"])(a.get("args") or {}), name=a["name"],
                          route_prefix=a.get("route_prefix")) for a in config["applications"]]
+    _quiet_driver_logs()  # the engines' and the gateway's modules import ray.serve.llm, which resets the root logger
     # Deploy all at once and let the caller show progress, instead of waiting app by app.
     serve.run_many(targets, wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
     return [a["name"] for a in config["applications"] if a.get("route_prefix") is None]
@@ -193,10 +194,9 @@ def up(console: Console, timeout_s: int = 600) -> UpResult:
     _quiet_driver_logs()
     from cluster.app import prepare
     from cluster.auth import save_credentials
-    from serve_apps.catalog import builtin
-    from serve_apps.catalog import ensure_built
+    from serve_apps.catalog import builtin, ensure_built
 
-    _quiet_driver_logs()  # again: the imports above configured the root logger
+    _quiet_driver_logs()  # again: the imports above may have configured the root logger
     start = time.time()
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
