@@ -218,8 +218,7 @@ def _deploy(snap: Snapshot, name: str) -> None:
     from ray import serve
     from ray.serve.api import RunTarget
 
-    from serve_apps.catalog import builtin
-    from serve_apps.catalog import ensure_built
+    from serve_apps.catalog import builtin, ensure_built
     from serve_apps.model_app import ModelServiceSpec, build_model_app
 
     settings = get_settings()
