@@ -189,8 +189,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve_apps.catalog import builtin
-    from serve_apps.catalog import ensure_built
+    from serve_apps.catalog import builtin, ensure_built
 
     model_path = str(ensure_built(builtin("tiny-chat"), Path(args.models_dir)))
     ray.init(address="local", num_cpus=8, include_dashboard=False, namespace="bench-autoscaling")

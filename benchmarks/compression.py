@@ -62,8 +62,7 @@ def prompts(n: int) -> list[list[dict]]:
 
 
 def tiny_chat_dir() -> Path:
-    from serve_apps.catalog import builtin
-    from serve_apps.catalog import ensure_built
+    from serve_apps.catalog import builtin, ensure_built
     from serve_apps.settings import PlaneSettings
 
     return Path(ensure_built(builtin("tiny-chat"), PlaneSettings().models_dir))

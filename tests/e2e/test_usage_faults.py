@@ -121,6 +121,17 @@ def _replica_pids(platform, app: str) -> list[int]:
     return actor_pids(platform.env, "ServeReplica:" + app + ":")
 
 
+def _haproxies(managers: list[int]) -> list:
+    """The HAProxy processes Serve's HAProxy managers (these actor pids) run."""
+    import psutil
+
+    return [p for m in managers for p in psutil.Process(m).children(recursive=True) if p.name() == "haproxy"]
+
+
+def _config_of(haproxy) -> str:
+    return haproxy.cmdline()[haproxy.cmdline().index("-f") + 1]
+
+
 def test_haproxy_answers_on_the_platforms_port_with_the_callers_address_added(platform):
     """The platform's Ray nodes start with RAY_NODE_ENV: Serve runs HAProxy (not its proxy actor) on the platform's
     port, started through maas-haproxy, whose copy of Ray's configuration sets X-Maas-Peer; the gateway replica's
@@ -128,10 +139,10 @@ def test_haproxy_answers_on_the_platforms_port_with_the_callers_address_added(pl
     import psutil
 
     [manager] = actor_pids(platform.env, "HAProxyManager")
-    haproxies = [p for p in psutil.Process(manager).children(recursive=True) if p.name() == "haproxy"]
+    haproxies = _haproxies([manager])
     assert haproxies
     for haproxy in haproxies:
-        config = haproxy.cmdline()[haproxy.cmdline().index("-f") + 1]
+        config = _config_of(haproxy)
         assert config.endswith(".maas"), haproxy.cmdline()
         assert "http-request set-header X-Maas-Peer %[src]" in open(config).read()
     listening = {c.laddr.port for p in haproxies for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
@@ -142,20 +153,13 @@ def test_haproxy_answers_on_the_platforms_port_with_the_callers_address_added(pl
         assert environ.get("RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD") == "0"  # one loop (serve_apps.settings)
 
 
-def _haproxies(platform) -> list:
-    import psutil
-
-    managers = actor_pids(platform.env, "HAProxyManager")
-    return [p for m in managers for p in psutil.Process(m).children(recursive=True) if p.name() == "haproxy"]
-
-
 @pytest.mark.disruptive  # kills HAProxy: the platform's port is closed until Serve starts it again
 def test_haproxy_killed_mid_stream_records_the_call_and_the_port_comes_back(platform):
     """SIGKILL to HAProxy while it relays a stream: the client's connection drops; the gateway replica sees its
     caller gone and records the call once (499, the tokens relayed); Serve's health check of the HAProxy manager
     fails and a new HAProxy, through maas-haproxy again, answers on the platform's port."""
     key = platform.new_key("haproxy-dies")
-    before = {p.pid for p in _haproxies(platform)}
+    before = {p.pid for p in _haproxies(actor_pids(platform.env, "HAProxyManager"))}
     assert before
     delivered, killed_at = 0, None
     with pytest.raises(httpx.HTTPError):
@@ -183,10 +187,10 @@ def test_haproxy_killed_mid_stream_records_the_call_and_the_port_comes_back(plat
         time.sleep(1)
     assert answer is not None and answer.status_code == 200, answer
     back_after = time.time() - killed_at
-    now = _haproxies(platform)
+    now = _haproxies(actor_pids(platform.env, "HAProxyManager"))
     assert now and not {p.pid for p in now} & before
     for haproxy in now:
-        assert haproxy.cmdline()[haproxy.cmdline().index("-f") + 1].endswith(".maas"), haproxy.cmdline()
+        assert _config_of(haproxy).endswith(".maas"), haproxy.cmdline()
     assert len(_records(platform, key["id"])) == 1  # still once
     print(f"the platform's port answered again {back_after:.0f} s after HAProxy was killed")
 
