@@ -29,7 +29,7 @@ def pattern_rule(pattern: str, message: str):
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:
-        if not compiled.match(value):
+        if not compiled.fullmatch(value):
             raise ValueError(message)
         return value
 
@@ -47,7 +47,7 @@ def confirmation(word: str, what: str) -> Callable[[str], None]:
 
 def parse_auto_stop(value: str) -> int:
     """`1h`, `2h`, `4h`, `6h`, or a custom whole number of minutes or hours (`90m`, `12h`), up to 30 days."""
-    match = _DURATION.match(value.strip())
+    match = _DURATION.fullmatch(value.strip())
     if not match:
         raise ValueError("auto_stop must be 1h, 2h, 4h, 6h or a custom duration such as 90m or 12h")
     seconds = int(match.group(1)) * (60 if match.group(2) == "m" else 3600)

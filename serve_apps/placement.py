@@ -23,7 +23,7 @@ def check_node_type(value: str | None) -> str | None:
     """The node type if it names a custom resource; ValueError (a 400 at the API) otherwise."""
     if value is None:
         return None
-    if not NODE_TYPE_PATTERN.match(value):
+    if not NODE_TYPE_PATTERN.fullmatch(value):
         raise ValueError("node_type must be a custom Ray resource name of 1-64 characters: a letter first, then "
                          "letters, digits, - or _ (e.g. maas-gpu)")
     if value in RAY_RESOURCES:

@@ -91,7 +91,7 @@ def find_version(session: Session, model: MyModel, version: str | int | None) ->
         if not rows:
             raise PlatformError("MaaS.0404", what=f"A version of model {model.name!r}")
         return rows[-1]
-    match = _VERSION.match(str(version))
+    match = _VERSION.fullmatch(str(version))
     for row in rows:
         if match and row.version == int(match.group(1)):
             return row

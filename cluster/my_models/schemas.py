@@ -19,7 +19,7 @@ _NAME = re.compile(r"^[^\W\d_][\w.-]{0,63}$")
 
 
 def check_name(value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise ValueError("name must be 1-64 characters, start with a letter (CJK included) and contain only "
                          "letters, digits, _, - or .")
     if any(value == model.id for model in BUILTIN_MODELS):
