@@ -12,7 +12,7 @@ import uuid
 from typing import Callable
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from cluster.runtime.accounting import reload_accounting
 from cluster.my_models import registry
@@ -113,7 +113,17 @@ async def transition(project_id: str, service: str, action: Action, changes: Cal
 
 
 # -- what each action changes ----------------------------------------------------------------------------
-def start_changes(_row: Service) -> dict:
+def check_instances(row: Service, instances: int) -> None:
+    """`row` running `instances` fits the project's instances quota: counted in the transition's own transaction,
+    under the project's lock, so that parallel starts, scales and creates count one after another."""
+    session = object_session(row)
+    lock_project(session, row.project_id)
+    project_quotas.check_service(session, row.project_id, instances, replacing=row)
+
+
+def start_changes(row: Service) -> dict:
+    """A start brings the service's instances up again (a stopped service counts none): they must fit."""
+    check_instances(row, most_instances(row.autoscale or "off", row.instances, row.max_instances))
     return {"desired": "running", "status": Status.PENDING.value, "status_reason": "", "run_seconds": 0,
             "running_since": None}
 
@@ -138,8 +148,7 @@ def scale_changes(spec: ScaleRequest) -> Callable[[Service], dict]:
         if spec.instances < row.instances:
             check_scale_in(spec.confirm)
         else:
-            with session_scope(get_settings().database_url) as session:
-                project_quotas.check_service(session, row.project_id, spec.instances, replacing=row)
+            check_instances(row, spec.instances)
         return {"instances": spec.instances, "status": Status.SCALE.value, "status_reason": ""}
 
     return changes
@@ -153,9 +162,7 @@ def autoscale_changes(spec: AutoscaleRequest) -> Callable[[Service], dict]:
                   "max_instances": spec.max_instances, "autoscale_options": options, "instances": instances}
         if all(getattr(row, k) == v for k, v in values.items()):
             raise PlatformError("MaaS.0409", reason=f"The service {row.name!r} already scales that way.")
-        with session_scope(get_settings().database_url) as session:
-            project_quotas.check_service(session, row.project_id,
-                                         most_instances(spec.autoscale, instances, spec.max_instances), replacing=row)
+        check_instances(row, most_instances(spec.autoscale, instances, spec.max_instances))
         return values | {"status": Status.SCALE.value, "status_reason": ""}
 
     return changes
