@@ -46,6 +46,15 @@ class Settings(PlaneSettings):
     quota_seq_len: int = Field(8192, gt=0, description="Default per-project quota: a job's sequence length.")
     quota_model_disk_mb: int = Field(102_400, gt=0, description="Default per-project quota: MiB of my models' "
                                                                 "weights, all versions together.")
+    quota_jobs: int = Field(4, gt=0, description="Default per-project quota: active tuning and compression jobs "
+                                                 "together (each holds a Ray Job's driver and its workers).")
+    job_driver_cpus: float = Field(1.0, gt=0, description="CPUs a job's Ray Job driver asks for: it is scheduled "
+                                                          "like a task, on a node with room, never on a head "
+                                                          "started with no CPUs.")
+    job_driver_memory_mb: int = Field(1024, gt=0, description="Memory (Ray's logical resource) a tuning job's "
+                                                              "driver asks for (its workers ask for their own).")
+    compress_driver_memory_mb: int = Field(2048, gt=0, description="Memory a compression job's driver asks for: "
+                                                                   "the compression runs in the driver.")
     max_upload_mb: int = Field(1024, gt=0, description="The largest dataset file an upload may send.")
     webhook_allow: str = Field("", description="Hosts or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) a "
                                                "webhook may reach although they are not public addresses.")

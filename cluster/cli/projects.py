@@ -29,7 +29,7 @@ def projects_delete(project_id: str, confirm: str = ConfirmOpt) -> None:
 
 
 QUOTA_COLUMNS = ["project_id", "services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb",
-                 "overrides"]
+                 "jobs", "overrides"]
 
 
 @projects_app.command("quotas")
@@ -41,11 +41,12 @@ def projects_quotas(project_id: str,
                     batch_size: int = typer.Option(None, help="A job's global batch size."),
                     seq_len: int = typer.Option(None, help="A job's sequence length."),
                     model_disk_mb: int = typer.Option(None, help="MiB of my models' weights, all versions."),
+                    jobs: int = typer.Option(None, help="Active tuning and compression jobs together."),
                     reset: bool = typer.Option(False, help="Back to the platform's defaults."),
                     as_json: bool = JsonOpt) -> None:
     """Show a project's quotas; with options (admin), set them (the ones not given stay as they are)."""
     given = {"services": services, "instances": instances, "workers": workers, "models": models,
-             "batch_size": batch_size, "seq_len": seq_len, "model_disk_mb": model_disk_mb}
+             "batch_size": batch_size, "seq_len": seq_len, "model_disk_mb": model_disk_mb, "jobs": jobs}
     current = call("GET", f"/projects/{project_id}/quotas")
     if reset or any(v is not None for v in given.values()):
         kept = {} if reset else {k: current[k] for k in current["overrides"]}

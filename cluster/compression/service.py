@@ -20,11 +20,12 @@ from cluster.compression.schemas import CompressionCreate, CompressionView
 from cluster.finetune.service import dataset_path, template_kwargs
 from cluster.my_models import registry
 from cluster.my_models.weights import base_path
+from cluster.projects import quotas as project_quotas
 from cluster.runtime import jobs
 from cluster.schemas import auto_stop_seconds
 from cluster.settings import get_settings
 from cluster.state.db import CompressionJob, JobEvent, now
-from cluster.state.lookup import owned
+from cluster.state.lookup import lock_project, owned
 from quantize.config import CompressConfig, compressibility
 from serve_apps.catalog import BUILTIN_MODELS, Job
 from serve_apps.errors import PlatformError
@@ -79,6 +80,8 @@ def _fits(weights: Path, spec: CompressionCreate) -> None:
 
 
 def create_job(session: Session, project_id: str, spec: CompressionCreate) -> CompressionView:
+    project_quotas.check_job(session, project_id, seq_len=spec.max_seq_len)
+    project_quotas.check_active_jobs(session, project_id)  # before any file is read; again under the lock
     if session.scalar(select(CompressionJob.id).where(CompressionJob.project_id == project_id,
                                                       CompressionJob.name == spec.name)):
         raise PlatformError("MaaS.0409", reason=f"A compression job named {spec.name!r} already exists.")
@@ -107,10 +110,13 @@ def create_job(session: Session, project_id: str, spec: CompressionCreate) -> Co
         output_model=spec.output_model, output_dir=str(output_dir), status="creating", status_reason="",
         submission_id="", runs=0, result_version="", auto_stop_s=auto_stop_seconds(spec.auto_stop),
         notify_url=spec.notify_url, notify_events=spec.notify_events)
+    lock_project(session, project_id)  # parallel creates count one after another
+    project_quotas.check_active_jobs(session, project_id)
     output_dir.mkdir(parents=True, exist_ok=True)
     config.to_yaml(output_dir / "job.yaml")
     row.submission_id = jobs.submit(row, output_dir / "job.yaml", module=ENTRYPOINT,
-                                    python=str(compress_python()))
+                                    python=str(compress_python()),
+                                    memory_mb=get_settings().compress_driver_memory_mb)
     row.runs, row.status = 1, "pending"
     session.add(row)
     session.flush()

@@ -26,7 +26,7 @@ from cluster.runtime import jobs
 from cluster.schemas import auto_stop_seconds
 from cluster.settings import get_settings
 from cluster.state.db import JobEvent, TuningJob, now
-from cluster.state.lookup import owned
+from cluster.state.lookup import lock_project, owned
 from serve_apps.catalog import BUILTIN_MODELS
 from serve_apps.errors import PlatformError
 from train_jobs.config import FinetuneConfig
@@ -34,6 +34,7 @@ from train_jobs.datasets import DatasetInvalid, read_dataset
 
 _CATALOG = {m.id: m for m in BUILTIN_MODELS}
 _DATASET_ID = re.compile(r"^ds-[0-9a-f]{12}$")
+_CHECKPOINT = re.compile(r"checkpoint_[0-9]{1,12}")
 JOB_SUPPORT = {"full": "finetune-full", "lora": "finetune-lora", "pretrain": "pretrain"}
 # What each state allows (spec §7.5); everything else is refused.
 ALLOWED = {"stop": {"creating", "pending", "starting", "running", "alarm"}, "continue": {"stopped"},
@@ -79,7 +80,7 @@ def dataset_path(project_id: str, ref: str) -> Path:
     """An upload of this project (`ds-...`), or a file under a data root an admin configured
     (MAAS_DATA_ROOTS); nothing else: a job must not make the platform read any file it can."""
     if ref.startswith("ds-"):
-        found = list((get_settings().datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.match(ref) else []
+        found = list((get_settings().datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.fullmatch(ref) else []
         if not found:
             raise PlatformError("MaaS.0404", what=f"Dataset {ref!r}")
         return found[0]
@@ -136,6 +137,7 @@ def _config(row: TuningJob, weights: Path, spec: JobCreate) -> FinetuneConfig:
 def create_job(session: Session, project_id: str, spec: JobCreate) -> JobView:
     """Validate the dataset and the parameters first (no compute is spent on a bad job), then run it."""
     project_quotas.check_job(session, project_id, spec.workers, spec.global_batch_size, spec.max_seq_len)
+    project_quotas.check_active_jobs(session, project_id)  # before the dataset is read; again under the lock
     dataset = dataset_path(project_id, spec.dataset)
     if session.scalar(select(TuningJob.id).where(TuningJob.project_id == project_id, TuningJob.name == spec.name)):
         raise PlatformError("MaaS.0409", reason=f"A tuning job named {spec.name!r} already exists.")
@@ -164,6 +166,8 @@ def create_job(session: Session, project_id: str, spec: JobCreate) -> JobView:
     except ValidationError as exc:
         raise PlatformError("MaaS.0400", reason="; ".join(e["msg"] for e in exc.errors())) from None
     row.data_count, row.iterations = len(samples), config.iterations(len(samples))
+    lock_project(session, project_id)  # parallel creates count one after another
+    project_quotas.check_active_jobs(session, project_id)
     Path(row.output_dir).mkdir(parents=True, exist_ok=True)
     config.to_yaml(Path(row.output_dir) / "job.yaml")
     row.submission_id = jobs.submit(row, Path(row.output_dir) / "job.yaml")
@@ -196,6 +200,8 @@ def continue_job(session: Session, project_id: str, job: str) -> JobView:
     """Run again from the latest checkpoint: the step counter and the loss curve carry on."""
     row = find(session, project_id, job)
     check("continue", row)
+    lock_project(session, project_id)  # a continued job is active again: it counts as a create does
+    project_quotas.check_active_jobs(session, project_id)
     _claim(session, row, "continue", {"status": "starting", "status_reason": ""})
     config_path = Path(row.output_dir) / "job.yaml"
     config = FinetuneConfig.from_yaml(config_path).model_copy(update={"resume": True})
@@ -217,7 +223,7 @@ def delete_job(session: Session, project_id: str, job: str) -> None:
 def checkpoints(row: TuningJob) -> list[dict]:
     run_dir = Path(row.output_dir) / row.name
     return [{"name": d.name, "step": int(d.name.rsplit("_", 1)[-1]), "path": str(d)}
-            for d in sorted(run_dir.glob("checkpoint_*")) if d.is_dir()]
+            for d in sorted(run_dir.glob("checkpoint_*")) if _CHECKPOINT.fullmatch(d.name) and d.is_dir()]
 
 
 def promote_checkpoint(session: Session, project_id: str, job: str, checkpoint: str,
@@ -226,10 +232,12 @@ def promote_checkpoint(session: Session, project_id: str, job: str, checkpoint: 
     row = find(session, project_id, job)
     if row.status != "completed":
         raise PlatformError("MaaS.0409", reason="Checkpoints become model versions only after the job completed.")
+    kept = [c["name"] for c in checkpoints(row)]
     folder = Path(row.output_dir) / row.name / checkpoint
     weights = folder / ("adapter" if row.job_type == "lora" else "model")
-    if not weights.is_dir():
-        raise PlatformError("MaaS.0404", what=f"Checkpoint {checkpoint!r}")
+    if checkpoint not in kept or not weights.is_dir():  # one answer for any other value: no path is probed
+        raise PlatformError("MaaS.0400", reason=(
+            f"A checkpoint to promote is one of this job's own, checkpoint_<step>: {', '.join(kept) or 'none kept'}."))
     version = registry.register_version(session, project_id, output_model or row.output_model, weights,
                                         "lora" if row.job_type == "lora" else "full",
                                         source=f"finetune:{row.id}", base_model=row.base_model)

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from cluster.projects.schemas import QUOTA_FIELDS, QuotaSpec, QuotaView
 from cluster.settings import get_settings
-from cluster.state.db import ModelVersion, MyModel, Project, Service
+from cluster.state.db import ACTIVE_JOB_STATES, CompressionJob, ModelVersion, MyModel, Project, Service, TuningJob
 from serve_apps.errors import PlatformError
 
 
@@ -63,13 +63,26 @@ def check_model(session: Session, project_id: str) -> None:
         raise _over("models", limit.models)
 
 
-def check_job(session: Session, project_id: str, workers: int, batch_size: int, seq_len: int) -> None:
+def check_job(session: Session, project_id: str, workers: int = 1, batch_size: int = 1, seq_len: int = 1) -> None:
+    """A job's sizes fit the project's quotas (a compression job has a sequence length only)."""
     limit = quotas(session, project_id)
     for value, name, what in ((workers, "workers", "Ray Train workers per job"),
                               (batch_size, "batch_size", "samples in a job's global batch"),
                               (seq_len, "seq_len", "tokens of a job's sequence length")):
         if value > getattr(limit, name):
             raise _over(what, getattr(limit, name))
+
+
+def check_active_jobs(session: Session, project_id: str) -> None:
+    """One more job fits the active jobs quota, tuning and compression together (a continue counts as one more).
+    Call it under the project's lock (`lock_project`) so that parallel creates are counted one after another."""
+    limit = quotas(session, project_id).jobs
+    active = sum(session.scalar(select(func.count()).select_from(table).where(
+        table.project_id == project_id, table.status.in_(ACTIVE_JOB_STATES)))
+        for table in (TuningJob, CompressionJob))
+    if active >= limit:
+        raise _over(f"active jobs, tuning and compression together ({active} active; stop one or wait for it to "
+                    "end)", limit)
 
 
 def tree_bytes(path: str | Path) -> int:

@@ -23,7 +23,7 @@ class ProjectView(BaseModel):
     created_at: int
 
 
-QUOTA_FIELDS = ("services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb")
+QUOTA_FIELDS = ("services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb", "jobs")
 _Quota = Field(None, ge=1, le=1_000_000)
 
 
@@ -37,11 +37,13 @@ class QuotaSpec(StrictModel):
     batch_size: int | None = _Quota
     seq_len: int | None = _Quota
     model_disk_mb: int | None = Field(None, ge=1, le=10**9, description="MiB of my models' weights, all versions.")
+    jobs: int | None = Field(None, ge=1, le=1000, description="Active tuning and compression jobs together.")
 
 
 class QuotaView(BaseModel):
     """What a project may use: model services, engine instances over its running services, Ray Train workers
-    of one job, my models, a job's global batch size and sequence length, MiB of my models' weights."""
+    of one job, my models, a job's global batch size and sequence length, MiB of my models' weights, active
+    jobs (tuning and compression together)."""
 
     project_id: str
     services: int
@@ -51,4 +53,5 @@ class QuotaView(BaseModel):
     batch_size: int
     seq_len: int
     model_disk_mb: int
+    jobs: int
     overrides: list[str] = Field(description="The quotas an admin set for this project (the rest: defaults).")

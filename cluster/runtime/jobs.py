@@ -22,6 +22,7 @@ from cluster.runtime.accounting import reload_accounting_blocking
 from cluster.runtime.health import loop_health
 from cluster.runtime.events import Notification, deliver, loop_trouble, record_job_event
 from cluster.runtime.running_time import count_running, running_seconds
+from cluster.settings import get_settings
 from cluster.state.db import ACTIVE_JOB_STATES, CompressionJob, JobEvent, TuningJob, now, session_scope
 from serve_apps import ray_compat
 from train_jobs.progress import read_status
@@ -41,12 +42,18 @@ def job_client():
     return JobSubmissionClient(f"http://{ray_compat.dashboard_address()}")
 
 
-def submit(job: Job, config_path: Path, module: str = "train_jobs.finetune", python: str = sys.executable) -> str:
-    """Start one run of the job (the first, or a continue). Returns the Ray Job's submission id."""
+def submit(job: Job, config_path: Path, module: str = "train_jobs.finetune", python: str = sys.executable,
+           memory_mb: int | None = None) -> str:
+    """Start one run of the job (the first, or a continue). Returns the Ray Job's submission id.
+    The driver asks for CPU and memory (MAAS_JOB_DRIVER_CPUS, `memory_mb` or MAAS_JOB_DRIVER_MEMORY_MB) as any
+    task does, so Ray places it on a node with room for it: drivers asking nothing all pile onto the head."""
+    settings = get_settings()
     submission_id = f"{job.id}-run{job.runs + 1}"
     job_client().submit_job(
         entrypoint=f"{shlex.quote(python)} -m {module} --config {shlex.quote(str(config_path))}",
         submission_id=submission_id,
+        entrypoint_num_cpus=settings.job_driver_cpus,
+        entrypoint_memory=(memory_mb or settings.job_driver_memory_mb) * 2**20,
         runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}},
         metadata={"maas_job": job.id, "project": job.project_id})
     return submission_id
