@@ -3,6 +3,8 @@ control plane's route dependencies (`cluster.deps`) ask here; no HTTP here."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from pathlib import Path
@@ -64,3 +66,15 @@ def save_credentials(path: Path, secret: str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def playground_proof(admin_key_hashes: list[str], key_hash: str) -> str:
+    """What the console sends as X-MaaS-Playground for a call made with the key of `key_hash`: only a holder of
+    the database's admin key hashes (the console, the accounting actor) can make it, so no caller marks its own
+    calls as playground calls (left out of statistics)."""
+    secret = hashlib.sha256("maas-playground\n".join(sorted(admin_key_hashes)).encode()).digest()
+    return hmac.new(secret, key_hash.encode(), hashlib.sha256).hexdigest()
+
+
+def playground_proof_for(session: Session, secret: str) -> str:
+    return playground_proof(list(session.scalars(select(AdminKey.key_hash))), hash_key(secret))

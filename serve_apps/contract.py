@@ -129,7 +129,9 @@ class AdmissionRequest(NamedTuple):
     key_hash: str
     model: str | None  # None: only authenticate (a body that failed validation)
     prompt_tokens: int = 0  # estimated; the engine's count replaces it at settlement
-    max_tokens: int | None = None  # None: the rest of the context is reserved against TPM
+    max_tokens: int | None = None  # None: the rest of the context is reserved against TPM; else all choices'
+    choices: int = 1  # max_tokens is this many choices' budget: each alone must fit the context
+    playground: str = ""  # the console's proof that it marks the call as a playground call (X-MaaS-Playground)
 
 
 class Admission(TypedDict, total=False):
@@ -143,6 +145,7 @@ class Admission(TypedDict, total=False):
     error: str
     params: dict[str, Any]
     context_check: bool  # with a limit's error: the call may not fit the context, the engine counts it first
+    playground: bool  # the call carries the console's valid playground proof
     shard: int  # alone: the caller's project is that shard's; ask it (nothing was admitted or refused here)
 
 

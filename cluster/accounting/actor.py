@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, StatementError
 
 from cluster.accounting.metrics import UsageMetrics
+from cluster.auth import playground_proof
 from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
 from cluster.accounting.windows import Limit, Reservation, Windows
 from cluster.state.db import AdminKey, ApiKey, EngineCounterSample, UsageRecord, get_engine, session_scope
@@ -221,12 +222,20 @@ class AccountingActor:
         """Admissions a gateway replica gathered while its previous call was in flight, in arrival order."""
         if gateway is not None:
             self.heartbeat(gateway)
-        return [self._admit(AdmissionRequest(*request), gateway) for request in requests]
+        return [self._admit(request, gateway) for request in requests]
 
     def _admit(self, request: AdmissionRequest, gateway: str | None = None) -> Admission:
+        request = AdmissionRequest(*request)  # a plain tuple off the wire: its defaults filled
+        answer = self._answer(request, gateway)
+        if request.playground and "caller" in answer and hmac.compare_digest(
+                request.playground.encode(), playground_proof(self._admins, request.key_hash).encode()):
+            answer["playground"] = True
+        return answer
+
+    def _answer(self, request: AdmissionRequest, gateway: str | None = None) -> Admission:
         """The caller, the route, and a reservation against TPM of the prompt plus what the completion may
         use (`max_tokens`, else the rest of the model's context). No await inside: admissions never interleave."""
-        key_hash, model, prompt_tokens, max_tokens = request
+        key_hash, model, prompt_tokens, max_tokens, choices, _ = request
         caller = self._caller(key_hash)
         if caller is None:
             return {"error": "ModelArts.81003"}
@@ -241,11 +250,11 @@ class AccountingActor:
             self._check_access(caller["project_id"], model, endpoint, route, now)
             if "text-generation" in route["card"].get("types", []):
                 context = route["card"].get("context_length", 0)
-                if max_tokens is not None and context and max_tokens >= context:
-                    # It can never run: the engine refuses it with the product's exact 400 (it counts the
-                    # prompt), and no limit counts a call that never runs.
-                    return {"caller": caller, "route": route, "record": self._record_base(caller, model, endpoint,
-                                                                                           route)}
+                per_choice = None if max_tokens is None else max_tokens // max(choices, 1)
+                if per_choice is not None and context and per_choice >= context:
+                    # It can never run: refused here with the context-length 400 (the gateway has the engine
+                    # count the prompt). Every other call is reserved and counted, whatever its budget.
+                    raise Denied("context_length", limit=context, max_tokens=per_choice)
                 tokens += max_tokens if max_tokens is not None else max(context - prompt_tokens, 0)
             limits = self._limits(caller["project_id"], endpoint, route)
             exceeded = self._windows.first_exceeded(limits, tokens, now)
@@ -256,7 +265,8 @@ class AccountingActor:
         except Denied as denied:
             answer: Admission = {"caller": caller, "error": denied.code, "params": denied.params,
                                  "record": self._record_base(caller, model, endpoint, route)}
-            if denied.code in LIMIT_CODES and _may_exceed_context(route, prompt_tokens, max_tokens):
+            if denied.code == "context_length" or (denied.code in LIMIT_CODES
+                                                   and _may_exceed_context(route, prompt_tokens, max_tokens)):
                 # The prompt's estimate may be off either way: the gateway has the engine count it, and a call
                 # that cannot fit the context gets the engine's 400 instead of this 429.
                 answer |= {"route": route, "context_check": True}

@@ -241,6 +241,11 @@ def gateway_url() -> str:
     return f"http://{host}:{settings.port}"
 
 
+def _playground_proof(secret: str) -> str:
+    with session_scope(get_settings().database_url) as session:
+        return auth.playground_proof_for(session, secret)
+
+
 @console.post("/p/{project}/playground/chat")
 async def playground_chat(request: Request, project: str):
     """The chat, streamed: the gateway's /v1/chat/completions with the session's key, marked as a playground
@@ -261,7 +266,9 @@ async def playground_chat(request: Request, project: str):
     kwarg = _thinking_kwarg(project, chat.model)
     if kwarg:
         body["chat_template_kwargs"] = {kwarg: chat.thinking}
-    headers = {"Authorization": f"Bearer {viewer.secret}", "X-MaaS-Playground": "1"}
+    # The console's proof (cluster.auth.playground_proof): a caller's own header marks nothing.
+    proof = await run_in_threadpool(_playground_proof, viewer.secret)
+    headers = {"Authorization": f"Bearer {viewer.secret}", "X-MaaS-Playground": proof}
     if request.client is not None:
         headers["X-Forwarded-For"] = request.client.host
     client = httpx.AsyncClient(base_url=gateway_url(), timeout=httpx.Timeout(300, connect=10))

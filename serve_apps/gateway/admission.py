@@ -34,6 +34,7 @@ class Call:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_final: bool = False  # the engine's final usage was seen (else the counts are what was delivered)
+    cut: bool = False  # the stream was ended here (moderation): billed with the engine's count, as a broken one
     settled: bool = False
     playground: bool = False  # X-MaaS-Playground: 1 (the console's playground; spec §5.1)
     replica_wait_ms: float | None = None  # until an engine replica took the call (a cold start from zero)
@@ -169,17 +170,35 @@ class Settler:
 
 def client_ip(headers, client, trusted: list | None = None, nodes: NodeAddresses | None = None) -> str:
     """The caller's IP. Behind the platform's HAProxy (serve_apps.haproxy_peer) the peer is HAProxy, on a Ray
-    node, and X-Maas-Peer names the one that called it: believed only from a node's address. Then the first
-    X-Forwarded-For value (spec §9.2) when that peer is a trusted proxy (MAAS_TRUSTED_PROXIES), else the peer
-    itself; `-` counts as unknown."""
+    node, and X-Maas-Peer names the one that called it: believed only from a node's address, and only as an IP.
+    When that peer is a trusted proxy (MAAS_TRUSTED_PROXIES), X-Forwarded-For is read from the right (proxies
+    append): the right-most hop that is not a trusted proxy is the caller (spec §9.2). A value that is not an
+    IP address anywhere on that path makes the caller unknown (""), never what a caller wrote."""
     peer = client.host if client else ""
-    relayed = headers.get("x-maas-peer", "")
+    relayed = headers.get("x-maas-peer", "").strip()
     if relayed and (NODES if nodes is None else nodes).has(peer):
-        peer = relayed.strip()
-    forwarded = headers.get("x-forwarded-for", "")
+        peer = relayed
+    if not _is_ip(peer):
+        return ""
     trusted = plane_settings().trusted_proxy_networks if trusted is None else trusted
-    ip = forwarded.split(",")[0].strip() if forwarded and _in(peer, trusted) else peer
-    return "" if ip == "-" else ip
+    forwarded = headers.get("x-forwarded-for", "")
+    if not forwarded or not _in(peer, trusted):
+        return peer
+    hops = [hop.strip() for hop in forwarded.split(",")]
+    for hop in reversed(hops):
+        if not _is_ip(hop):
+            return ""
+        if not _in(hop, trusted):
+            return hop
+    return hops[0]  # every hop a trusted proxy: the first is where the call came from
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 class NodeAddresses:

@@ -29,12 +29,12 @@ from vllm.entrypoints.generate.base.protocol import StreamOptions
 from serve_apps.catalog import CatalogModel, supports
 from serve_apps.contract import Admission, AdmissionRequest, Route, bearer_token, hash_key
 from serve_apps.direct_stream import DetouredStream
-from serve_apps.errors import OpenAIError, PlatformError, error_for
+from serve_apps.errors import OpenAIError, PlatformError, context_length_exceeded, error_for
 from serve_apps.gateway.admission import Call, Settler, client_ip, estimate_prompt_tokens, is_actor_error
 from serve_apps.gateway.guard import GatewayGuard
 from serve_apps.gateway.shards import AccountingShards
 from serve_apps.gateway.protocol import (ChatRequest, CompletionRequest, EmbeddingRequest, MessagesRequest,
-                                         RerankRequest, ResponsesRequest, completion_budget)
+                                         RerankRequest, ResponsesRequest, choices, completion_budget, token_ids)
 from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatShape, MessagesShape, ResponsesShape,
                                        StreamRelay)
 from serve_apps.moderation import load_moderator, message_text, output_text, request_text
@@ -47,6 +47,7 @@ log = logging.getLogger("maas.gateway")
 MAX_PENDING_SETTLEMENTS = 10_000
 SHUTDOWN_DRAIN_S = 15.0  # within Serve's graceful_shutdown_timeout_s (20 s)
 BROKEN_COUNT_WAIT_S = 5.0  # a broken stream's settlement waits this long for the engine's final count
+KNOWN_KEY_TTL_S, KNOWN_KEYS_KEPT = 30.0, 10_000
 
 app = FastAPI(title="MaaS OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -188,6 +189,7 @@ class Gateway:
         self._id = ray.get_runtime_context().get_actor_id() or uuid.uuid4().hex
         self.accounting = AccountingShards(plane_settings().accounting_shards, self._id)
         self.settler = Settler(self.accounting.actor, self.accounting.settlement_shard)
+        self._known_keys: dict[str, float] = {}  # key hash -> believed until (monotonic), for large bodies
 
     async def __del__(self):
         """Stopped on purpose (scale-in, upgrade, `maas down`): the pending settlements go out first."""
@@ -196,18 +198,37 @@ class Gateway:
             log.error("stopping with %d usage records not acknowledged by the accounting actor", left)
 
     # -- who is calling, may they, and what serves the model ----------------------------------------
-    async def admit(self, request: Request, model: str | None, prompt_tokens: int = 0,
-                    max_tokens: int | None = None) -> Admission:
-        if self.settler.pending >= MAX_PENDING_SETTLEMENTS:  # the ledger is unreachable: never answer unrecorded
-            raise PlatformError("MaaS.0503", reason="usage cannot be recorded right now (the usage ledger is "
-                                                    "unreachable); try again later")
+    async def known_key(self, key_hash: str) -> bool:
+        """Whether the accounting actor knows the key (asked before a large body is read; a key seen in the last
+        KNOWN_KEY_TTL_S is believed: the admission that follows is the real check)."""
+        now = time.monotonic()
+        if self._known_keys.get(key_hash, 0.0) > now:
+            return True
+        answer = await self.admit_key(key_hash)
+        if "caller" not in answer:
+            return False
+        if len(self._known_keys) >= KNOWN_KEYS_KEPT:
+            self._known_keys.clear()
+        self._known_keys[key_hash] = now + KNOWN_KEY_TTL_S
+        return True
+
+    async def admit_key(self, key_hash: str, model: str | None = None, prompt_tokens: int = 0,
+                        max_tokens: int | None = None, choices: int = 1, playground: str = "") -> Admission:
         try:
-            answer = await self.accounting.admit(AdmissionRequest(request.state.key_hash, model, prompt_tokens,
-                                                                  max_tokens))
+            return await self.accounting.admit(AdmissionRequest(key_hash, model, prompt_tokens, max_tokens, choices,
+                                                                playground))
         except Exception as exc:
             if not is_actor_error(exc):
                 raise
             raise PlatformError("MaaS.0503", reason="the accounting service is restarting") from None
+
+    async def admit(self, request: Request, model: str | None, prompt_tokens: int = 0,
+                    max_tokens: int | None = None, choices: int = 1) -> Admission:
+        if self.settler.pending >= MAX_PENDING_SETTLEMENTS:  # the ledger is unreachable: never answer unrecorded
+            raise PlatformError("MaaS.0503", reason="usage cannot be recorded right now (the usage ledger is "
+                                                    "unreachable); try again later")
+        proof = request.headers.get("x-maas-playground", "")[:128]
+        answer = await self.admit_key(request.state.key_hash, model, prompt_tokens, max_tokens, choices, proof)
         if answer.get("error") == "ModelArts.81003":
             raise PlatformError("ModelArts.81003")
         return answer
@@ -229,19 +250,27 @@ class Gateway:
 
     async def _route(self, request: Request, body, kind: str, text: str = "") -> tuple[Routed, Call, Any]:
         """Admit the call (auth, access, limits, TPM reservation) and find the engine that answers it."""
-        answer = await self.admit(request, body.model, estimate_prompt_tokens(text), completion_budget(body))
+        ids = token_ids(body)
+        prompt_tokens = estimate_prompt_tokens(text) + ids
+        answer = await self.admit(request, body.model, prompt_tokens, completion_budget(body), choices(body))
         route = answer.get("route")
         call = Call(answer["record"], client_ip(request.headers, request.client), answer.get("reservation"),
-                    stream=bool(getattr(body, "stream", False)),
-                    playground=request.headers.get("x-maas-playground") == "1")
+                    stream=bool(getattr(body, "stream", False)), playground=bool(answer.get("playground")))
         request.state.call = call
         if answer.get("error"):
             if answer.get("context_check") and kind in ("chat", "completions"):
                 await self._refuse_over_context(route, body)
+            if answer["error"] == "context_length":  # no engine to count the prompt: the estimate's answer
+                params = answer["params"]
+                raise context_length_exceeded(params["limit"], prompt_tokens, params["max_tokens"],
+                                              "prompt" if kind == "completions" else "messages")
             raise error_for(answer["error"], model=body.model, **answer.get("params", {}))
         card = self._card(route)
         if not supports(card, kind):
             raise OpenAIError(400, f"The model `{body.model}` does not support /v1/{kind}.")
+        if route["moderation"] and ids:
+            raise OpenAIError(400, "This model's input is moderated and token-id input cannot be read by the "
+                                   "moderation: send the input as text.")
         if route["moderation"] and text and self.moderator.flagged(text):
             raise PlatformError("ModelArts.81011")
         body.model = route["engine_model"]
@@ -394,7 +423,7 @@ class Gateway:
         except (asyncio.CancelledError, GeneratorExit):
             # Closed after the answer's end (its final usage seen; SDKs close at `[DONE]`, sometimes before the
             # engine's stream has ended here): a complete call, 200. Before it: the client went away, 499.
-            if not call.usage_final:
+            if not call.usage_final and not call.cut:
                 status, code = 499, "MaaS.0499"
             rest.cancel()
             raise
@@ -406,7 +435,7 @@ class Gateway:
         finally:
             if status != 200 or not call.usage_final:
                 relay.partial()
-            if status != 200 and call.reservation:  # the engine's final count of the broken call, if it comes
+            if (status != 200 or call.cut) and call.reservation:  # the engine's final count, if it comes
                 call.ended_at = time.perf_counter()  # its latency is the stream's, not the wait's
                 self.settler.submit_after(self._engine_count(call), call, status, code)
             else:

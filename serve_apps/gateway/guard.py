@@ -1,8 +1,12 @@
 """The gateway's ASGI guard: no request to a /v1 route passes without a Bearer header and a body of at
 most 8 MB (a chunked body is read here, counting, and replayed to the app). It also hashes the key once,
-for the admission that follows."""
+for the admission that follows. A large body (over LARGE_BODY_BYTES, or chunked) is read only for a key the
+accounting actor knows, and only LARGE_BODIES of them per replica at a time: nobody makes a replica read and
+parse megabytes for free."""
 
 from __future__ import annotations
+
+import asyncio
 
 from fastapi.responses import JSONResponse
 
@@ -10,6 +14,9 @@ from serve_apps.contract import bearer_token, hash_key
 from serve_apps.errors import PlatformError
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+LARGE_BODY_BYTES = 256 * 1024
+LARGE_BODIES = 16  # large bodies a replica reads and parses at once (until its answer starts)
+LARGE_BODY_WAIT_S = 10.0
 ROUTES = {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/rerank", "/v1/models", "/v1/responses",
           "/v1/messages"}
 
@@ -29,6 +36,7 @@ class GatewayGuard:
 
     def __init__(self, inner):
         self.inner = inner
+        self._large_bodies = asyncio.Semaphore(LARGE_BODIES)
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
@@ -41,7 +49,39 @@ class GatewayGuard:
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
             return await _json(413, PlatformError("MaaS.0413", limit=MAX_BODY_BYTES).body())(scope, receive, send)
-        scope.setdefault("state", {})["key_hash"] = hash_key(token)
+        key_hash = scope.setdefault("state", {})["key_hash"] = hash_key(token)
+        if scope["method"] == "POST" and (length is None or not length.isdigit() or int(length) > LARGE_BODY_BYTES):
+            return await self._large(scope, receive, send, key_hash, length)
+        await self.inner(scope, receive, send)
+
+    async def _large(self, scope, receive, send, key_hash: str, length) -> None:
+        gateway = scope["app"].state.gateway
+        if not await gateway.known_key(key_hash):  # before a byte of the body is read
+            return await _json(401, PlatformError("ModelArts.81003").body())(scope, receive, send)
+        try:
+            await asyncio.wait_for(self._large_bodies.acquire(), LARGE_BODY_WAIT_S)
+        except TimeoutError:
+            return await _json(503, PlatformError("MaaS.0503", reason="too many large requests at once on this "
+                                                  "replica; try again").body())(scope, receive, send)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._large_bodies.release()
+
+        async def send_then_release(message):
+            if message["type"] == "http.response.start":
+                release()
+            await send(message)
+
+        try:
+            await self._read_then_call(scope, receive, send_then_release, length)
+        finally:
+            release()
+
+    async def _read_then_call(self, scope, receive, send, length) -> None:
         if length is None and scope["method"] == "POST":
             # No Content-Length (chunked): read the body here, counting, and replay it to the app.
             receive = await buffered(receive, MAX_BODY_BYTES)

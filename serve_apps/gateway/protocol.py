@@ -60,13 +60,26 @@ class MessagesRequest(_Messages):
     max_tokens: Annotated[int, Field(ge=1)]
 
 
+def choices(body) -> int:
+    """How many completions one call generates (`n`, or completions' `best_of` when larger)."""
+    return max(getattr(body, "n", None) or 1, getattr(body, "best_of", None) or 1)
+
+
+def token_ids(body) -> int:
+    """How many token ids a completions prompt or an embeddings input sends (`[1, 2]` or `[[1, 2], [3]]`):
+    tokens to reserve and count, and input no moderation can read."""
+    value = getattr(body, "prompt", None) if hasattr(body, "prompt") else getattr(body, "input", None)
+    if not isinstance(value, list):
+        return 0
+    return sum(1 if isinstance(v, int) else len(v) if isinstance(v, list) else 0 for v in value)
+
+
 def completion_budget(body) -> int | None:
     """The most tokens a call may generate, over all its choices: what admission reserves against TPM (None:
     no maximum given, the rest of the context is reserved)."""
     per_choice = (getattr(body, "max_completion_tokens", None) or getattr(body, "max_tokens", None)
                   or getattr(body, "max_output_tokens", None))
-    choices = max(getattr(body, "n", None) or 1, getattr(body, "best_of", None) or 1)
-    return None if per_choice is None else per_choice * choices
+    return None if per_choice is None else per_choice * choices(body)
 
 
 class EmbeddingRequest(_Embedding):

@@ -240,9 +240,11 @@ class StreamRelay:
                     self.chunks += bool(text)
                     if text and self.check.add(text):
                         # Flagged: what was not sent yet stays unsent; the stream ends as filtered. The engine
-                        # sends no usage now, so the completion is counted as the chunks generated.
+                        # sends no usage now: billed like a broken stream (its running count, then the engine's
+                        # own count at the abort).
+                        self.call.cut = True
+                        self.partial()
                         self.call.completion_tokens = self.call.completion_tokens or self.chunks
-                        self.call.usage_final = True
                         yield self._rewrite("".join(out)) + shape.filtered(payload)
                         rest.cancel()
                         return

@@ -17,7 +17,7 @@ from cluster.presets import service as preset_service
 from cluster.presets.schemas import FreezeSpec
 from cluster.state.db import ModelVersion, MyModel, Preset, PresetGrant, session_scope
 from serve_apps.contract import hash_key
-from tests.db.world import add_project_with_key
+from tests.db.world import add_project_with_key, tpm_used
 
 pytestmark = pytest.mark.db
 SECRET = "sk-offer-test"
@@ -152,16 +152,23 @@ def test_the_lora_shares_the_presets_model_level_rpm_and_tpm_window(url):
     assert _admit(fresh, "mine", max_tokens=200)["error"] == "ModelArts.81103"
 
 
-def test_a_call_that_can_never_run_counts_against_no_limit(url):
-    """max_tokens at or over the context: the engine answers the product's 400 (it counts the prompt); before,
-    the call was refused 429 ModelArts.81103 (TPM) and counted against RPM."""
-    _offer(url, rpm=1, tpm=1000)
+def test_a_call_that_can_never_run_is_refused_and_every_other_is_counted(url):
+    """max_tokens of one choice at or over the context: refused with the context-length error (the gateway
+    renders the product's 400), counting against no limit. Any other budget, however large (n choices whose sum
+    reaches the context), is reserved and counted: before, such a call skipped every limit (issue 26, item 1)."""
+    _offer(url, rpm=2, tpm=10**6)
     actor = Actor(url)
     for _ in range(3):
-        answer = _admit(actor, "tiny-chat", max_tokens=10**7)
-        assert "error" not in answer and "reservation" not in answer and answer["route"]["name"] == "tiny-chat"
-    assert "error" not in _admit(actor, "tiny-chat")  # the one call the RPM allows is still there
-    assert _admit(actor, "tiny-chat")["error"] == "ModelArts.81101"
+        answer = actor._admit((hash_key(SECRET), "tiny-chat", 5, 10**7, 1))
+        assert answer["error"] == "context_length" and "reservation" not in answer and answer["context_check"]
+        assert answer["params"]["max_tokens"] == 10**7 and answer["params"]["limit"] > 0
+    context = answer["params"]["limit"]
+    per_choice = context // 16 + 1  # 16 choices together over the context, each one far under it
+    for _ in range(2):
+        answer = actor._admit((hash_key(SECRET), "tiny-chat", 5, per_choice * 16, 16))
+        assert "error" not in answer and answer["reservation"]
+    assert tpm_used(actor) == 2 * (5 + per_choice * 16)  # the whole budget reserved
+    assert actor._admit((hash_key(SECRET), "tiny-chat", 5, per_choice * 16, 16))["error"] == "ModelArts.81101"
 
 
 def test_one_record_the_database_refuses_does_not_block_its_batch(url):

@@ -103,7 +103,7 @@ def test_tpm_reserves_before_the_engine_and_reconciles_after(platform, tenant):
 
 def test_usage_record_fields(platform, tenant):
     client_ip = "203.0.113.7"
-    answer = _embed(platform, tenant["key"], EMBED, "record me", **{"X-Forwarded-For": f"{client_ip}, 10.0.0.1"})
+    answer = _embed(platform, tenant["key"], EMBED, "record me", **{"X-Forwarded-For": f"10.9.9.9, {client_ip}"})
     assert answer.status_code == 200
     rows = _wait_records(platform, "client_ip = :ip", 1, ip=client_ip)
     assert len(rows) == 1

@@ -40,7 +40,7 @@ def test_a_public_webhook_url_is_accepted():
 def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy():
     import ipaddress
 
-    headers = {"x-forwarded-for": "203.0.113.9, 10.0.0.1"}
+    headers = {"x-forwarded-for": "203.0.113.9, 10.1.0.1"}  # the caller, then a trusted proxy's hop
     proxy = [ipaddress.ip_network("10.1.0.0/16")]
     assert client_ip(headers, SimpleNamespace(host="10.1.2.3"), proxy) == "203.0.113.9"
     assert client_ip(headers, SimpleNamespace(host="198.51.100.4"), proxy) == "198.51.100.4"  # anyone else
@@ -70,7 +70,7 @@ def test_a_dataset_report_quotes_an_excerpt_never_the_file(tmp_path):
     secret_line = "SECRET_ENV=" + "x" * 5000  # a file that is not a dataset, read as a csv header
     path = tmp_path / "not-a-dataset.csv"
     path.write_text(secret_line + "\n")
-    _, errors = read_csv_dataset(path)
+    errors = [item for item in read_csv_dataset(path) if isinstance(item, RowError)]
     assert len(errors) == 1 and errors[0].field == "header"
     assert len(errors[0].reason) <= 300 and "x" * 100 not in errors[0].reason
     assert len(RowError(line=1, field="f" * 500, reason="r" * 5000).reason) == 300
@@ -91,3 +91,22 @@ def test_moderation_reads_tools_reasoning_and_tool_call_arguments():
     answer = {"content": "", "reasoning_content": "THOUGHT",
               "tool_calls": [{"function": {"name": "f", "arguments": "ARGS"}}]}
     assert "THOUGHT" in message_text(answer) and "ARGS" in message_text(answer)
+
+
+def test_x_forwarded_for_is_read_from_the_right_and_garbage_is_no_address():
+    """Proxies append: the left-most values are whatever the caller wrote. The right-most hop that is not a
+    trusted proxy is the caller; a value that is not an IP on that path makes the caller unknown."""
+    import ipaddress
+
+    from serve_apps.gateway.admission import NodeAddresses
+
+    proxy = [ipaddress.ip_network("10.1.0.0/16")]
+    peer = SimpleNamespace(host="10.1.2.3")
+    assert client_ip({"x-forwarded-for": "1.2.3.4, 203.0.113.9"}, peer, proxy) == "203.0.113.9"  # 1.2.3.4: forged
+    assert client_ip({"x-forwarded-for": "1.2.3.4, 203.0.113.9, 10.1.0.8"}, peer, proxy) == "203.0.113.9"
+    assert client_ip({"x-forwarded-for": "10.1.0.9, 10.1.0.8"}, peer, proxy) == "10.1.0.9"  # all trusted: the first
+    assert client_ip({"x-forwarded-for": "1.2.3.4, evil"}, peer, proxy) == ""
+    assert client_ip({"x-forwarded-for": "203.0.113.9\n"}, peer, proxy) == "203.0.113.9"  # stripped, an IP
+    nodes = NodeAddresses(read=lambda: {"10.0.0.5"})
+    relayed = {"x-maas-peer": "<script>"}  # from HAProxy's node, but not an address: unknown, not believed
+    assert client_ip(relayed, SimpleNamespace(host="10.0.0.5"), [], nodes) == ""
