@@ -13,7 +13,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Accelerator = Literal["cpu", "cuda", "npu"]
@@ -35,6 +35,9 @@ class PlaneSettings(BaseSettings):
                                                  "header is believed; none by default.")
     metrics_token: str | None = Field(None, description="A bearer token that may read /metrics (besides the "
                                                         "admin key), for a Prometheus scraper.")
+    cache_salt_secret: SecretStr | None = Field(None, description=(
+        "The secret each project's vLLM cache_salt is derived from (serve_apps.tenancy); the same on every node, so "
+        "a project's calls share their prefix cache through any gateway replica. Unset: a random one per process."))
     accounting_shards: int = Field(1, ge=1, le=256, description=(
         "Accounting actors that admissions and settlements are sharded over, by project (every limit is per "
         "project, so each stays exact in its shard). Set the same value everywhere the platform runs."))
