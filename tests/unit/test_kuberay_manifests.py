@@ -111,3 +111,36 @@ def test_every_ray_container_of_the_rayservice_starts_with_the_platforms_ray_nod
             env = {e["name"]: e.get("value") for e in container["env"]}
             expected = RAY_NODE_ENV | {"RAY_SERVE_HAPROXY_BINARY_PATH": "/app/.venv/bin/maas-haproxy"}  # the image's
             assert {k: env.get(k) for k in expected} == expected, (group.get("groupName", "head"), env)
+
+
+RAY_TOKEN = {"name": "maas-ray-token", "key": "auth_token"}  # KubeRay's key name for an authOptions Secret
+
+
+def _ray_clusters(name: str) -> list[dict]:
+    return [d["spec"].get("rayClusterConfig") or d["spec"]["rayClusterSpec"] for d in _documents(name)
+            if d["apiVersion"] == "ray.io/v1"]
+
+
+@pytest.mark.parametrize("name", ["rayservice.yaml", "rayjob-finetune.yaml", "rayjob-compress.yaml"])
+def test_every_ray_container_needs_rays_token_from_the_secret(name):
+    """The dashboard listens on the pod network (dashboard-host 0.0.0.0, for the operator): without Ray's token, job
+    submission there runs any code with MAAS_ADMIN_KEY in its environment. Every cluster asks KubeRay for token
+    auth with the platform's Secret (the operator's own dashboard client and the containers it adds use it), and
+    every Ray container sets the mode and reads the token from that Secret, never from a literal."""
+    clusters = _ray_clusters(name)
+    assert clusters
+    for cluster in clusters:
+        assert cluster["authOptions"] == {"mode": "token", "secretName": RAY_TOKEN["name"]}
+        assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+        for group in [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]:
+            for container in group["template"]["spec"]["containers"]:
+                env = {e["name"]: e for e in container["env"]}
+                assert env["RAY_AUTH_MODE"] == {"name": "RAY_AUTH_MODE", "value": "token"}, group
+                assert env["RAY_AUTH_TOKEN"] == {"name": "RAY_AUTH_TOKEN",
+                                                 "valueFrom": {"secretKeyRef": RAY_TOKEN}}, group
+    assert not [d for d in _documents(name) if d["kind"] == "Secret"]  # a token is never committed
+
+
+def test_the_rayservice_says_how_to_make_the_token_secret():
+    text = (KUBERAY / "rayservice.yaml").read_text()
+    assert "kubectl create secret generic maas-ray-token --from-literal=auth_token=$(openssl rand -hex 32)" in text
