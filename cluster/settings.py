@@ -24,6 +24,8 @@ class Settings(PlaneSettings):
     database_url: str = Field("", description="Any SQLAlchemy URL; default: SQLite in MAAS_HOME.")
     host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens (maas up).")
     port: int = 8000
+    usage_retention_days: int = Field(180, ge=1, le=36500, description="Usage records older than this are deleted "
+                                                                        "(checked hourly by the accounting actor).")
     proxy_location: Literal["HeadOnly", "EveryNode", "Disabled"] | None = Field(
         None, description="Where Serve runs HTTP proxies (maas up; default: the serve config's, HeadOnly). "
                           "EveryNode with MAAS_HOST=0.0.0.0 on a cluster behind a load balancer.")
@@ -55,7 +57,20 @@ class Settings(PlaneSettings):
                                                               "driver asks for (its workers ask for their own).")
     compress_driver_memory_mb: int = Field(2048, gt=0, description="Memory a compression job's driver asks for: "
                                                                    "the compression runs in the driver.")
+    quota_storage_mb: int = Field(204_800, gt=0, description="Default per-project quota: MiB of storage over "
+                                                             "dataset uploads, job outputs and my models' versions.")
+    quota_datasets: int = Field(100, gt=0, description="Default per-project quota: dataset uploads kept.")
     max_upload_mb: int = Field(1024, gt=0, description="The largest dataset file an upload may send.")
+    max_large_bodies: int = Field(4, gt=0, description="Request bodies over 1 MiB (dataset uploads) one control "
+                                                       "plane replica reads at once; more are answered 503.")
+    dataset_expiry_days: int = Field(30, gt=0, description="An upload no job has named for this many days (and "
+                                                           "that no job may still read) is deleted.")
+    dataset_max_rows: int = Field(1_000_000, gt=0, description="The most lines (JSON Lines), elements (a JSON "
+                                                               "array) or rows (csv, xlsx) of a dataset.")
+    dataset_max_unpacked_mb: int = Field(1024, gt=0, description="The most an xlsx dataset may unpack to.")
+    dataset_check_memory_mb: int = Field(1024, ge=256, description="The address space of the child process that "
+                                                                   "validates a dataset for the control plane.")
+    dataset_check_timeout_s: int = Field(600, gt=0, description="How long validating a dataset may take.")
     webhook_allow: str = Field("", description="Hosts or networks (comma-separated, e.g. 127.0.0.1,10.0.0.0/8) a "
                                                "webhook may reach although they are not public addresses.")
     compress_python: Path = Field(REPO_ROOT / ".venv-compress" / "bin" / "python",

@@ -29,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, StatementError
 
 from cluster.accounting.metrics import UsageMetrics
+from cluster.accounting.refusals import RefusalFolder, is_refusal
 from cluster.auth import playground_proof
 from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
 from cluster.accounting.windows import Limit, Reservation, Windows
@@ -86,8 +87,10 @@ def _may_exceed_context(route: Route, prompt_tokens: int, max_tokens: int | None
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=1000)
 class AccountingActor:
-    def __init__(self, database_url: str, shard: int = 0, shards: int = 1):
+    def __init__(self, database_url: str, shard: int = 0, shards: int = 1, retention_days: int = 180):
         self._url = database_url
+        self._retention_s, self._pruned_at = retention_days * 86400.0, 0.0
+        self._refusals = RefusalFolder()
         self._shard, self._shards = shard, shards
         self._keys: dict[str, dict] = {}  # key hash -> key id, project, hash
         self._routes = RouteTable()
@@ -309,8 +312,18 @@ class AccountingActor:
         until one is acknowledged. So a database outage delays records and counts nothing twice when the
         gateways re-send them. Returns how many settlements were new."""
         await self._forget_stored(settlements)
-        fresh = sum(self._settle(reservation_id, record) for reservation_id, record in settlements)
-        await self._durable([_row(record) for _, record in settlements])
+        fresh, rows = 0, []
+        for reservation_id, record in settlements:
+            new = self._settle(reservation_id, record)
+            fresh += new
+            row = _row(record)
+            if is_refusal(reservation_id, row) and (self._refusals.folded(row["request_id"])
+                                                    or (new and not self._refusals.take(row))):
+                self._start_sweeper()  # it writes the folded counts
+                continue
+            rows.append(row)
+        if rows:
+            await self._durable(rows)
         return fresh
 
     async def _forget_stored(self, settlements: list[Settlement]) -> None:
@@ -409,6 +422,10 @@ class AccountingActor:
     async def sweep(self, now: float) -> int:
         """Settle the calls of gateway replicas that died: with the engine's count when it reported one, with
         none after RESERVATION_LEASE_S when it never did (the engine died too). Returns how many were settled."""
+        await self._flush_refusals(now)
+        if self._shard == 0 and now - self._pruned_at > 3600:
+            self._pruned_at = now
+            await asyncio.to_thread(self._prune, now - self._retention_s)
         due: list[Settlement] = []
         for reservation_id in list(self._witnessed):
             held = self._reservations.get(reservation_id)
@@ -536,6 +553,33 @@ class AccountingActor:
                         raise
                     log.warning("usage record %s refused: %s", row.get("request_id"), type(exc).__name__)
 
+    async def _flush_refusals(self, now: float) -> None:
+        rows = self._refusals.due(now)
+        if not rows:
+            return
+        try:
+            await asyncio.to_thread(self._add_folded, rows)
+        except Exception:
+            self._refusals.put_back(rows)
+            raise
+
+    def _add_folded(self, rows: list[dict]) -> None:
+        """Each folded row inserted, or its count added to the row already stored for its group and minute."""
+        engine = get_engine(self._url)
+        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+        insert = dialect.insert(UsageRecord)
+        statement = insert.on_conflict_do_update(index_elements=["request_id"],
+                                                 set_={"calls": UsageRecord.calls + insert.excluded.calls})
+        with engine.begin() as conn:
+            conn.execute(statement, [_row(row) | {"calls": row["calls"]} for row in rows])
+
+    def _prune(self, older_than: float) -> None:
+        """MAAS_USAGE_RETENTION_DAYS: usage records older than that go."""
+        with session_scope(self._url) as session:
+            deleted = session.execute(UsageRecord.__table__.delete().where(UsageRecord.ts < older_than)).rowcount
+        if deleted:
+            log.info("deleted %d usage records older than the retention", deleted)
+
     # -- reads ----------------------------------------------------------------------------------------
     def list_models(self, key_hash: str) -> ModelList:
         caller = self._caller(key_hash)
@@ -553,14 +597,14 @@ class AccountingActor:
         return self._windows.used(window_key, time.time())
 
 
-def get_or_create(database_url: str, shards: int = 1) -> list:
+def get_or_create(database_url: str, shards: int = 1, retention_days: int = 180) -> list:
     """The platform's accounting shards (handles, shard 0 first), created where missing. Shards that run with
     another shard count (MAAS_ACCOUNTING_SHARDS changed while they lived) would route projects differently:
     refused with what to do."""
     # Shards take no CPU from Ray's accounting (num_cpus=0): SPREAD keeps them off one node where there are more.
     spread = {"scheduling_strategy": "SPREAD"} if shards > 1 else {}
     actors = [AccountingActor.options(name=shard_actor(i), namespace=NAMESPACE, lifetime="detached",
-                                      get_if_exists=True, **spread).remote(database_url, i, shards)
+                                      get_if_exists=True, **spread).remote(database_url, i, shards, retention_days)
               for i in range(shards)]
     for shard, (created_as, of) in enumerate(ray.get([actor.layout.remote() for actor in actors])):
         if (created_as, of) != (shard, shards):

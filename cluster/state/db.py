@@ -209,6 +209,8 @@ class UsageRecord(Base):
     # How long the call waited for an engine replica to take it (a cold start from zero instances, or every
     # instance busy); None for calls that never reached an engine.
     replica_wait_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # How many calls the row stands for: 1, or a minute's repeated refusals of one key folded into one row.
+    calls: Mapped[int] = mapped_column(default=1, server_default="1")
 
 
 @lru_cache(maxsize=4)

@@ -24,14 +24,14 @@ def audit(session: Session, since: float, deltas: dict[str, list[int]]) -> list[
                                      .join(MyModel, MyModel.id == ModelVersion.model_id)
                                      .where(ModelVersion.kind == "lora")).all())
     ledger: dict[str, list[int]] = {}
-    rows = session.execute(select(UsageRecord.service_id, func.count(), func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
+    rows = session.execute(select(UsageRecord.service_id, func.sum(UsageRecord.calls), func.coalesce(func.sum(UsageRecord.prompt_tokens), 0),
                                   func.coalesce(func.sum(UsageRecord.completion_tokens), 0))
                            .where(UsageRecord.ts >= since).group_by(UsageRecord.service_id))
     for service_id, calls, prompt, completion in rows:
         if not service_id and not prompt and not completion:
             continue  # refused before any model (bad key, unknown model): nothing for an engine to count
         total = ledger.setdefault(lora_base.get(service_id, service_id), [0, 0, 0])
-        total[0] += calls
+        total[0] += int(calls)
         total[1] += int(prompt)
         total[2] += int(completion)
     engines: dict[str, list[int]] = {}

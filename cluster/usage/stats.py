@@ -46,7 +46,7 @@ def summary(session: Session, q: UsageQuery, now: datetime | None = None) -> Usa
     start, end = q.window(now)
     u, ok = UsageRecord, UsageRecord.status_code < 400
     rows = session.execute(
-        select(u.service_type, u.service_id, func.count(u.id), func.sum(case((u.status_code >= 400, 1), else_=0)),
+        select(u.service_type, u.service_id, func.sum(u.calls), func.sum(case((u.status_code >= 400, u.calls), else_=0)),
                func.sum(u.prompt_tokens), func.sum(u.completion_tokens), func.avg(case((ok, u.latency_ms))),
                func.avg(case((ok, u.ttft_ms))), func.avg(case((ok, u.tpot_ms))))
         .where(_where(q, start, end)).group_by(u.service_type, u.service_id).order_by(u.service_type, u.service_id)
@@ -120,16 +120,16 @@ def series(session: Session, q: UsageQuery, now: datetime | None = None) -> Usag
     accs = [_Acc() for _ in edges[:-1]]
     u = UsageRecord
     rows = session.execute(select(u.ts, u.status_code, u.error_code, u.prompt_tokens, u.completion_tokens,
-                                  u.latency_ms, u.ttft_ms, u.tpot_ms).where(_where(q, start, end)))
-    for ts, status, error_code, prompt, completion, latency, ttft, tpot in rows:
+                                  u.latency_ms, u.ttft_ms, u.tpot_ms, u.calls).where(_where(q, start, end)))
+    for ts, status, error_code, prompt, completion, latency, ttft, tpot, calls in rows:
         acc = accs[bisect.bisect_right(edge_ts, ts) - 1]
-        acc.calls += 1
+        acc.calls += calls
         acc.prompt += prompt
         acc.completion += completion
         if status >= 400:
-            acc.failed += 1
+            acc.failed += calls
             code = error_code or str(status)
-            acc.errors[code] = acc.errors.get(code, 0) + 1
+            acc.errors[code] = acc.errors.get(code, 0) + calls
             continue
         acc.latency.append(latency)
         acc.prompt_sizes.append(prompt)
@@ -167,7 +167,7 @@ def failures(session: Session, q: UsageQuery, now: datetime | None = None) -> Fa
     """The failure details tab (Table 9-6): 4xx and 5xx groups, each code's count and share of all errors."""
     start, end = q.window(now)
     u = UsageRecord
-    rows = session.execute(select(u.status_code, u.error_code, func.count(u.id))
+    rows = session.execute(select(u.status_code, u.error_code, func.sum(u.calls))
                            .where(_where(q, start, end), u.status_code >= 400)
                            .group_by(u.status_code, u.error_code)).all()
     total = sum(int(count) for *_, count in rows)
