@@ -105,6 +105,9 @@ class UsageTotals(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # Calls from the console's playground in the range: recorded and limited, not in the figures above (§5.1).
+    playground_calls: int = 0
+    playground_tokens: int = 0
 
 
 class ServiceUsage(BaseModel):

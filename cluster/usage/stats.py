@@ -25,11 +25,12 @@ def _rate(part: int, whole: int) -> float:
     return round(100.0 * part / whole, 3) if whole else 0.0
 
 
-def _where(q: UsageQuery, start: datetime, end: datetime) -> ColumnElement[bool]:
+def _where(q: UsageQuery, start: datetime, end: datetime, playground: bool = False) -> ColumnElement[bool]:
     u = UsageRecord
-    # Playground calls are recorded (limits and free quotas count them) but are not call statistics (§5.1).
+    # Playground calls are recorded (limits and free quotas count them) but are not call statistics (§5.1):
+    # the summary shows them apart.
     conditions = [u.project_id == q.project_id, u.ts >= start.timestamp(), u.ts < end.timestamp(),
-                  u.playground.is_(False)]
+                  u.playground.is_(playground)]
     if q.service_type:
         conditions.append(u.service_type == q.service_type)
     if q.service_id:
@@ -63,6 +64,10 @@ def summary(session: Session, q: UsageQuery, now: datetime | None = None) -> Usa
         totals.prompt_tokens += prompt
         totals.completion_tokens += completion
     totals.total_tokens = totals.prompt_tokens + totals.completion_tokens
+    playground = session.execute(
+        select(func.coalesce(func.sum(u.calls), 0), func.coalesce(func.sum(u.prompt_tokens + u.completion_tokens), 0))
+        .where(_where(q, start, end, playground=True))).one()
+    totals.playground_calls, totals.playground_tokens = int(playground[0]), int(playground[1])
     return UsageSummary(start=start, end=end, totals=totals, services=services)
 
 

@@ -95,7 +95,7 @@ def test_summary_totals_and_services(db):
     result = usage_stats.summary(session, q(project), now=NOW)
     assert (result.start, result.end) == (DAY0, NOW)
     assert result.totals.model_dump() == {"calls": 6, "failures": 3, "prompt_tokens": 95, "completion_tokens": 70,
-                                          "total_tokens": 165}
+                                          "total_tokens": 165, "playground_calls": 0, "playground_tokens": 0}
     rows = {(s.service_type, s.service_id): s.model_dump(exclude={"service_type", "service_id"})
             for s in result.services}
     assert list(rows) == [("commercial", "ds-v3"), ("free", "qwen-free"), ("service", "svc-a")]
@@ -319,7 +319,7 @@ def test_rest_routes(control_plane):
     assert httpx.get(f"{base}/default/usage/summary", headers={"Authorization": "Bearer nope"}).status_code == 401
     summary = api.get("/default/usage/summary", params=window).json()
     assert summary["totals"] == {"calls": 6, "failures": 3, "prompt_tokens": 95, "completion_tokens": 70,
-                                 "total_tokens": 165}
+                                 "total_tokens": 165, "playground_calls": 0, "playground_tokens": 0}
     only = api.get("/default/usage/summary", params=window | {"key_ids": ["k2", "k3"], "client_ip": ""}).json()
     assert only["totals"]["calls"] == 1  # the repeated key_ids and the empty IP both filter
     series = api.get("/default/usage/series", params=window | {"granularity": "day"}).json()
