@@ -60,7 +60,8 @@ def job_events(session: Session, job: TuningJob | CompressionJob) -> list[JobEve
 def deliver(database_url: str, notifications: list[Notification]) -> None:
     """Hand each event to the webhook sender; its outcome is written on the event when known."""
     for note in notifications:
-        sender().send(note.url, note.payload, on_done=partial(_delivered, database_url, note.table, note.event_id))
+        sender().send(note.payload["project_id"], note.url, note.payload,
+                      on_done=partial(_delivered, database_url, note.table, note.event_id))
 
 
 def _delivered(database_url: str, table: EventTable, event_id: int, failure: str | None) -> None:

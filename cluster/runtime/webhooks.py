@@ -3,22 +3,23 @@ URL when it is saved.
 
 A URL must be http(s) with a host and a valid port; private, loopback, link-local and other non-public
 destinations are refused unless an admin allows them (`MAAS_WEBHOOK_ALLOW`: hosts or networks). Delivery
-runs on a thread of its own (never on the reconciler or job-sync loop): each attempt resolves the host once,
-checks every address, and connects to the checked address itself (the Host header and TLS SNI/certificate
-name stay the URL's host), so a DNS answer that changes between the check and the connect (rebinding) cannot
-redirect it; each attempt has a total deadline and reads at most a few KiB of the answer; failures are retried
-with backoff; the outcome goes to the caller's callback as a short text that says nothing about the far side
-beyond the HTTP status.
+runs on a pool of threads of its own (never on the reconciler or job-sync loop), from a bounded queue per
+project, so one tenant's slow or silent URL delays only its own notifications. Each attempt resolves the host
+once, checks every address, and connects to the checked address itself (the Host header and TLS
+SNI/certificate name stay the URL's host), so a DNS answer that changes between the check and the connect
+(rebinding) cannot redirect it; each attempt has a total deadline and reads at most a few KiB of the answer;
+failures are retried with backoff; the outcome goes to the caller's callback as a short text that says nothing
+about the far side beyond the HTTP status.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import queue
 import socket
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,6 +32,8 @@ log = logging.getLogger("maas.webhooks")
 DEADLINE_S = 5.0  # one attempt, connect to last byte
 MAX_RESPONSE_BYTES = 4096
 RETRY_DELAYS_S = (1.0, 4.0)  # after the first attempt
+SENDERS = 4  # threads; a project uses one at a time
+PER_PROJECT_QUEUE = 200  # deliveries a project may have waiting
 
 
 class WebhookRefused(ValueError):
@@ -137,6 +140,7 @@ def _pinned(parsed: httpx.URL, address: ipaddress.IPv4Address | ipaddress.IPv6Ad
 
 @dataclass
 class Delivery:
+    project_id: str
     url: str
     payload: dict
     on_done: Callable[[str | None], None] | None = None  # called with the last failure, or None
@@ -144,44 +148,92 @@ class Delivery:
     not_before: float = field(default_factory=time.monotonic)
 
 
-class WebhookSender(threading.Thread):
-    """Sends deliveries one after another, retrying each with backoff; never blocks the caller."""
+class WebhookSender:
+    """Sends every project's deliveries, retrying each with backoff; never blocks the caller.
 
-    def __init__(self):
-        super().__init__(name="maas-webhooks", daemon=True)
-        self.queue: queue.Queue[Delivery] = queue.Queue(maxsize=10_000)
+    Each project has a queue of its own (at most `per_project` waiting: more are dropped, counted in `dropped`,
+    logged, and reported to their callback) and at most one delivery in flight, in order; `senders` threads take
+    the projects in turn. A project whose URL never answers holds one sender at a time, for one deadline per
+    attempt: the other projects' notifications go out on the others meanwhile, and its retries wait without one.
+    """
+
+    def __init__(self, senders: int = SENDERS, per_project: int = PER_PROJECT_QUEUE):
+        self.per_project = per_project
+        self.dropped: Counter[str] = Counter()  # per project, since the start
         self.health = loop_health("webhooks")
+        self._queues: dict[str, deque[Delivery]] = {}  # projects with deliveries waiting, in turn order
+        self._in_flight: set[str] = set()
+        self._changed = threading.Condition()
+        self._threads = [threading.Thread(target=self._run, name=f"maas-webhooks-{i}", daemon=True)
+                         for i in range(senders)]
+        for thread in self._threads:
+            thread.start()
 
-    def send(self, url: str, payload: dict, on_done: Callable[[str | None], None] | None = None) -> None:
-        try:
-            self.queue.put_nowait(Delivery(url, payload, on_done))
-        except queue.Full:
-            log.warning("webhook queue full; dropping a notification to %s", url)
+    def is_alive(self) -> bool:
+        return all(thread.is_alive() for thread in self._threads)
+
+    def send(self, project_id: str, url: str, payload: dict,
+             on_done: Callable[[str | None], None] | None = None) -> None:
+        with self._changed:
+            waiting = self._queues.setdefault(project_id, deque())
+            full = len(waiting) >= self.per_project
+            if full:
+                self.dropped[project_id] += 1
+                dropped = self.dropped[project_id]
+            else:
+                waiting.append(Delivery(project_id, url, payload, on_done))
+                self._changed.notify()
+        if full:
+            if dropped == 1 or dropped % 100 == 0:  # a flood of events must not flood the log too
+                log.warning("project %s's webhook queue is full (%d waiting); %d notifications dropped so far",
+                            project_id, self.per_project, dropped)
             if on_done is not None:
-                on_done("the platform's notification queue is full")
+                on_done("the project's notification queue is full")
 
-    def run(self) -> None:
+    def _run(self) -> None:
         while True:
-            delivery = self.queue.get()
+            delivery = self._next()
             try:
-                self._deliver(delivery)
+                retry = self._deliver(delivery)
                 self.health.ok()
-            except Exception as exc:  # one bad delivery must not end the sender
+            except Exception as exc:  # one bad delivery must not end a sender
                 log.exception("webhook delivery failed")
                 self.health.failed(exc)
+                retry = False
+            with self._changed:
+                self._in_flight.discard(delivery.project_id)
+                if retry:  # first in its project's queue again: a project's notifications keep their order
+                    self._queues.setdefault(delivery.project_id, deque()).appendleft(delivery)
+                self._changed.notify_all()
 
-    def _deliver(self, delivery: Delivery) -> None:
-        wait = delivery.not_before - time.monotonic()
-        if wait > 0:
-            time.sleep(min(wait, RETRY_DELAYS_S[-1]))
+    def _next(self) -> Delivery:
+        """The first due delivery of the next project in turn that has none in flight (waits for one)."""
+        with self._changed:
+            while True:
+                now, wake_at = time.monotonic(), None
+                for project_id, waiting in list(self._queues.items()):
+                    if not waiting:
+                        del self._queues[project_id]
+                    elif project_id not in self._in_flight:
+                        if waiting[0].not_before <= now:
+                            self._queues[project_id] = self._queues.pop(project_id)  # to the end of the turn
+                            self._in_flight.add(project_id)
+                            return waiting.popleft()
+                        due = waiting[0].not_before
+                        wake_at = due if wake_at is None else min(wake_at, due)
+                self._changed.wait(None if wake_at is None else wake_at - now)
+
+    @staticmethod
+    def _deliver(delivery: Delivery) -> bool:
+        """One attempt; True when it is to be tried again later."""
         failure = post_once(delivery.url, delivery.payload)
         if failure is not None and delivery.attempt < len(RETRY_DELAYS_S) and not failure.startswith("notify_url"):
             delivery.not_before = time.monotonic() + RETRY_DELAYS_S[delivery.attempt]
             delivery.attempt += 1
-            self.queue.put(delivery)
-            return
+            return True
         if delivery.on_done is not None:
             delivery.on_done(failure)
+        return False
 
 
 _sender: WebhookSender | None = None
@@ -194,5 +246,4 @@ def sender() -> WebhookSender:
     with _lock:
         if _sender is None or not _sender.is_alive():
             _sender = WebhookSender()
-            _sender.start()
         return _sender
