@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, AsyncIterator
 
 import ray
@@ -40,6 +41,7 @@ from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatS
 from serve_apps.moderation import load_moderator, message_text, output_text, request_text
 from serve_apps.ray_compat import ErrorResponse, ScoreRequest, over_grpc, sanitize_chat_request, until_assigned
 from serve_apps.settings import plane_settings
+from serve_apps.tenancy import cache_salt
 
 log = logging.getLogger("maas.gateway")
 # Settlements not yet acknowledged (the database or the actor is down) that one replica holds before it refuses
@@ -107,6 +109,10 @@ async def _validation_error(request: Request, exc: RequestValidationError):
     errors = [{k: v for k, v in err.items() if k != "url"} for err in exc.errors()]
     _finish(request, 400, "BadRequestError")
     return _json(400, OpenAIError(400, str(errors)).body())
+
+
+SALTED = ("chat", "completions", "responses", "messages")
+_salt = lru_cache(maxsize=4096)(cache_salt)
 
 
 def _input_text(value) -> str:
@@ -274,6 +280,8 @@ class Gateway:
         if route["moderation"] and text and self.moderator.flagged(text):
             raise PlatformError("ModelArts.81011")
         body.model = route["engine_model"]
+        if kind in SALTED:  # the caller's own salt is replaced: no project reads another's prefix cache
+            body.cache_salt = _salt(answer["record"]["project_id"])
         handle = self._handle(route)
         if route.get("lora"):  # an adapter on the base model's engine, loaded there from local storage
             handle = handle.options(multiplexed_model_id=route["lora"])
