@@ -36,3 +36,9 @@ def salt_secret() -> bytes:
     if configured is not None:
         return hashlib.sha256(b"maas-cache-salt\n" + configured.get_secret_value().encode()).digest()
     return secrets.token_bytes(32)
+
+
+@lru_cache(maxsize=4096)
+def project_salt(project_id: str) -> str:
+    """cache_salt under this process's secret, computed once per project (the gateway asks on every call)."""
+    return cache_salt(project_id)

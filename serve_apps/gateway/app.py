@@ -17,7 +17,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, AsyncIterator
 
 import ray
@@ -41,7 +40,7 @@ from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatS
 from serve_apps.moderation import load_moderator, message_text, output_text, request_text
 from serve_apps.ray_compat import ErrorResponse, ScoreRequest, over_grpc, sanitize_chat_request, until_assigned
 from serve_apps.settings import plane_settings
-from serve_apps.tenancy import cache_salt
+from serve_apps.tenancy import project_salt
 
 log = logging.getLogger("maas.gateway")
 # Settlements not yet acknowledged (the database or the actor is down) that one replica holds before it refuses
@@ -112,7 +111,6 @@ async def _validation_error(request: Request, exc: RequestValidationError):
 
 
 SALTED = ("chat", "completions", "responses", "messages")
-_salt = lru_cache(maxsize=4096)(cache_salt)
 
 
 def _input_text(value) -> str:
@@ -281,7 +279,7 @@ class Gateway:
             raise PlatformError("ModelArts.81011")
         body.model = route["engine_model"]
         if kind in SALTED:  # the caller's own salt is replaced: no project reads another's prefix cache
-            body.cache_salt = _salt(answer["record"]["project_id"])
+            body.cache_salt = project_salt(answer["record"]["project_id"])
         handle = self._handle(route)
         if route.get("lora"):  # an adapter on the base model's engine, loaded there from local storage
             handle = handle.options(multiplexed_model_id=route["lora"])
