@@ -57,8 +57,12 @@ class Decision:
         return asdict(self)
 
 
-def _pressure(waiting: float, kv: float, replicas: int, options: LLMPolicyOptions) -> bool:
-    return waiting > options.waiting_threshold * max(replicas, 1) or kv >= options.kv_usage_threshold
+def _pressure(waiting: float, kv: float, replicas: int, options: LLMPolicyOptions, running: float = 1.0) -> bool:
+    """Waiting requests are pressure only where engines run something (a full batch) or none is up (a cold
+    start): a request waiting on a replica that runs nothing waits on its start-up, not on capacity (maas up's
+    readiness probes scaled an idle laptop's tiny-chat to 2)."""
+    queueing = waiting > options.waiting_threshold * max(replicas, 1) and (running > 0 or replicas == 0)
+    return queueing or kv >= options.kv_usage_threshold
 
 
 def _needed(load: float, capacity: float | None, fallback: int) -> int:
@@ -75,7 +79,7 @@ def decide(signals: Signals, state: dict, options: LLMPolicyOptions, min_replica
     horizon = max(options.stable_window_s, options.panic_window_s)
     samples = [s for s in state.get("samples", []) if s[0] > now - horizon]
     samples.append([now, waiting, signals.running, signals.kv_usage])
-    pressed = _pressure(waiting, signals.kv_usage, current, options)
+    pressed = _pressure(waiting, signals.kv_usage, current, options, signals.running)
     pressure_since = state.get("pressure_since") if pressed else None
     quiet_since = None if pressed else state.get("quiet_since")
     if pressed and pressure_since is None:
@@ -98,7 +102,7 @@ def decide(signals: Signals, state: dict, options: LLMPolicyOptions, min_replica
         want = max(target + 1, _needed(load, capacity, target + 1))
         reason = f"panic: requests waiting for {now - pressure_since:.1f} s"
     elif not pressed and not starting and samples[0][0] <= now - options.stable_window_s + 1e-9:
-        pressed_share = sum(_pressure(s[1], s[3], current, options) for s in samples) / len(samples)
+        pressed_share = sum(_pressure(s[1], s[3], current, options, s[2]) for s in samples) / len(samples)
         if pressed_share >= STABLE_SHARE:
             want = target + 1
             reason = f"stable: under pressure {pressed_share:.0%} of the last {options.stable_window_s:g} s"

@@ -183,3 +183,13 @@ def test_a_replica_woken_for_a_caller_who_gave_up_stays_a_whole_quiet_period():
             break
     assert len(downs) == 1 and downs[0][1] == 0
     assert downs[0][0] - ready >= options.quiet_period_s - TICK  # not at once: quiet counted from ready
+
+
+def test_a_request_waiting_on_a_replica_that_runs_nothing_scales_nothing():
+    """maas up's readiness probes: one request at a time waits while a new engine takes its first step (its
+    handle's queue, the engine's queue) with nothing running. Before, that tripped the panic window and an idle
+    laptop's tiny-chat went to 2 replicas; a cold start from zero replicas still scales up."""
+    decisions, target = run([(5, 1, 0, 0.0), (2, 0, 1, 0.01), (5, 1, 0, 0.0)])
+    assert decisions == [] and target == 1
+    decisions, target = run([(3, 1, 0, 0.0)], min_replicas=0, replicas=0)
+    assert target == 1 and decisions[0].reason.startswith("panic")
