@@ -56,6 +56,7 @@ class Platform:
     database_url: str
     up_stderr: str = ""
     storage: Path | None = None  # MAAS_STORAGE, when the session runs cluster tests
+    up_done_at: float = 0.0  # when `maas up` returned (epoch seconds)
 
     def maas(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run([str(BIN / "maas"), *args], env=self.env, capture_output=True, text=True,
@@ -117,7 +118,8 @@ def platform(request, tmp_path_factory) -> Platform:
         stop_ray(env)
         pytest.fail(f"maas up failed:\n{up.stdout[-5000:]}\n{up.stderr[-5000:]}")
     yield Platform(home=home, env=env, base_url=f"http://127.0.0.1:{SERVE_PORT}", up_output=up.stdout,
-                   admin_key=admin_key, database_url=database_url, up_stderr=up.stderr, storage=storage)
+                   admin_key=admin_key, database_url=database_url, up_stderr=up.stderr, storage=storage,
+                   up_done_at=time.time())
     stop_ray(env)
     if not os.environ.get("MAAS_TEST_HOME"):
         shutil.rmtree(root, ignore_errors=True)

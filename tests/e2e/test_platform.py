@@ -3,6 +3,10 @@ platform: tests/db/test_prepare.py.)"""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
+from pathlib import Path
+
 
 def test_up_prints_the_urls_and_models(platform):
     out = platform.up_output
@@ -26,6 +30,24 @@ def test_status_shows_every_application_running(platform):
             assert deployment["replicas"].get("RUNNING", 0) >= 1
     table = platform.maas("status").stdout
     assert "engine-tiny-chat" in table and "running" in table.lower()
+
+
+def test_up_scales_nothing_on_an_idle_platform(platform):
+    """maas up's readiness probes tripped the llm policy's panic window: tiny-chat went to 2 replicas on an idle
+    laptop (two minutes of both cores). Read from Serve's controller log of the session's cluster: no upscaling
+    until a few seconds after `maas up` returned (later tests load the engines on purpose)."""
+    from tests.helpers import RAY_TEMP_DIR
+
+    logs = list(Path(RAY_TEMP_DIR, "session_latest", "logs", "serve").glob("controller_*.log"))
+    assert logs, "no Serve controller log"
+    until = datetime.fromtimestamp(platform.up_done_at + 3)
+    upscaled = []
+    for log in logs:
+        for line in log.read_text(errors="replace").splitlines():
+            stamp = re.search(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)", line)
+            if re.search(r"Upscaling .* from [1-9]", line) and stamp and datetime.fromisoformat(stamp[1]) <= until:
+                upscaled.append(line)
+    assert upscaled == []
 
 
 def test_catalog_through_cli_and_api(platform):
