@@ -41,6 +41,7 @@ from cluster.state.db import CompressionJob, TuningJob, migrate, session_scope
 from cluster.usage.router import router as usage_router
 from serve_apps.catalog import BUILTIN_MODELS, CatalogModel
 from serve_apps.errors import PlatformError
+from serve_apps.ray_compat import bind_serve_grpc_to_node_ip
 from serve_apps.gateway.guard import buffered, empty_body
 
 log = logging.getLogger("maas.control")
@@ -138,6 +139,7 @@ def prepare(model_ids: list[str]) -> str | None:
 @serve.ingress(app)
 class ControlPlane:
     def __init__(self, model_ids: list[str]):
+        bind_serve_grpc_to_node_ip()  # this replica's inter-deployment gRPC port on the node's IP only
         nodes.check_database(get_settings().database_url, nodes.alive_nodes())
         secret = prepare(model_ids)
         if secret:  # a `serve deploy` without `maas up`: the key goes to the credentials file, never to a log

@@ -13,11 +13,16 @@ per token than vLLM's forward pass (benchmarks/RESULTS.md, stream_cpu.py). So a 
 
 Either side going away ends both: the gateway cancels the Serve call (the replica's pump is cancelled, vLLM
 aborts the request) and closes the connection; a replica that dies leaves the connection without its `E`, which
-the gateway reads as the engine's failure (its 503). The server binds the node's IP on a free port; a
-connection that does not present a waiting token within HANDSHAKE_TIMEOUT_S is closed, so nothing but the
-gateway that Serve handed the token to can read a stream, and at most MAX_HANDSHAKES connections wait for
-their token at once (a flood of idle connections is closed, not held). MAAS_DIRECT_STREAMS=0 turns it off
-(every batch through Serve, as before), for a cluster whose nodes cannot reach each other on free ports.
+the gateway reads as the engine's failure (its 503). MAAS_DIRECT_STREAMS=0 turns it off (every batch through
+Serve, as before), for a cluster whose nodes cannot reach each other on free ports.
+
+Who may read a stream: the server listens on its node's IP only (the address Serve's own handles dial), never on
+every interface. A connection from an address that is not one of the cluster's nodes (nor loopback) is closed at
+once, before it holds anything. Every other one must present the call's secret, a one-time token of 128 random
+bits that only the gateway Serve handed the call to has (it came with the first batch, through Serve); a wrong one
+is closed as soon as its 32 characters are in. A connection still owing its token holds a handshake slot for
+HANDSHAKE_TIMEOUT_S at most (the gateway writes its token as it connects), and when all MAX_HANDSHAKES slots are
+held the oldest is closed to seat the newest: idle connections, however many, cannot keep the gateway out.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import logging
 import pickle
 import secrets
 import struct
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, AsyncGenerator
+from typing import Any, AsyncGenerator, Callable
 
 log = logging.getLogger("maas.direct_stream")
 ATTACH_TIMEOUT_S = 10.0  # how long a replica waits for the gateway to connect (then: the caller is gone)
-HANDSHAKE_TIMEOUT_S = 5.0  # a connection's token must arrive this soon (the gateway writes it on connecting)
-MAX_HANDSHAKES = 64  # connections still owing their token; more are closed at once (a flood holds no more)
+HANDSHAKE_TIMEOUT_S = 1.0  # a connection's token must arrive this soon (the gateway writes it on connecting)
+MAX_HANDSHAKES = 64  # connections still owing their token; a newer one closes the oldest (a flood holds no more)
 TOKEN_BYTES = 32  # hex characters of the one-time token
 HEADER = struct.Struct("!cI")  # frame kind, payload length
 
@@ -57,12 +63,14 @@ def detourable(first: Any) -> bool:
 
 
 class StreamServer:
-    """One per engine replica, started with it."""
+    """One per engine replica, started with it. `allowed(address)`: whether a peer may connect at all (the
+    cluster's nodes); every address when None."""
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: Callable[[str], bool] | None = None) -> None:
         self._waiting: dict[str, asyncio.Future] = {}
         self._server: asyncio.AbstractServer | None = None
-        self._handshakes = 0  # connections accepted that have not sent their token yet
+        self._allowed = allowed
+        self._handshakes: OrderedDict[int, asyncio.StreamWriter] = OrderedDict()  # owing their token, oldest first
         self.host, self.port = "", 0
 
     async def start(self, host: str) -> None:
@@ -70,17 +78,22 @@ class StreamServer:
         self.host, self.port = host, self._server.sockets[0].getsockname()[1]
 
     async def _attach(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._handshakes >= MAX_HANDSHAKES:
+        peer = writer.get_extra_info("peername")
+        if not peer or (self._allowed is not None and not self._allowed(peer[0])):
             writer.close()
             return
-        self._handshakes += 1
+        if len(self._handshakes) >= MAX_HANDSHAKES:
+            _, oldest = self._handshakes.popitem(last=False)
+            oldest.close()  # its read below ends at once
+        key = id(writer)
+        self._handshakes[key] = writer
         try:
             token = (await asyncio.wait_for(reader.readexactly(TOKEN_BYTES), HANDSHAKE_TIMEOUT_S)).decode()
         except (asyncio.IncompleteReadError, TimeoutError, UnicodeDecodeError, ConnectionError):
             writer.close()
             return
         finally:
-            self._handshakes -= 1
+            self._handshakes.pop(key, None)
         waiting = self._waiting.pop(token, None)
         if waiting is None or waiting.done():
             writer.close()

@@ -26,11 +26,11 @@ from autoscaling.metrics import EngineStats
 from serve_apps.catalog import CatalogModel, builtin, ensure_built
 from serve_apps.direct_stream import StreamServer
 from serve_apps.errors import PlatformError, context_length_exceeded
+from serve_apps.gateway.admission import NodeAddresses
 from serve_apps.ray_compat import (NAMED_MESSAGES, Batcher, CallbackBase, DiskMultiplexConfig, ErrorInfo,
                                    ErrorResponse, LoraModelLoader, TokenizeChatRequest, TokenizeCompletionRequest,
-                                   keep_cpu_uniproc_executor, name_messages_requests, patch_tokenizer_service,
-                                   vllm_serving, watch_aborts,
-                                   watch_scheduler_stats)
+                                   bind_serve_grpc_to_node_ip, keep_cpu_uniproc_executor, name_messages_requests,
+                                   patch_tokenizer_service, vllm_serving, watch_aborts, watch_scheduler_stats)
 from serve_apps.placement import NodeType, node_type_resources
 from serve_apps.settings import Accelerator, plane_settings
 from serve_apps.witness import UsageWitness, witnessed
@@ -131,6 +131,7 @@ class MaasLLMServer(LLMServer):
         super()._init_multiplex_loader(LocalLoraLoader)
 
     async def start(self):
+        bind_serve_grpc_to_node_ip()  # this replica's inter-deployment gRPC port on the node's IP only
         if _inline_cpu_worker(self._llm_config.engine_kwargs):
             keep_cpu_uniproc_executor()
             # the engine core process is spawned from here and reads its thread count once, at its start
@@ -144,7 +145,7 @@ class MaasLLMServer(LLMServer):
         watch_aborts(self.engine, self._witness.aborted)
         self._streams = None
         if plane_settings().direct_streams:
-            self._streams = StreamServer()
+            self._streams = StreamServer(allowed=NodeAddresses().has)  # the cluster's nodes only
             await self._streams.start(ray.util.get_node_ip_address())
 
     async def record_autoscaling_stats(self) -> dict[str, float]:

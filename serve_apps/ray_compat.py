@@ -192,6 +192,31 @@ def over_grpc(handle):
     return handle.options(_by_reference=False)
 
 
+def bind_serve_grpc_to_node_ip() -> None:
+    """Serve's replica starts its inter-deployment gRPC server on every interface, `[::]:0`
+    (ray/serve/_private/replica.py:1835, `Replica._on_initialized`; no setting changes it), though the handles that
+    call it dial the replica's node IP (`ray.util.get_node_ip_address()`, replica.py:3477, as ReplicaInfo.node_ip;
+    request_router/replica_wrapper.py:292). In this process it starts on that IP alone. The server runs whatever a
+    caller sends (a pickled request, replica.py:278) and checks only Ray's token (RAY_AUTH_MODE=token) or TLS
+    (RAY_USE_TLS): keep its port inside the cluster. Idempotent; call it in a deployment's constructor (Serve
+    starts the server after it)."""
+    import ray
+    from ray.serve._private import replica
+
+    original = replica.add_port_to_grpc_server
+    if getattr(original, "maas_node_ip", False):
+        return
+
+    def add_port_to_grpc_server(server, address: str):
+        if address.startswith("[::]:"):
+            ip = ray.util.get_node_ip_address()
+            address = f"{f'[{ip}]' if ':' in ip else ip}:{address.rpartition(':')[2]}"
+        return original(server, address)
+
+    add_port_to_grpc_server.maas_node_ip = True
+    replica.add_port_to_grpc_server = add_port_to_grpc_server
+
+
 def pin_code_version(application, version: str):
     """Give an application's ingress deployment a fixed code version: Serve restarts every replica when the
     version changes, and an imperative deploy without one gets a random version on each call."""

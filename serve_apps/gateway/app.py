@@ -38,7 +38,8 @@ from serve_apps.gateway.protocol import (ChatRequest, CompletionRequest, Embeddi
 from serve_apps.gateway.streams import (NULL_FIELDS, RESPONSE_NULL_FIELDS, ChatShape, MessagesShape, ResponsesShape,
                                        StreamRelay)
 from serve_apps.moderation import load_moderator, message_text, output_text, request_text
-from serve_apps.ray_compat import ErrorResponse, ScoreRequest, over_grpc, sanitize_chat_request, until_assigned
+from serve_apps.ray_compat import (ErrorResponse, ScoreRequest, bind_serve_grpc_to_node_ip, over_grpc,
+                                   sanitize_chat_request, until_assigned)
 from serve_apps.settings import plane_settings
 from serve_apps.tenancy import project_salt
 
@@ -185,6 +186,7 @@ async def _first(generator, call: Call):
 @serve.ingress(app)
 class Gateway:
     def __init__(self):
+        bind_serve_grpc_to_node_ip()  # this replica's inter-deployment gRPC port on the node's IP only
         app.state.gateway = self
         self._handles: dict[tuple[str, str], Any] = {}
         self._cards: dict[str, CatalogModel] = {}

@@ -189,26 +189,72 @@ def test_an_engine_the_gateway_cannot_reach_fails_the_call_and_cancels_it_on_ser
     asyncio.run(scenario())
 
 
-def test_a_flood_of_idle_connections_is_closed_and_the_gateway_still_attaches(monkeypatch):
-    monkeypatch.setattr(direct_stream, "MAX_HANDSHAKES", 4)
-    monkeypatch.setattr(direct_stream, "HANDSHAKE_TIMEOUT_S", 0.5)
+def test_a_connection_without_the_secret_gets_nothing_and_is_closed_within_the_handshake_timeout():
+    async def scenario():
+        server, engine = await _server(), Engine(3, pause=0.05)
+        call = ServeCall(server.relay(engine.stream()))
+        await call.__anext__()
+        detour = await call.__anext__()
+        started = asyncio.get_running_loop().time()
+        reader, writer = await asyncio.open_connection(detour.host, detour.port)
+        writer.write(detour.token[:8].encode())  # part of a secret, then nothing
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+        assert asyncio.get_running_loop().time() - started < direct_stream.HANDSHAKE_TIMEOUT_S + 0.5
+        reader, writer = await asyncio.open_connection(detour.host, detour.port)
+        writer.write(detour.token.encode())  # the secret was not used up by the stranger: the gateway attaches
+        writer.write_eof()
+        assert b'{"n":1}' in await asyncio.wait_for(reader.read(), 5)
+
+    asyncio.run(scenario())
+
+
+def test_a_hundred_idle_connections_do_not_keep_the_gateway_out(monkeypatch):
+    """Before, the 65th connection was closed while 64 idle ones waited for their 5 s: anyone who could reach the
+    port kept every stream of the engine from attaching. Now the newest connection closes the oldest idle one."""
+    monkeypatch.setattr(direct_stream, "HANDSHAKE_TIMEOUT_S", 30.0)  # the idle ones are not timed out meanwhile
 
     async def scenario():
         server, engine = await _server(), Engine(3, pause=0.05)
         call = ServeCall(server.relay(engine.stream()))
         await call.__anext__()
         detour = await call.__anext__()
-        idle = [await asyncio.open_connection(detour.host, detour.port) for _ in range(4)]  # send nothing
-        await asyncio.sleep(0.05)
-        assert server._handshakes == 4
-        reader, _ = await asyncio.open_connection(detour.host, detour.port)  # one more: closed at once
-        assert await asyncio.wait_for(reader.read(), 0.3) == b""
-        for reader, _ in idle:  # the idle ones are closed after HANDSHAKE_TIMEOUT_S, nothing sent
-            assert await asyncio.wait_for(reader.read(), 2) == b""
-        assert server._handshakes == 0
+        idle = [await asyncio.open_connection(detour.host, detour.port) for _ in range(100)]  # send nothing
+        await asyncio.sleep(0.1)
+        assert len(server._handshakes) == direct_stream.MAX_HANDSHAKES  # never more slots held than that
+        started = asyncio.get_running_loop().time()
         stream = DetouredStream(call)
-        stream.generator.items.put_nowait(("item", detour))  # the gateway attaches once the flood is over
-        rest = await _drain(stream)
+        stream.generator.items.put_nowait(("item", detour))  # the gateway attaches while all 100 are idle
+        rest = await asyncio.wait_for(_drain(stream), 5)
         assert rest == [['data: {"n":1}\n\n'], ['data: {"n":2}\n\n']] and engine.closed.is_set()
+        assert asyncio.get_running_loop().time() - started < 2
+        closed = 0
+        for reader, _ in idle:  # none of them got a byte; those pushed out were closed
+            try:
+                data = await asyncio.wait_for(reader.read(), 0.01)
+            except TimeoutError:
+                continue
+            assert data == b""
+            closed += 1
+        assert closed >= 100 - direct_stream.MAX_HANDSHAKES + 1  # the gateway's connection took a slot too
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_that_is_not_a_cluster_node_is_closed_at_once_and_holds_no_slot():
+    async def scenario():
+        server = StreamServer(allowed=lambda address: address != "127.0.0.1")
+        await server.start("127.0.0.1")
+        engine = Engine(3)
+        call = ServeCall(server.relay(engine.stream()))
+        await call.__anext__()
+        detour = await call.__anext__()
+        reader, writer = await asyncio.open_connection(detour.host, detour.port)
+        writer.write(detour.token.encode())  # even with the secret
+        try:
+            assert await asyncio.wait_for(reader.read(), 0.5) == b""
+        except ConnectionResetError:  # closed with the secret unread: the kernel resets it; nothing was sent
+            pass
+        assert not server._handshakes and detour.token in server._waiting  # the secret is still the gateway's
+        call.cancel()
 
     asyncio.run(scenario())
