@@ -49,6 +49,12 @@ class TermListModerator:
             lines = self._path.read_text(encoding="utf-8").splitlines() if mtime is not None else []
             self._set(self._fixed + lines)
 
+    @property
+    def active(self) -> bool:
+        """Whether any term is set: with none, nothing can be flagged (input it cannot read is no risk)."""
+        self._refresh()
+        return bool(self.terms)
+
     def flagged(self, text: str) -> bool:
         self._refresh()
         lowered = text.lower()

@@ -274,7 +274,7 @@ class Gateway:
         card = self._card(route)
         if not supports(card, kind):
             raise OpenAIError(400, f"The model `{body.model}` does not support /v1/{kind}.")
-        if route["moderation"] and ids:
+        if route["moderation"] and ids and getattr(self.moderator, "active", True):
             raise OpenAIError(400, "This model's input is moderated and token-id input cannot be read by the "
                                    "moderation: send the input as text.")
         if route["moderation"] and text and self.moderator.flagged(text):
