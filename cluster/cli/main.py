@@ -79,7 +79,10 @@ def env() -> None:
 
     from cluster.cli import platform
 
-    for name, value in platform.shell_env().items():
+    variables = platform.shell_env()
+    if variables["RAY_AUTH_MODE"] == "token":
+        platform.ensure_ray_token()
+    for name, value in variables.items():
         quoted = f'"{value}"' if name == "PATH" else shlex.quote(value)  # PATH keeps $PATH for the shell
         print(f"export {name}={quoted}")
 

@@ -63,6 +63,18 @@ def shell_env() -> dict[str, str]:
     }
 
 
+def ensure_ray_token() -> None:
+    """In token mode `ray start --head` refuses to start without a token (`ray.init`, which `maas up` uses, makes
+    one): make Ray's own default token (~/.ray/auth_token) when there is none, so the README's `ray start` block
+    runs as written after `maas env`."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        from ray._private.authentication.authentication_token_setup import generate_and_save_token
+
+        generate_and_save_token()
+
+
 def load_serve_config() -> dict:
     return yaml.safe_load(Path(get_settings().serve_config).read_text())
 
