@@ -36,12 +36,12 @@ class JobInvalid(Exception):
 
 def calibration_texts(config: CompressConfig, tokenizer) -> list[str]:
     """The calibration samples as the served model sees them (its chat template, default template kwargs)."""
-    from train_jobs.datasets import DatasetInvalid, read_dataset
+    from train_jobs.datasets import DatasetInvalid, DatasetLimits, read_dataset
 
     path = config.dataset_path or BUILTIN_CALIBRATION
     fmt = config.dataset_format if config.dataset_path else "alpaca"
     try:
-        samples = read_dataset(path, fmt, kind="sft")
+        samples = read_dataset(path, fmt, kind="sft", limits=DatasetLimits(max_rows=config.dataset_max_rows))
     except DatasetInvalid as invalid:
         raise JobInvalid(f"calibration dataset is invalid:\n{invalid}") from None
     except FileNotFoundError as missing:

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from train_jobs.datasets.schema import DatasetLimits
+
 JOB_NAME_PATTERN = r"^[A-Za-z\u4e00-\u9fff][A-Za-z0-9\u4e00-\u9fff_-]{0,63}$"
 GROUP_SIZE = 128  # weight groups of the W4A16 strategies
 
@@ -56,6 +58,9 @@ class CompressConfig(BaseModel):
     dataset_path: Path | None = Field(None, description="Calibration data in a fine-tuning format; default: the "
                                                         "built-in calibration set (quantize/data).")
     dataset_format: str = Field("alpaca", description="moss, alpaca, sharegpt, csv or xlsx")
+    dataset_max_rows: int = Field(DatasetLimits().max_rows, ge=1,
+                                  description="The most rows (lines) the calibration dataset may have (the platform's "
+                                              "MAAS_DATASET_MAX_ROWS).")
     num_samples: int = Field(64, ge=1, le=4096, description="Calibration samples.")
     max_seq_len: int = Field(512, ge=16, le=32768, description="Calibration sequence length (tokens).")
     chat_template_kwargs: dict[str, Any] = Field({}, description="Rendered as the served model renders prompts.")

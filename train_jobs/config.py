@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve_apps.placement import NodeType, node_type_resources
+from train_jobs.datasets.schema import DatasetLimits
 
 MAX_ITERATIONS = 100_000
 MAX_CHECKPOINTS = 10
@@ -68,6 +69,9 @@ class FinetuneConfig(BaseModel):
                                              "action). Without it an output_dir holding checkpoints is refused.")
     data_count: int | None = Field(None, ge=1, description="Samples in the dataset, when known before reading it; "
                                                            "the iteration rule is then checked at once.")
+    dataset_max_rows: int = Field(DatasetLimits().max_rows, ge=1,
+                                  description="The most rows (lines) the dataset may have (the platform's "
+                                              "MAAS_DATASET_MAX_ROWS).")
 
     epochs: int = Field(1, ge=1, le=1000)
     learning_rate: float = Field(2e-5, ge=0.0, le=0.1)

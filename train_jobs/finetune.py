@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from train_jobs import checkpointing
 from train_jobs.config import FinetuneConfig
-from train_jobs.datasets import DatasetInvalid, RowError, read_dataset
+from train_jobs.datasets import DatasetInvalid, DatasetLimits, RowError, read_dataset
 from train_jobs.encoding import encode_samples
 from train_jobs.progress import Phase, plot_loss, update_status
 from train_jobs.recipes import load_tokenizer, recipe_for
@@ -51,7 +51,8 @@ def prepare(config: FinetuneConfig) -> tuple[FinetuneConfig, list, int, Path | N
         raise JobInvalid([RowError(line=0, field="base_model_path",
                                    reason=f"not a Hugging Face model directory: {config.base_model_path}")])
     try:
-        samples = read_dataset(config.dataset_path, config.dataset_format.value, kind=config.dataset_kind)
+        samples = read_dataset(config.dataset_path, config.dataset_format.value, kind=config.dataset_kind,
+                               limits=DatasetLimits(max_rows=config.dataset_max_rows))
     except DatasetInvalid as invalid:
         raise JobInvalid(invalid.errors) from None
     except FileNotFoundError as missing:

@@ -1,4 +1,6 @@
-"""csv and xlsx datasets: columns conversation_id, human, assistant; rows sharing an id form one conversation."""
+"""csv and xlsx datasets: columns conversation_id, human, assistant; rows sharing an id form one conversation.
+Rows are read one at a time (csv: bounded lines; xlsx: only a workbook whose parts declare at most
+`max_unpacked_bytes` is opened, and Python's zipfile never unpacks more than a part declares)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 from pydantic import BaseModel, PositiveInt, ValidationError
 
-from .schema import NonBlankStr, RowError, Sample, excerpt, row_errors
+from .schema import DatasetLimits, NonBlankStr, RowError, Sample, excerpt, row_errors
 
 COLUMNS = ("conversation_id", "human", "assistant")
+COUNTED = Sample()  # what validation yields per conversation: it counts them and keeps none of their text
 
 
 class TableRow(BaseModel):
@@ -24,17 +27,24 @@ class TableRow(BaseModel):
     assistant: NonBlankStr
 
 
-def read_csv_dataset(path: Path) -> tuple[list[Sample], list[RowError]]:
-    return _conversations(_csv_rows(path))
+class _LineTooLong(Exception):
+    pass
 
 
-def read_xlsx_dataset(path: Path) -> tuple[list[Sample], list[RowError]]:
-    return _conversations(_xlsx_rows(path))
+def read_csv_dataset(path: Path, limits: DatasetLimits = DatasetLimits(), keep: bool = True
+                     ) -> Iterator[Sample | RowError]:
+    """The conversations (`keep`; else one COUNTED each) after the rows' errors, in file order."""
+    return _conversations(_csv_rows(path, limits), limits, keep)
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]] | RowError]:
+def read_xlsx_dataset(path: Path, limits: DatasetLimits = DatasetLimits(), keep: bool = True
+                      ) -> Iterator[Sample | RowError]:
+    return _conversations(_xlsx_rows(path, limits), limits, keep)
+
+
+def _csv_rows(path: Path, limits: DatasetLimits) -> Iterator[tuple[int, list[str]] | RowError]:
     with path.open("rb") as file:
-        reader = csv.reader(_utf8_lines(file))
+        reader = csv.reader(_utf8_lines(file, limits.max_row_bytes))
         number = 0
         try:
             for number, cells in enumerate(reader, start=1):
@@ -45,16 +55,33 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]] | RowError]:
                            reason=f"not UTF-8 text ({error.reason}); save the file as CSV UTF-8")
         except csv.Error as error:
             yield RowError(line=number + 1, field="line", reason=f"not valid CSV: {error}")
+        except _LineTooLong:
+            yield limits.row_too_long(number + 1)
 
 
-def _utf8_lines(file: BinaryIO) -> Iterator[str]:
+def _utf8_lines(file: BinaryIO, max_bytes: int) -> Iterator[str]:
     """Decoded line by line, so that a decoding error names the row it is in."""
-    for index, raw in enumerate(file):
+    index = 0
+    while raw := file.readline(max_bytes + 1):
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            raise _LineTooLong
         yield raw.decode("utf-8-sig" if index == 0 else "utf-8")  # Excel's "CSV UTF-8" starts with a BOM
+        index += 1
 
 
-def _xlsx_rows(path: Path) -> Iterator[tuple[int, list[str]] | RowError]:
+def _unpacked_size(path: Path) -> int:
+    """What the parts of a zip declare they unpack to (zipfile never unpacks more than a part declares)."""
+    with zipfile.ZipFile(path) as archive:
+        return sum(info.file_size for info in archive.infolist())
+
+
+def _xlsx_rows(path: Path, limits: DatasetLimits) -> Iterator[tuple[int, list[str]] | RowError]:
     try:
+        unpacked = _unpacked_size(path)
+        if unpacked > limits.max_unpacked_bytes:
+            yield RowError(line=0, field="file", reason=f"the workbook unpacks to {unpacked} bytes, over the limit "
+                                                        f"of {limits.max_unpacked_bytes}; save it as csv")
+            return
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError) as error:
         yield RowError(line=0, field="file", reason=f"not a readable xlsx workbook: {error}")
@@ -77,34 +104,43 @@ def _cell_text(value: object) -> str:
     return str(value)
 
 
-def _conversations(rows: Iterable[tuple[int, list[str]] | RowError]) -> tuple[list[Sample], list[RowError]]:
-    """Rows with the same conversation_id join the conversation that id started, in file order."""
+def _conversations(rows: Iterable[tuple[int, list[str]] | RowError], limits: DatasetLimits, keep: bool
+                   ) -> Iterator[Sample | RowError]:
+    """Rows with the same conversation_id join the conversation that id started, in file order; the
+    conversations come after the rows' errors (an id may come back on the last row)."""
     rows = iter(rows)
     first = next(rows, None)
     if first is None or isinstance(first, RowError):
-        return [], [first] if first else []
+        yield from [first] if first else []
+        return
     _, header = first
     names = [name.strip().lower() for name in header]
     missing = [column for column in COLUMNS if column not in names]
     if missing:
         found = excerpt(", ".join(name for name in names if name)) or "nothing"
-        return [], [RowError(line=1, field="header", reason=f"missing column(s) {', '.join(missing)}; found {found}")]
+        yield RowError(line=1, field="header", reason=f"missing column(s) {', '.join(missing)}; found {found}")
+        return
     positions = {column: names.index(column) for column in COLUMNS}
-    conversations: dict[int, list[dict]] = {}
-    errors: list[RowError] = []
+    conversations: dict[int, list[dict] | None] = {}
     for row in rows:
         if isinstance(row, RowError):
-            errors.append(row)
+            yield row
             continue
         number, cells = row
+        if number > limits.max_rows:
+            yield limits.too_many_rows(number)
+            return
         if not any(cell.strip() for cell in cells):
             continue  # spreadsheets keep formatted but empty rows
         values = {column: cells[i] if i < len(cells) else "" for column, i in positions.items()}
         try:
             turn = TableRow.model_validate(values)
         except ValidationError as error:
-            errors += row_errors(error, number)
+            yield from row_errors(error, number)
             continue
-        conversations.setdefault(turn.conversation_id, []).extend(
-            [{"role": "user", "content": turn.human}, {"role": "assistant", "content": turn.assistant}])
-    return [Sample(messages=messages) for messages in conversations.values()], errors
+        if keep:
+            conversations.setdefault(turn.conversation_id, []).extend(
+                [{"role": "user", "content": turn.human}, {"role": "assistant", "content": turn.assistant}])
+        else:
+            conversations.setdefault(turn.conversation_id, None)
+    yield from (Sample(messages=messages) if keep else COUNTED for messages in conversations.values())
