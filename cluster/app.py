@@ -3,7 +3,7 @@ the FastAPI app, its error handlers, and every room's router mounted.
 
 On start it migrates the database, creates the admin key on first start, records which built-in models
 are served, starts (or finds) the accounting actor and the background threads (service reconciler, job
-sync), so a `serve deploy` of the YAML alone gives a working platform.
+sync, dataset expiry), so a `serve deploy` of the YAML alone gives a working platform.
 """
 
 from __future__ import annotations
@@ -23,9 +23,12 @@ from cluster.console.app import console
 from cluster.deps import Admin, is_admin_request
 from cluster.compression import service as compression
 from cluster.compression.router import router as compression_router
+from cluster.datasets import service as datasets
+from cluster.datasets.router import router as datasets_router
 from cluster.endpoints.router import router as endpoints_router
 from cluster.finetune.router import router as finetune_router
 from cluster.finetune import service as finetune
+from cluster.guard import BodyLimit, CallerGuard
 from cluster.keys.router import router as keys_router
 from cluster.my_models.router import router as my_models_router
 from cluster.presets.router import router as presets_router
@@ -42,45 +45,12 @@ from cluster.usage.router import router as usage_router
 from serve_apps.catalog import BUILTIN_MODELS, CatalogModel
 from serve_apps.errors import PlatformError
 from serve_apps.ray_compat import bind_serve_grpc_to_node_ip
-from serve_apps.gateway.guard import buffered, empty_body
 
 log = logging.getLogger("maas.control")
 
 app = FastAPI(title="MaaS control plane", root_path="/api", docs_url="/docs", openapi_url="/openapi.json")
-MAX_JSON_BYTES = 8 * 1024 * 1024
-
-
-class BodyLimit:
-    """ASGI middleware: a request body over its limit (8 MB; a dataset upload: MAAS_MAX_UPLOAD_MB) is refused
-    with 413 before it is read and before anything else runs (the key check included)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.inner(scope, receive, send)
-        upload = scope["path"].endswith("/datasets")
-        limit = get_settings().max_upload_mb * 2**20 if upload else MAX_JSON_BYTES
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None:
-            if not length.isdigit() or int(length) > limit:
-                return await _too_large(limit)(scope, receive, send)
-        elif upload:  # an upload streams to disk: its size must be known up front
-            body = PlatformError("MaaS.0400", reason="A dataset upload needs a Content-Length header.").body()
-            return await JSONResponse(status_code=411, content=body)(scope, empty_body, send)
-        else:
-            receive = await buffered(receive, limit)
-            if receive is None:
-                return await _too_large(limit)(scope, empty_body, send)
-        await self.inner(scope, receive, send)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse(status_code=413, content=PlatformError("MaaS.0413", limit=limit).body())
-
-
 app.add_middleware(BodyLimit)
+app.add_middleware(CallerGuard, app=app)  # outermost: the key is checked before any body is read
 
 
 @app.exception_handler(PlatformError)
@@ -119,7 +89,8 @@ async def catalog(_: Admin):
 
 
 for mounted in (router, keys_router, projects_router, presets_router, endpoints_router, my_models_router,
-                services_router, services_mirror_router, usage_router, finetune_router, compression_router):
+                services_router, services_mirror_router, usage_router, datasets_router, finetune_router,
+                compression_router):
     app.include_router(mounted)
 app.mount("/console", console)  # the web console: /api/console/ behind Serve (cluster/console)
 
@@ -150,6 +121,7 @@ class ControlPlane:
         reconciler.start(get_settings().database_url)
         jobs.start(get_settings().database_url, {TuningJob: finetune.register_output,
                                                  CompressionJob: compression.register_output})
+        datasets.start_expiry(get_settings().database_url)
 
 
 def build_app(args: dict | None = None) -> serve.Application:

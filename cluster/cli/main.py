@@ -10,6 +10,7 @@ from cluster.cli.common import JsonOpt, console
 from cluster.cli.common import fail as _fail
 from cluster.cli.common import print_json as _print_json
 from cluster.cli.compress import compress_app
+from cluster.cli.datasets import datasets_app
 from cluster.cli.endpoints import endpoints_app
 from cluster.cli.finetune import finetune_app
 from cluster.cli.keys import keys_app
@@ -28,6 +29,7 @@ app.add_typer(endpoints_app, name="endpoints")
 app.add_typer(presets_app, name="presets")
 app.add_typer(usage_app, name="usage")
 app.add_typer(finetune_app, name="finetune")
+app.add_typer(datasets_app, name="datasets")
 app.add_typer(compress_app, name="compress")
 app.add_typer(services_app, name="services")
 # -- platform lifecycle ----------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def projects_delete(project_id: str, confirm: str = ConfirmOpt) -> None:
 
 
 QUOTA_COLUMNS = ["project_id", "services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb",
-                 "jobs", "overrides"]
+                 "jobs", "storage_mb", "datasets", "overrides"]
 
 
 @projects_app.command("quotas")
@@ -42,11 +42,15 @@ def projects_quotas(project_id: str,
                     seq_len: int = typer.Option(None, help="A job's sequence length."),
                     model_disk_mb: int = typer.Option(None, help="MiB of my models' weights, all versions."),
                     jobs: int = typer.Option(None, help="Active tuning and compression jobs together."),
+                    storage_mb: int = typer.Option(None, help="MiB of dataset uploads, job outputs and model "
+                                                              "versions together."),
+                    datasets: int = typer.Option(None, help="Dataset uploads kept."),
                     reset: bool = typer.Option(False, help="Back to the platform's defaults."),
                     as_json: bool = JsonOpt) -> None:
     """Show a project's quotas; with options (admin), set them (the ones not given stay as they are)."""
     given = {"services": services, "instances": instances, "workers": workers, "models": models,
-             "batch_size": batch_size, "seq_len": seq_len, "model_disk_mb": model_disk_mb, "jobs": jobs}
+             "batch_size": batch_size, "seq_len": seq_len, "model_disk_mb": model_disk_mb, "jobs": jobs,
+             "storage_mb": storage_mb, "datasets": datasets}
     current = call("GET", f"/projects/{project_id}/quotas")
     if reset or any(v is not None for v in given.values()):
         kept = {} if reset else {k: current[k] for k in current["overrides"]}

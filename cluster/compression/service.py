@@ -17,7 +17,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from cluster.compression.schemas import CompressionCreate, CompressionView
-from cluster.finetune.service import dataset_path, template_kwargs
+from cluster.datasets import service as datasets
+from cluster.finetune.service import template_kwargs
 from cluster.my_models import registry
 from cluster.my_models.weights import base_path
 from cluster.projects import quotas as project_quotas
@@ -29,6 +30,7 @@ from cluster.state.lookup import lock_project, owned
 from quantize.config import CompressConfig, compressibility
 from serve_apps.catalog import BUILTIN_MODELS, Job
 from serve_apps.errors import PlatformError
+from train_jobs.datasets import report
 
 _CATALOG = {m.id: m for m in BUILTIN_MODELS}
 ENTRYPOINT = "quantize.compress"
@@ -82,12 +84,13 @@ def _fits(weights: Path, spec: CompressionCreate) -> None:
 def create_job(session: Session, project_id: str, spec: CompressionCreate) -> CompressionView:
     project_quotas.check_job(session, project_id, seq_len=spec.max_seq_len)
     project_quotas.check_active_jobs(session, project_id)  # before any file is read; again under the lock
+    project_quotas.check_storage(session, project_id, 1)  # the job writes a model: it needs room left
     if session.scalar(select(CompressionJob.id).where(CompressionJob.project_id == project_id,
                                                       CompressionJob.name == spec.name)):
         raise PlatformError("MaaS.0409", reason=f"A compression job named {spec.name!r} already exists.")
     family, weights = _source(session, project_id, spec)
     _fits(weights, spec)
-    dataset = dataset_path(project_id, spec.dataset) if spec.dataset else None
+    dataset = datasets.dataset_path(project_id, spec.dataset) if spec.dataset else None
     job_id = "cp-" + uuid.uuid4().hex[:12]
     output_dir = get_settings().compression_dir(project_id) / job_id
     try:
@@ -95,7 +98,8 @@ def create_job(session: Session, project_id: str, spec: CompressionCreate) -> Co
             name=spec.name, strategy=spec.strategy, base_model_path=weights, output_dir=output_dir,
             migration_strength=0.5 if spec.migration_strength is None else spec.migration_strength,
             dataset_path=dataset, dataset_format=spec.format, num_samples=spec.num_samples,
-            max_seq_len=spec.max_seq_len, chat_template_kwargs=template_kwargs(family))
+            max_seq_len=spec.max_seq_len, chat_template_kwargs=template_kwargs(family),
+            dataset_max_rows=get_settings().dataset_max_rows)
     except ValidationError as exc:
         reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in exc.errors())
         raise PlatformError("MaaS.0400", reason=reason) from None
@@ -132,15 +136,11 @@ def compress_python() -> Path:
 
 
 def _validate_dataset(path: Path, fmt: str) -> None:
-    """A bad calibration dataset is refused with its bad rows, before any compute."""
-    from train_jobs.datasets import DatasetInvalid, read_dataset
-
-    try:
-        read_dataset(path, fmt, kind="sft")
-    except DatasetInvalid as invalid:
-        raise PlatformError("MaaS.0400", reason="calibration dataset is invalid\n" + str(invalid)) from None
-    except ValueError as exc:  # an unknown format
-        raise PlatformError("MaaS.0400", reason=str(exc)) from None
+    """A bad calibration dataset is refused with its (first) bad rows, before any compute."""
+    checked = datasets.check(path, fmt)
+    if checked.errors:
+        raise PlatformError("MaaS.0400", reason="calibration dataset is invalid\n" + report(checked.errors,
+                                                                                             checked.stopped))
 
 
 def stop_job(session: Session, project_id: str, job: str) -> CompressionView:

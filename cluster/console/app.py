@@ -31,6 +31,7 @@ from cluster.console import schemas as console_schemas
 from cluster.console.pages import (HERE, LoginNeeded, Refused, access, admin_only, base, check_csrf, go, page,
                                    posted, reason, sessions, status_of, templates, viewer_of)
 from cluster.console.session import COOKIE, LOGIN_COOKIE, MAX_AGE_S, Viewer, same
+from cluster.datasets import router as datasets_router
 from cluster.endpoints import router as endpoints_router
 from cluster.endpoints.schemas import Confirm as EndpointConfirm
 from cluster.endpoints.schemas import EndpointCreate
@@ -458,7 +459,7 @@ async def create_job(request: Request, project: str):
     try:
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise PlatformError("MaaS.0400", reason="Choose a dataset file to upload.")
-        stored = await run_in_threadpool(finetune_router.upload_dataset, project, upload)
+        stored = await run_in_threadpool(datasets_router.upload_dataset, project, upload)
         spec = JobCreate(name=form.get("name", ""), model=form.get("model", ""), type=form.get("type", "lora"),
                          dataset=stored["id"], format=form.get("format", "alpaca"),
                          output_model=form.get("output_model", ""), epochs=form.get("epochs") or 1,

@@ -15,7 +15,7 @@ from cluster.compression import router as compression_router
 from cluster.compression.schemas import CompressionCreate
 from cluster.console.pages import Refused, access, go, page, posted, reason, status_of
 from cluster.console.session import Viewer
-from cluster.finetune import router as finetune_router
+from cluster.datasets import router as datasets_router
 from cluster.my_models import router as my_models_router
 from cluster.schemas import confirmation
 from quantize.config import Strategy
@@ -74,7 +74,7 @@ async def create_compression(request: Request, project: str):
     try:
         dataset = None
         if isinstance(upload, UploadFile) and upload.filename:
-            dataset = (await run_in_threadpool(finetune_router.upload_dataset, project, upload))["id"]
+            dataset = (await run_in_threadpool(datasets_router.upload_dataset, project, upload))["id"]
         model, _, version = str(form.get("model", "")).partition("@")
         spec = CompressionCreate(
             name=form.get("name", ""), description=form.get("description", ""), model=model,

@@ -1,4 +1,4 @@
-"""REST routes of fine-tuning: `/v1/{project_id}/datasets` and `/v1/{project_id}/finetune/...`.
+"""REST routes of fine-tuning: `/v1/{project_id}/finetune/...` (its datasets: `cluster.datasets`).
 
 Plain `def` routes: FastAPI runs them in its thread pool (they submit Ray Jobs and read files)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import APIRouter, UploadFile
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, PlainTextResponse
 from sqlalchemy import select
 
@@ -23,12 +23,6 @@ from serve_apps.errors import PlatformError
 log = logging.getLogger("maas.finetune")
 router = APIRouter(prefix="/v1/{project_id}", tags=["fine-tuning"])
 DeleteConfirmed = Confirmed("DELETE", "Deleting a tuning job")
-
-
-@router.post("/datasets", status_code=201)
-def upload_dataset(project_id: ProjectId, file: UploadFile) -> dict:
-    """Store a dataset file on the platform; its id is what a job's `dataset` names."""
-    return service.store_dataset(project_id, file.filename, file.file)
 
 
 @router.post("/finetune", status_code=201, response_model=JobView)

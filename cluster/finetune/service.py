@@ -1,4 +1,4 @@
-"""Fine-tuning jobs (spec §7) and the datasets they read: create (validated before any compute), stop,
+"""Fine-tuning jobs (spec §7): create (the dataset validated before any compute, by `cluster.datasets`), stop,
 continue from the latest checkpoint, delete; checkpoints and their promotion. No HTTP here.
 
 A job's parameters become a `train_jobs.config.FinetuneConfig`, written to `<output_dir>/job.yaml` and run
@@ -12,12 +12,12 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import BinaryIO
 
 from pydantic import ValidationError
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from cluster.datasets import service as datasets
 from cluster.finetune.schemas import JobCreate, JobView
 from cluster.my_models import registry
 from cluster.my_models.weights import base_path
@@ -30,10 +30,9 @@ from cluster.state.lookup import lock_project, owned
 from serve_apps.catalog import BUILTIN_MODELS
 from serve_apps.errors import PlatformError
 from train_jobs.config import FinetuneConfig
-from train_jobs.datasets import DatasetInvalid, read_dataset
+from train_jobs.datasets import report
 
 _CATALOG = {m.id: m for m in BUILTIN_MODELS}
-_DATASET_ID = re.compile(r"^ds-[0-9a-f]{12}$")
 _CHECKPOINT = re.compile(r"checkpoint_[0-9]{1,12}")
 JOB_SUPPORT = {"full": "finetune-full", "lora": "finetune-lora", "pretrain": "pretrain"}
 # What each state allows (spec §7.5); everything else is refused.
@@ -50,49 +49,6 @@ def check(action: str, row: TuningJob) -> None:
         allowed = ", ".join(sorted(ALLOWED[action]))
         raise PlatformError("MaaS.0409", reason=f"Cannot {action} the job {row.name!r} while it is {row.status}; "
                                                 f"{action} is allowed from: {allowed}.")
-
-
-# -- datasets ------------------------------------------------------------------------------------------
-def store_dataset(project_id: str, filename: str | None, data: BinaryIO) -> dict:
-    """Keep an uploaded dataset file (at most MAAS_MAX_UPLOAD_MB); its id is what a job's `dataset` names."""
-    limit = get_settings().max_upload_mb * 2**20
-    dataset_id = "ds-" + uuid.uuid4().hex[:12]
-    name = Path(filename or "dataset.jsonl").name
-    if name in ("", ".", "..") or name.startswith("."):
-        name = "dataset.jsonl"
-    target = get_settings().datasets_dir(project_id) / dataset_id / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    written = 0
-    try:
-        with target.open("wb") as out:
-            while chunk := data.read(1 << 20):
-                written += len(chunk)
-                if written > limit:
-                    raise PlatformError("MaaS.0413", limit=limit)
-                out.write(chunk)
-    except BaseException:
-        shutil.rmtree(target.parent, ignore_errors=True)
-        raise
-    return {"id": dataset_id, "path": str(target), "bytes": written}
-
-
-def dataset_path(project_id: str, ref: str) -> Path:
-    """An upload of this project (`ds-...`), or a file under a data root an admin configured
-    (MAAS_DATA_ROOTS); nothing else: a job must not make the platform read any file it can."""
-    if ref.startswith("ds-"):
-        found = list((get_settings().datasets_dir(project_id) / ref).glob("*")) if _DATASET_ID.fullmatch(ref) else []
-        if not found:
-            raise PlatformError("MaaS.0404", what=f"Dataset {ref!r}")
-        return found[0]
-    path = Path(ref)
-    resolved = path.resolve() if path.is_absolute() else None
-    if resolved is None or not any(resolved.is_relative_to(root) for root in get_settings().data_root_dirs):
-        raise PlatformError("MaaS.0403", reason=(
-            "A dataset is an upload of this project (POST /datasets gives its id, ds-...) or a file under a data "
-            "root the admin configured (MAAS_DATA_ROOTS); this path is neither."))
-    if not resolved.is_file():
-        raise PlatformError("MaaS.0404", what=f"Dataset file {ref!r}")
-    return resolved
 
 
 # -- creating and running ------------------------------------------------------------------------------
@@ -128,6 +84,7 @@ def _config(row: TuningJob, weights: Path, spec: JobCreate) -> FinetuneConfig:
             max_seq_len=spec.max_seq_len, checkpoints_to_keep=spec.checkpoints, num_workers=spec.workers,
             node_type=spec.node_type, spread_workers=spec.spread_workers,
             max_failures=spec.max_failures, lora=spec.lora, merge_lora=spec.merge_lora,
+            dataset_max_rows=get_settings().dataset_max_rows,
             chat_template_kwargs=template_kwargs(row.base_model))
     except ValidationError as exc:
         reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'job'}: {e['msg']}" for e in exc.errors())
@@ -138,7 +95,8 @@ def create_job(session: Session, project_id: str, spec: JobCreate) -> JobView:
     """Validate the dataset and the parameters first (no compute is spent on a bad job), then run it."""
     project_quotas.check_job(session, project_id, spec.workers, spec.global_batch_size, spec.max_seq_len)
     project_quotas.check_active_jobs(session, project_id)  # before the dataset is read; again under the lock
-    dataset = dataset_path(project_id, spec.dataset)
+    project_quotas.check_storage(session, project_id, 1)  # the job writes checkpoints: it needs room left
+    dataset = datasets.dataset_path(project_id, spec.dataset)
     if session.scalar(select(TuningJob.id).where(TuningJob.project_id == project_id, TuningJob.name == spec.name)):
         raise PlatformError("MaaS.0409", reason=f"A tuning job named {spec.name!r} already exists.")
     base_model, weights = _base(session, project_id, spec)
@@ -154,18 +112,19 @@ def create_job(session: Session, project_id: str, spec: JobCreate) -> JobView:
                     submission_id="", result_version="", data_count=0, iterations=0,
                     output_dir=str(get_settings().finetune_dir() / project_id / job_id))
     config = _config(row, weights, spec)
-    try:
-        samples = read_dataset(dataset, config.dataset_format.value, kind=config.dataset_kind)
-        config = config.with_data_count(len(samples))
-    except DatasetInvalid as invalid:  # the job exists and failed in its validating phase, with the report
+    checked = datasets.check(dataset, config.dataset_format.value, config.dataset_kind)
+    if checked.errors:  # the job exists and failed in its validating phase, with the report
         row.status = "failed"
-        row.status_reason = "dataset validation failed\n" + str(invalid)
+        heading = "dataset validation failed\n"
+        row.status_reason = heading + report(checked.errors, checked.stopped, max_chars=4000 - len(heading))
         session.add(row)
         session.flush()
         return JobView.of(row)
+    try:
+        config = config.with_data_count(checked.samples)
     except ValidationError as exc:
         raise PlatformError("MaaS.0400", reason="; ".join(e["msg"] for e in exc.errors())) from None
-    row.data_count, row.iterations = len(samples), config.iterations(len(samples))
+    row.data_count, row.iterations = checked.samples, config.iterations(checked.samples)
     lock_project(session, project_id)  # parallel creates count one after another
     project_quotas.check_active_jobs(session, project_id)
     Path(row.output_dir).mkdir(parents=True, exist_ok=True)

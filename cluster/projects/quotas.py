@@ -109,3 +109,34 @@ def check_model_disk(session: Session, project_id: str, adding: int) -> None:
             f"Over the project's storage quota: at most {limit} MiB of model weights over all versions of its "
             f"models ({used / 2**20:.1f} MiB in use, this version {adding / 2**20:.1f} MiB). Delete a version, "
             "or an admin can raise it (maas projects quotas --model-disk-mb)."))
+    check_storage(session, project_id, adding)
+
+
+def storage_used(session: Session, project_id: str) -> int:
+    """The bytes a project keeps: its dataset uploads, its jobs' outputs (checkpoints, compressed models) and
+    every version of its models."""
+    settings = get_settings()
+    folders = [settings.datasets_dir(project_id), settings.finetune_dir() / project_id,
+               settings.compression_dir(project_id)]
+    versions = session.scalars(select(ModelVersion.path).join(MyModel, ModelVersion.model_id == MyModel.id)
+                               .where(MyModel.project_id == project_id))
+    return sum(tree_bytes(path) for path in [*folders, *versions])
+
+
+def check_storage(session: Session, project_id: str, adding: int) -> None:
+    """`adding` more bytes fit the project's storage quota (a job passes 1: it needs room left to write).
+    Call it under the project's lock (`lock_project`) so that parallel writers are counted one after another."""
+    limit = quotas(session, project_id).storage_mb
+    used = storage_used(session, project_id)
+    if used + adding > limit * 2**20:
+        raise PlatformError("MaaS.0400", reason=(
+            f"Over the project's storage quota: at most {limit} MiB over dataset uploads, job outputs and model "
+            f"versions ({used / 2**20:.1f} MiB in use, {adding / 2**20:.1f} MiB more asked). Delete datasets, "
+            "jobs or model versions, or an admin can raise it (maas projects quotas --storage-mb)."))
+
+
+def check_datasets(session: Session, project_id: str, kept: int) -> None:
+    """One more upload fits the project's count of kept dataset uploads (`kept` of them now)."""
+    limit = quotas(session, project_id).datasets
+    if kept >= limit:
+        raise _over("dataset uploads (delete some: DELETE /datasets/{id})", limit)

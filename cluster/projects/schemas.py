@@ -23,7 +23,8 @@ class ProjectView(BaseModel):
     created_at: int
 
 
-QUOTA_FIELDS = ("services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb", "jobs")
+QUOTA_FIELDS = ("services", "instances", "workers", "models", "batch_size", "seq_len", "model_disk_mb", "jobs",
+                "storage_mb", "datasets")
 _Quota = Field(None, ge=1, le=1_000_000)
 
 
@@ -38,12 +39,15 @@ class QuotaSpec(StrictModel):
     seq_len: int | None = _Quota
     model_disk_mb: int | None = Field(None, ge=1, le=10**9, description="MiB of my models' weights, all versions.")
     jobs: int | None = Field(None, ge=1, le=1000, description="Active tuning and compression jobs together.")
+    storage_mb: int | None = Field(None, ge=1, le=10**9, description="MiB of dataset uploads, job outputs and "
+                                                                     "my models' versions together.")
+    datasets: int | None = Field(None, ge=1, le=100_000, description="Dataset uploads kept.")
 
 
 class QuotaView(BaseModel):
     """What a project may use: model services, engine instances over its running services, Ray Train workers
     of one job, my models, a job's global batch size and sequence length, MiB of my models' weights, active
-    jobs (tuning and compression together)."""
+    jobs (tuning and compression together), MiB of all its storage, dataset uploads."""
 
     project_id: str
     services: int
@@ -54,4 +58,6 @@ class QuotaView(BaseModel):
     seq_len: int
     model_disk_mb: int
     jobs: int
+    storage_mb: int
+    datasets: int
     overrides: list[str] = Field(description="The quotas an admin set for this project (the rest: defaults).")

@@ -1,0 +1,1 @@
+"""A project's dataset uploads: store, list, delete, validate, expire."""
