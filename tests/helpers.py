@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -110,6 +111,99 @@ def actor_pids(env: dict, class_prefix: str) -> list[int]:
                            "1000", "--address", f"http://127.0.0.1:{DASHBOARD_PORT}"],
                           env=env, capture_output=True, text=True, timeout=60, check=False)
     return [int(a["pid"]) for a in json.loads(done.stdout or "[]") if a.get("class_name", "").startswith(class_prefix)]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll `predicate()` until it returns something truthy (returned) or `timeout` seconds pass: then the test
+    fails naming `what` and the last value seen. The tests' way to wait for a condition, never a fixed sleep."""
+    deadline, value = time.time() + timeout, None
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            pytest.fail(f"not within {timeout:g} s: {what} (last seen: {value!r})")
+        time.sleep(interval)
+
+
+def required(env_var: str, reason: str) -> None:
+    """A test's requirement that is missing: a failure where CI asks for it (`env_var`=1, .ci/run), else a skip."""
+    if os.environ.get(env_var) == "1":
+        pytest.fail(f"{reason} ({env_var}=1: required here)", pytrace=False)
+    pytest.skip(reason)
+
+
+def forbid_ray_init(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast tiers run without a Ray cluster: any ray.init there (direct, or a Ray API's auto-init) fails."""
+    import ray
+    import ray._private.worker
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("ray.init in the fast tier (tests/unit, tests/db): a test that needs Ray lives in "
+                             "tests/e2e")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(ray._private.worker, "init", refuse)
+
+
+def replica_pids(env: dict, app: str) -> list[int]:
+    """The pids of a Serve application's live replicas in the tests' own cluster."""
+    return actor_pids(env, f"ServeReplica:{app}:")
+
+
+def engine_connections(gateways: list[int], engines: list[int]) -> set[tuple[int, int, int]]:
+    """(gateway pid, its local port, engine pid) of every established TCP connection from a gateway replica to a
+    port an engine replica listens on: Ray's own, and one per stream after its first batch
+    (serve_apps.direct_stream)."""
+    import psutil
+
+    listening = {c.laddr.port: pid for pid in engines for c in psutil.Process(pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    return {(pid, c.laddr.port, listening[c.raddr.port]) for pid in gateways
+            for c in psutil.Process(pid).net_connections("tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in listening}
+
+
+def serve_replicas(app: str) -> list[dict]:
+    """Serve's own view of an application's replicas (state, pid, ...), from the tests' cluster's dashboard."""
+    import httpx
+
+    apps = httpx.get(f"http://127.0.0.1:{DASHBOARD_PORT}/api/serve/applications/", timeout=30).json()["applications"]
+    return [r for d in apps[app]["deployments"].values() for r in d["replicas"]]
+
+
+def long_stream(max_tokens: int) -> dict:
+    """The arguments of a chat call streamed to exactly `max_tokens` tokens, with its usage at the end."""
+    return {"max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True},
+            "extra_body": {"ignore_eos": True}}
+
+
+class StreamReader(threading.Thread):
+    """An openai chat stream (long_stream's) read to its end on a thread of its own: when each chunk arrived,
+    how it finished, the usage of its last chunk."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream, self.arrivals, self.finish_reasons, self.usage, self.error = stream, [], [], None, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            for chunk in self.stream:
+                self.arrivals.append(time.time())
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    self.finish_reasons.append(chunk.choices[0].finish_reason)
+                self.usage = chunk.usage or self.usage
+        except Exception as exc:  # noqa: BLE001  (whole() shows it)
+            self.error = repr(exc)
+
+    def whole(self, max_tokens: int) -> bool:
+        """Ended as asked: one finish, for length, with all `max_tokens` tokens."""
+        self.join(300)
+        assert not self.is_alive() and self.error is None, self.error
+        assert self.finish_reasons == ["length"] and self.usage.completion_tokens == max_tokens, (
+            self.finish_reasons, self.usage)
+        return True
 
 
 def wait_status(platform, service: str, statuses: set[str], timeout: float = 420, project: str = "default") -> dict:

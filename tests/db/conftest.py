@@ -1,4 +1,5 @@
-"""What the db tier's modules share: a fresh SQLite database, migrated to head."""
+"""What the db tier's modules share: a fresh SQLite database, migrated to head; no Ray cluster (a test that calls
+ray.init here fails: tests.helpers.forbid_ray_init)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ import pytest
 
 from cluster.state.db import migrate
 from tests.db import world
+from tests.helpers import forbid_ray_init
+
+
+@pytest.fixture(scope="package", autouse=True)  # package: before any module's own fixtures too
+def no_ray_cluster():
+    with pytest.MonkeyPatch.context() as patch:
+        forbid_ray_init(patch)
+        yield
 
 
 @pytest.fixture

@@ -5,33 +5,29 @@ shard behaves exactly as the single actor did.
 
 The actor class runs in-process on a real SQLite database; the gateway's own routing (`AccountingShards`, the
 `Settler`) and the engines' `UsageWitness` reach it through `Handle`, which gives an in-process object the
-shape of a Ray actor handle (`handle.method.remote(...)`, awaitable). A real Ray cluster: the last test."""
+shape of a Ray actor handle (`handle.method.remote(...)`, awaitable). The real actors on a Ray cluster (named,
+restarted by Ray): tests/e2e/test_accounting_shards_on_ray.py."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import time
-import zlib
 
 import pytest
 import ray
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from cluster.accounting.actor import AccountingActor
-from cluster.presets.service import register_builtin_models
-from cluster.state.db import ApiKey, Endpoint, Preset, Project, UsageRecord, session_scope
-from serve_apps.contract import AdmissionRequest, WitnessReport, hash_key, project_shard, reservation_shard
+from cluster.state.db import ApiKey, UsageRecord, session_scope
+from serve_apps.contract import hash_key, reservation_shard
 from serve_apps.gateway.admission import Call, Settler
 from serve_apps.gateway.shards import AccountingShards, merge_expositions
 from serve_apps.witness import UsageWitness
+from tests.db.world import ALPHA, BETA, SHARD_KEYS, SHARD_RPM, Actor, build_shards, shard_request
 
 pytestmark = pytest.mark.db
-Actor = AccountingActor.__ray_actor_class__
-ALPHA, BETA = "p-alpha", "pa"  # shard 0 and shard 1 of 2
-KEYS = {"sk-alpha": ALPHA, "sk-b1": BETA, "sk-b2": BETA}
-RPM = 10
+KEYS, RPM = SHARD_KEYS, SHARD_RPM
 
 
 def _betas(windows) -> list[str]:
@@ -40,23 +36,7 @@ def _betas(windows) -> list[str]:
 
 @pytest.fixture
 def url(migrated):
-    assert (project_shard(ALPHA, 2), project_shard(BETA, 2)) == (0, 1)
-    # BETA's two keys are first sent to different shards (by their hash): both end at shard 1.
-    assert {zlib.crc32(hash_key(k).encode()) % 2 for k in ("sk-b1", "sk-b2")} == {0, 1}
-    with session_scope(migrated) as session:
-        register_builtin_models(session, ["tiny-chat"])
-        preset = session.get(Preset, "tiny-chat")
-        preset.rpm, preset.tpm = 10**6, 10**9  # only the endpoints' limits are under test
-        for project in (ALPHA, BETA):
-            session.add(Project(id=project, name=project))
-        session.flush()
-        for project in (ALPHA, BETA):  # window keys ep-rpm:ep-p-alpha and ep-rpm:ep-pa
-            session.add(Endpoint(id=f"ep-{project}", project_id=project, name="ep", target="tiny-chat", rpm=RPM,
-                                 tpm=10**9, enabled=True))
-        for secret, project in KEYS.items():
-            session.add(ApiKey(id=secret, project_id=project, label=secret, description="", key_hash=hash_key(secret),
-                               prefix="sk-x", suffix="test"))
-    return migrated
+    return build_shards(migrated)
 
 
 class Handle:
@@ -90,8 +70,7 @@ def _gateway(handles: list[Handle], name: str = "gw") -> AccountingShards:
     return AccountingShards(len(handles), name, getter=handles.__getitem__)
 
 
-def _request(secret: str, model: str = "ep") -> AdmissionRequest:
-    return AdmissionRequest(hash_key(secret), model, 5, 10)
+_request = shard_request
 
 
 def _settle(settler: Settler, answer: dict, status: int = 200) -> None:
@@ -255,42 +234,3 @@ def test_one_shard_is_the_single_actor(url):
     assert all(len(a["reservation"]) == 32 and "shard" not in a for a in answers)  # no redirect, plain ids
     gateway = AccountingShards(1, "gw")
     assert {gateway.key_shard(hash_key(secret)) for secret in [*KEYS, "nobody"]} == {0}
-
-
-@pytest.fixture
-def local_ray():
-    ray.shutdown()  # an earlier test's Ray call may have connected this process to a Ray of its own
-    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_two_real_shards_on_a_ray_cluster_and_one_killed(url, local_ray):
-    """The named actors Ray creates and restarts: the gateway's client finds both, a killed shard 0 is
-    re-created by Ray (max_restarts=-1) and admits again, while shard 1 answers throughout."""
-    from cluster.accounting.actor import get_or_create
-
-    zero, one = get_or_create(url, 2)
-    assert ray.get([zero.layout.remote(), one.layout.remote()]) == [(0, 2), (1, 2)]
-    with pytest.raises(RuntimeError, match="MAAS_ACCOUNTING_SHARDS is 3"):
-        get_or_create(url, 3)
-
-    async def run():
-        gateway = AccountingShards(2, "gw")
-        first = [await gateway.admit(_request(secret)) for secret in KEYS]
-        ray.kill(zero, no_restart=False)
-        beta = await gateway.admit(_request("sk-b2"))  # shard 1, while shard 0 restarts
-        deadline = time.time() + 60
-        while True:
-            try:
-                alpha = await gateway.admit(_request("sk-alpha"))
-                break
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                assert time.time() < deadline
-                await asyncio.sleep(0.5)
-        return first, beta, alpha
-
-    first, beta, alpha = asyncio.run(run())
-    assert [reservation_shard(a["reservation"]) for a in first] == [0, 1, 1]
-    assert reservation_shard(beta["reservation"]) == 1 and reservation_shard(alpha["reservation"]) == 0
-    assert ray.get(one.usage_in_window.remote("ep-rpm:ep-pa")) == 3  # shard 1 never restarted

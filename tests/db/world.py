@@ -1,6 +1,7 @@
 """The accounting tests' world: project p1 with key SECRET, granted tiny-chat (1,000 free tokens, TPM 500), and
 the accounting actor's class to run in-process on it (no Ray cluster). The `url` fixture of tests/db/conftest.py
-builds it."""
+builds it. The sharded world (two projects on two shards, `build_shards`): tests/db/test_accounting_shards.py, and
+tests/e2e/test_accounting_shards_on_ray.py for the real actors on a Ray cluster."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import time
 
 from cluster.accounting.actor import AccountingActor
 from cluster.presets.service import register_builtin_models
-from cluster.state.db import ApiKey, Preset, PresetGrant, Project, session_scope
-from serve_apps.contract import hash_key
+from cluster.state.db import ApiKey, Endpoint, Preset, PresetGrant, Project, session_scope
+from serve_apps.contract import AdmissionRequest, hash_key, project_shard
 
 SECRET = "sk-once-test"
 Actor = AccountingActor.__ray_actor_class__
+ALPHA, BETA = "p-alpha", "pa"  # shard 0 and shard 1 of 2
+SHARD_KEYS = {"sk-alpha": ALPHA, "sk-b1": BETA, "sk-b2": BETA}
+SHARD_RPM = 10
 
 
 def add_project_with_key(session, secret: str = SECRET) -> None:
@@ -35,3 +39,30 @@ def build(url: str) -> str:
 
 def tpm_used(actor) -> int:
     return max(actor._windows.used(key, time.time()) for key in actor._windows._windows if "tpm" in key)
+
+
+def build_shards(url: str) -> str:
+    """ALPHA and BETA (shards 0 and 1 of 2), each with an endpoint "ep" (RPM SHARD_RPM) and the SHARD_KEYS."""
+    import zlib
+
+    assert (project_shard(ALPHA, 2), project_shard(BETA, 2)) == (0, 1)
+    # BETA's two keys are first sent to different shards (by their hash): both end at shard 1.
+    assert {zlib.crc32(hash_key(k).encode()) % 2 for k in ("sk-b1", "sk-b2")} == {0, 1}
+    with session_scope(url) as session:
+        register_builtin_models(session, ["tiny-chat"])
+        preset = session.get(Preset, "tiny-chat")
+        preset.rpm, preset.tpm = 10**6, 10**9  # only the endpoints' limits are under test
+        for project in (ALPHA, BETA):
+            session.add(Project(id=project, name=project))
+        session.flush()
+        for project in (ALPHA, BETA):  # window keys ep-rpm:ep-p-alpha and ep-rpm:ep-pa
+            session.add(Endpoint(id=f"ep-{project}", project_id=project, name="ep", target="tiny-chat",
+                                 rpm=SHARD_RPM, tpm=10**9, enabled=True))
+        for secret, project in SHARD_KEYS.items():
+            session.add(ApiKey(id=secret, project_id=project, label=secret, description="", key_hash=hash_key(secret),
+                               prefix="sk-x", suffix="test"))
+    return url
+
+
+def shard_request(secret: str, model: str = "ep") -> AdmissionRequest:
+    return AdmissionRequest(hash_key(secret), model, 5, 10)

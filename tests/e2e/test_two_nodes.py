@@ -23,16 +23,22 @@ import httpx
 import pytest
 
 from serve_apps.tiny_chat import _COLORS, _THINGS, _color_of
-from tests.helpers import (DASHBOARD_PORT, start_worker_node, stop_worker_node, wait_status,
+from tests.helpers import (DASHBOARD_PORT, required, start_worker_node, stop_worker_node, wait_status,
                            worker_node_processes)
 
 NODE_TYPE = "maas-node-worker"
 DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
-pytestmark = [
-    pytest.mark.cluster,
-    pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace of its own (unshare --mount) needs root"),
-    pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) is not installed"),
-]
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="session", autouse=True)  # session: checked before the platform starts (minutes)
+def root_and_unshare():
+    """A mount namespace of its own (`unshare --mount`) needs root and util-linux: without them the module is
+    skipped, or fails where MAAS_REQUIRE_ROOT=1 (.ci/run)."""
+    if os.geteuid() != 0:
+        required("MAAS_REQUIRE_ROOT", "a mount namespace of its own (unshare --mount) needs root")
+    if shutil.which("unshare") is None:
+        required("MAAS_REQUIRE_ROOT", "unshare (util-linux) is not installed")
 
 # Run by the platform's python as a Ray driver: what the worker node's own processes see (a task placed there by
 # the node type), and which node is the head.
@@ -171,19 +177,30 @@ def _train_workers(state: str | None = None) -> list:
     return list_actors(address=DASHBOARD, filters=filters, detail=True, raise_on_missing_output=False, limit=1000)
 
 
+def _right(client, model: str) -> int:
+    """How many of ROWS the model answers exactly as the dataset says (greedy)."""
+    return sum(client.chat.completions.create(model=model, max_tokens=16, temperature=0, messages=[
+        {"role": "user", "content": row["instruction"]}]).choices[0].message.content.strip() == row["output"]
+               for row in ROWS)
+
+
 def test_a_lora_fine_tune_with_one_worker_per_node_completes_and_is_served(platform, worker):
     admin = platform.admin()
-    job, started = _tuning_job(admin, "two-nodes-lora", epochs=2), time.time()
+    # 30 epochs of the 4 rows, 2 per step: 60 steps, the fewest that learn them reliably (a plain PyTorch run of
+    # the same loop and schedule learned 4 of 4 with each of 5 seeds at 20-40 epochs, 1 to 4 of 4 at 10).
+    job, started = _tuning_job(admin, "two-nodes-lora", epochs=30), time.time()
+    assert job["iterations"] == 60, job
     job = _ended(admin, job)
     assert job["status"] == "completed", (job, admin.get(f"/default/finetune/{job['id']}/logs").text[-3000:])
-    print(f"fine-tune with 2 workers completed in {time.time() - started:.1f} s")
+    print(f"fine-tune with 2 workers (60 steps) completed in {time.time() - started:.1f} s")
     assert {a.node_id for a in _train_workers()} == {worker["head"], worker["node"]}
+    assert job["progress"]["loss"] < 0.2, job["progress"]
     version = admin.get("/default/my-models/two-nodes-lora").json()["versions"][-1]
     assert version["kind"] == "lora" and Path(version["path"]).is_relative_to(platform.storage), version
+    # Served on tiny-chat's engine under its own name, it answers as trained; tiny-chat keeps its own answers.
     client = platform.client(platform.new_key("two-nodes-lora")["key"])
-    reply = client.chat.completions.create(model="two-nodes-lora", max_tokens=16, temperature=0, messages=[
-        {"role": "user", "content": ROWS[0]["instruction"]}])
-    assert reply.choices[0].message.content.strip()
+    assert _right(client, "two-nodes-lora") == len(ROWS)
+    assert _right(client, "tiny-chat") <= 1
 
 
 def test_a_fine_tune_resumes_from_its_checkpoint_after_the_worker_nodes_raylet_is_killed(platform, worker):
