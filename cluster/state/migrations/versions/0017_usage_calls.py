@@ -2,13 +2,13 @@
 within a minute fold into one row after the first few (cluster.accounting.refusals), so a loop of refused
 calls cannot grow the table without bound; statistics sum `calls`.
 
-Revision ID: 0019
+Revision ID: 0017
 Revises: 0016
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019"
+revision = "0017"
 down_revision = "0016"
 branch_labels = None
 depends_on = None
