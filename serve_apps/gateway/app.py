@@ -293,9 +293,11 @@ class Gateway:
         handle = self._handle(route)
         if route.get("lora"):
             handle = handle.options(multiplexed_model_id=route["lora"])
+        counted = body.model_copy(update={"model": route["engine_model"]})
+        if "chat_template_kwargs" in type(counted).model_fields:  # the prompt as it would be served
+            _thinking_default(counted, self._card(route))
         try:
-            error = await handle.context_error.remote(body.model_copy(update={"model": route["engine_model"]})
-                                                      ).__anext__()
+            error = await handle.context_error.remote(counted).__anext__()
         except Exception as exc:  # noqa: BLE001  (no engine to ask: the limit's refusal stands)
             log.warning("the context check failed (%s: %s)", type(exc).__name__, exc)
             return
