@@ -1,8 +1,8 @@
 """Trust, round 2 (issue 26), jobs on the real platform: a project's own key cannot hold more active jobs than its
 quota (tuning and compression together), and every job's Ray Job driver asks Ray for CPU and memory, so it is
 scheduled like a task (a head started with no CPUs never runs one) and the job still starts on this node.
-Black-box: HTTP with the tenant's own key (the admin key only sets the quota) and Ray's JobSubmissionClient,
-which shows what the driver asked for. The same refusals without Ray: tests/db/test_trust_limits.py."""
+Black-box: HTTP with the tenant's own key (the admin key only sets the quota), and Ray's state API, which shows
+what the Ray Job's driver (its JobSupervisor actor) asked Ray for. The same refusals without Ray: tests/db/test_trust_limits.py."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tests.helpers import DASHBOARD_PORT
 
 pytestmark = pytest.mark.e2e
 CHAT = "tiny-chat"
+DASHBOARD = f"http://127.0.0.1:{DASHBOARD_PORT}"
 FULL = {"error_code": "MaaS.0400", "error_msg": "Over the project's quota: at most 1 active jobs, tuning and "
                                                 "compression together (1 active; stop one or wait for it to end). "
                                                 "An admin can raise it (maas projects quotas)."}
@@ -38,7 +39,7 @@ def tenant(platform):
 def ray_jobs(platform):
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(f"http://127.0.0.1:{DASHBOARD_PORT}")
+    return JobSubmissionClient(DASHBOARD)
 
 
 def _started(ray_jobs, submission_id: str, timeout: float = 120):
@@ -47,6 +48,16 @@ def _started(ray_jobs, submission_id: str, timeout: float = 120):
     while (info := ray_jobs.get_job_info(submission_id)).status.value == "PENDING" and time.time() < deadline:
         time.sleep(1)
     return info
+
+
+def _driver_asked(submission_id: str) -> dict:
+    """What the Ray Job's driver asked Ray for (the resources its JobSupervisor actor was scheduled with)."""
+    from ray.dashboard.modules.job.common import JOB_ACTOR_NAME_TEMPLATE
+    from ray.util.state import list_actors
+
+    name = JOB_ACTOR_NAME_TEMPLATE.format(job_id=submission_id)
+    (actor,) = list_actors(address=DASHBOARD, filters=[("name", "=", name)], detail=True)
+    return actor.required_resources
 
 
 def _ended(tenant, path: str, timeout: float = 180) -> dict:
@@ -64,13 +75,13 @@ def test_active_jobs_quota_and_driver_resources(tenant, ray_jobs, tmp_path):
     upload = tenant.post("/datasets", files={"file": ("colors.jsonl", dataset.read_bytes())})
     assert upload.status_code == 201, upload.text
     tuning = {"name": "tune", "model": CHAT, "type": "lora", "dataset": upload.json()["id"], "output_model": "tuned",
-              "epochs": 50}
+              "epochs": 50, "global_batch_size": 4}
     first = tenant.post("/compression", json={"name": "first", "model": CHAT, "strategy": "gptq-w4a16",
                                               "output_model": "first", "num_samples": 16, "max_seq_len": 128})
     assert first.status_code == 201, first.text
     info = _started(ray_jobs, f"{first.json()['id']}-run1")
     assert info.status.value != "PENDING", info.message  # the driver found a node with what it asked for
-    assert (info.entrypoint_num_cpus, info.entrypoint_memory) == (1, 2048 * 2**20)
+    assert _driver_asked(f"{first.json()['id']}-run1") == {"CPU": 1, "memory": 2048 * 2**20}
 
     second = tenant.post("/compression", json={"name": "second", "model": CHAT, "strategy": "gptq-w4a16",
                                                "output_model": "second", "num_samples": 16, "max_seq_len": 128})
@@ -85,6 +96,6 @@ def test_active_jobs_quota_and_driver_resources(tenant, ray_jobs, tmp_path):
     assert tune.status_code == 201, tune.text
     info = _started(ray_jobs, f"{tune.json()['id']}-run1")
     assert info.status.value != "PENDING", info.message
-    assert (info.entrypoint_num_cpus, info.entrypoint_memory) == (1, 1024 * 2**20)
+    assert _driver_asked(f"{tune.json()['id']}-run1") == {"CPU": 1, "memory": 1024 * 2**20}
     assert tenant.post("/finetune/tune/stop").status_code in (200, 409)  # 409: it ended meanwhile
     assert _ended(tenant, "/finetune/tune")["status"] in ("stopped", "completed", "failed")
