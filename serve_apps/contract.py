@@ -191,15 +191,20 @@ class EngineTotals(NamedTuple):
 
 
 class ActorMethods(Protocol):
-    """The accounting actor's methods the gateway calls (through `.remote`)."""
+    """The accounting actor's methods the gateway and the engines call (through `.remote`); the actor implements
+    each with this signature (tests/db/test_actor_contract.py checks it)."""
 
-    async def admit_many(self, requests: list[AdmissionRequest]) -> list[Admission]: ...
+    async def admit_many(self, requests: list[AdmissionRequest], gateway: str | None = None) -> list[Admission]: ...
+
+    def heartbeat(self, gateway: str) -> None: ...  # a gateway replica is alive
+
+    async def witnessed(self, reservation_id: str, wait_s: float = 0.0) -> tuple[int, int] | None: ...
 
     async def settle_many(self, settlements: list[Settlement]) -> int: ...
 
     async def witness_many(self, reports: list[WitnessReport]) -> None: ...  # from engine replicas
 
-    def engine_totals(self, totals: EngineTotals) -> None: ...  # from engine replicas
+    async def engine_totals(self, totals: EngineTotals) -> None: ...  # from engine replicas
 
     def list_models(self, key_hash: str) -> ModelList: ...
 

@@ -22,6 +22,7 @@ import hmac
 import logging
 import time
 from collections import deque
+from typing import NamedTuple
 
 import ray
 from sqlalchemy import func, select
@@ -69,6 +70,16 @@ def _row(record: UsageRecordDict) -> dict:
     return row
 
 
+class Held(NamedTuple):
+    """An admitted call's reservation, held until its settlement."""
+
+    windows: Reservation  # its entries in the token windows
+    record: RecordBase
+    quota_key: tuple[str, str] | None  # the free quota it draws on
+    admitted_at: float
+    gateway: str | None  # the gateway replica that carries it
+
+
 class Denied(Exception):
     def __init__(self, code: str, **params):
         self.code, self.params = code, params
@@ -96,8 +107,7 @@ class AccountingActor:
         self._routes = RouteTable()
         self._free_used: dict[tuple[str, str], int] = {}
         self._windows = Windows()
-        # reservation id -> (its window entries, its record, the free quota it draws on, when, which gateway)
-        self._reservations: dict[str, tuple[Reservation, RecordBase, tuple[str, str] | None, float, str | None]] = {}
+        self._reservations: dict[str, Held] = {}  # reservation id -> what it holds
         self._witnessed: dict[str, WitnessReport] = {}  # reservation id -> the engine's count of the call
         self._witness_waits: dict[str, asyncio.Event] = {}  # reservation id -> set when its report arrives
         self._gateways: dict[str, float] = {}  # gateway replica id -> when it last said it is alive
@@ -276,8 +286,8 @@ class AccountingActor:
             return answer
         reservation_id = new_reservation(self._shard)
         record = self._record_base(caller, model, endpoint, route)
-        self._reservations[reservation_id] = (self._windows.count(limits, tokens, now), record,
-                                              self._quota_key(caller["project_id"], route, now), now, gateway)
+        self._reservations[reservation_id] = Held(self._windows.count(limits, tokens, now), record,
+                                                  self._quota_key(caller["project_id"], route, now), now, gateway)
         self._metrics.in_flight(record, +1)
         return {"caller": caller, "route": route, "reservation": reservation_id, "record": record}
 
@@ -357,9 +367,9 @@ class AccountingActor:
             self._witnessed.pop(reservation_id, None)
         quota_key = None
         if held is not None:
-            self._windows.settle(held[0], tokens)
-            self._metrics.in_flight(held[1], -1)
-            quota_key = held[2]
+            self._windows.settle(held.windows, tokens)
+            self._metrics.in_flight(held.record, -1)
+            quota_key = held.quota_key
         elif reservation_id is not None:  # admitted before a restart: count it now so limits still hold
             endpoint, route = self._routes.resolve(record["project_id"], record["model"])
             if route is not None:
@@ -431,13 +441,14 @@ class AccountingActor:
             held = self._reservations.get(reservation_id)
             if held is None:
                 del self._witnessed[reservation_id]
-            elif not self._alive(held[4], now):
+            elif not self._alive(held.gateway, now):
                 report = self._witnessed.pop(reservation_id)
                 due.append(self._lost(reservation_id, held, report, now))
         for reservation_id, held in list(self._reservations.items()):
-            if (reservation_id not in self._witnessed and now - held[3] >= RESERVATION_LEASE_S
-                    and not self._alive(held[4], now)):
-                due.append(self._lost(reservation_id, held, WitnessReport(reservation_id, 0, 0, held[3], False), now))
+            if (reservation_id not in self._witnessed and now - held.admitted_at >= RESERVATION_LEASE_S
+                    and not self._alive(held.gateway, now)):
+                due.append(self._lost(reservation_id, held,
+                                      WitnessReport(reservation_id, 0, 0, held.admitted_at, False), now))
         pending, self._unswept = self._unswept + due, []
         if not pending:
             return 0
@@ -451,8 +462,8 @@ class AccountingActor:
         return len(due)
 
     @staticmethod
-    def _lost(reservation_id: str, held: tuple, report: WitnessReport, now: float) -> Settlement:
-        return Settlement(reservation_id, held[1] | {
+    def _lost(reservation_id: str, held: Held, report: WitnessReport, now: float) -> Settlement:
+        return Settlement(reservation_id, held.record | {
             "request_id": reservation_id, "ts": report.started, "prompt_tokens": report.prompt_tokens,
             "completion_tokens": report.completion_tokens, "status_code": 502, "error_code": "MaaS.0502",
             "latency_ms": max(now - report.started, 0.0) * 1000, "ttft_ms": None, "tpot_ms": None, "client_ip": "",

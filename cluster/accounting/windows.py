@@ -53,7 +53,6 @@ class Reservation:
     """What an admitted request holds until it is settled."""
 
     entries: list[tuple[str, list]] = field(default_factory=list)  # (window key, entry) of token windows
-    free_quota_key: tuple[str, str] | None = None
 
 
 class Windows:
