@@ -64,8 +64,8 @@ def test_a_json_array_is_read_a_chunk_at_a_time(tmp_path):
 
 def test_a_json_array_on_one_line_keeps_its_columns(tmp_path):
     path = tmp_path / "one-line.json"
-    path.write_text("[" + '{"text": "a"}, ' * 200_000 + '{"text": }]')
-    error = RowError(line=1, field="line", reason=f"Invalid JSON: Expecting value at column {1 + 15 * 200_000 + 9 + 1}")
+    path.write_text("[" + '{"text": "a"}, ' * 100_000 + '{"text": }]')  # 1.5 MB: over one chunk of 1 MiB
+    error = RowError(line=1, field="line", reason=f"Invalid JSON: Expecting value at column {1 + 15 * 100_000 + 9 + 1}")
     assert validate_dataset(path, "alpaca", kind="pretrain", limits=DatasetLimits(max_rows=10**6)) == [error]
 
 
@@ -115,7 +115,7 @@ def test_the_isolated_check_answers_as_the_in_process_one(tmp_path):
 
 def test_a_file_that_needs_more_memory_than_the_child_has_is_refused(tmp_path):
     path = tmp_path / "one-huge-row.jsonl"
-    path.write_bytes(b'{"text": "' + b"x" * (300 * MiB) + b'"}\n')
+    path.write_bytes(b'{"text": "' + b"x" * (160 * MiB) + b'"}\n')
     limits = DatasetLimits(max_row_bytes=1024 * MiB)  # no row cap stops it first: the memory cap must
     check = check_isolated(path, "alpaca", "pretrain", limits, 256 * MiB, 60)
     assert check.errors == [RowError(line=0, field="file", reason="validating the file needs more than 256 MiB "
