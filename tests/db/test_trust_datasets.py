@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from cluster.settings import get_settings
-from cluster.state.db import CompressionJob, TuningJob, session_scope
+from cluster.state.db import CompressionJob, ModelVersion, MyModel, TuningJob, session_scope
 from tests.bodies import BOUNDARY, GiB, MiB, PeakRss, multipart_head, send_until_answered, upload, write_repeated
 from tests.helpers import free_port
 
@@ -215,8 +215,15 @@ def test_one_storage_quota_over_uploads_job_outputs_and_model_versions(base, adm
     one = tmp_path / "one.jsonl"
     one.write_text('{"instruction": "q", "output": "a"}\n')
     assert upload(owner, one).status_code == 400  # full: even a small upload
-    for name in ("ft-old",):
-        (get_settings().finetune_dir() / "hoarder" / name / "checkpoint.bin").unlink()
+    (outputs / "checkpoint.bin").unlink()
+    weights = get_settings().models_dir / "my" / "mdl-hoarder" / "v1"  # and so do its models' versions
+    write_repeated(weights.mkdir(parents=True) or weights / "model.safetensors", b"\0", MiB + MiB // 2)
+    with session_scope(get_settings().database_url) as session:
+        session.add(MyModel(id="mdl-hoarder", project_id="hoarder", name="kept", base_model="tiny-chat"))
+        session.flush()
+        session.add(ModelVersion(id="mv-hoarder", model_id="mdl-hoarder", version=1, path=str(weights)))
+    assert upload(owner, one).status_code == 400
+    (weights / "model.safetensors").unlink()
     assert upload(owner, one).status_code == 201 and upload(owner, one).status_code == 201
     counted = upload(owner, one)  # the fourth upload: over the count quota of 3
     assert counted.status_code == 400 and counted.json()["error_msg"].startswith("Over the project's quota: at "
