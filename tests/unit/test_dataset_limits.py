@@ -10,7 +10,7 @@ import zipfile
 
 import pytest
 
-from train_jobs.datasets import DatasetLimits, RowError, check_dataset, read_dataset, validate_dataset
+from train_jobs.datasets import DatasetLimits, RowError, check_dataset, read_dataset, report, validate_dataset
 from train_jobs.datasets.isolated import check_isolated
 
 pytestmark = pytest.mark.unit
@@ -127,3 +127,15 @@ def test_a_file_that_takes_too_long_is_refused(tmp_path):
     check = check_isolated(path, "alpaca", "pretrain", DatasetLimits(max_rows=10**8), 1024 * MiB, 0.5)
     assert check.errors == [RowError(line=0, field="file", reason="validating the file took longer than 0.5 s; "
                                                                   "split it into smaller files")]
+
+
+def test_a_report_fits_the_job_status_column_with_the_errors_that_fit():
+    errors = [RowError(line=n, field="output", reason="r" * 300) for n in range(1, 101)]
+    text = report(errors, stopped=True, max_chars=4000)
+    lines = text.splitlines()
+    assert len(text) <= 4000 and lines[0] == "dataset is invalid (validation stopped at the first 100 errors):"
+    shown = len(lines) - 2
+    assert lines[1:-1] == [f"  line {n}, output: {'r' * 300}" for n in range(1, shown + 1)]
+    assert lines[-1] == f"  ... {100 - shown} more" and shown == 12
+    assert report(errors[:2]) == "dataset is invalid (2 errors):\n" + "\n".join(
+        f"  line {n}, output: {'r' * 300}" for n in (1, 2))
