@@ -26,21 +26,20 @@ from typing import NamedTuple
 
 import ray
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DataError, IntegrityError, OperationalError, StatementError
 
+from cluster.accounting import store
+from cluster.accounting.engine_audit import EngineCounters
 from cluster.accounting.metrics import UsageMetrics
 from cluster.accounting.refusals import RefusalFolder, is_refusal
 from cluster.auth import playground_proof
 from cluster.accounting.routes import CALLABLE_STATUSES, RouteTable, load_routes
 from cluster.accounting.windows import Limit, Reservation, Windows
-from cluster.state.db import AdminKey, ApiKey, EngineCounterSample, UsageRecord, get_engine, session_scope
+from cluster.state.db import AdminKey, ApiKey, UsageRecord, session_scope
 from serve_apps.contract import (NAMESPACE, Admission, AdmissionRequest, Caller, EndpointRoute, ModelList, RecordBase,
                                  Route, Settlement, UsageRecord as UsageRecordDict, EngineTotals, WitnessReport,
                                  new_reservation, project_shard, shard_actor)
 
 log = logging.getLogger(__name__)
-FLUSH_DELAY_S = 0.002  # group commit: records arriving within this window share one transaction
 SETTLED_MEMORY = 200_000
 # A gateway replica that has not said it is alive for this long is dead: the engines' reports of the calls it
 # carried settle them (status 502, MaaS.0502). Gateways say so every HEARTBEAT_S (serve_apps.gateway.shards).
@@ -49,25 +48,7 @@ SWEEP_INTERVAL_S = 2.0
 # A call whose gateway died and whose engine never reported (both gone) is settled with no tokens after this.
 RESERVATION_LEASE_S = 3600.0
 WITNESS_WAIT_MAX_S = 10.0  # the longest a gateway's question for an engine's report of a call may wait
-ENGINE_SAMPLES_KEPT_S = 25 * 3600  # engine token counters kept for `maas usage audit` (ranges up to a day)
-MAX_UNWRITTEN_SAMPLES = 10_000  # engine samples held while the database is down (the oldest go first)
-RECORD_DEFAULTS = {"key_id": "", "service_type": "", "service_id": "", "endpoint_id": "", "model": "",
-                   "prompt_tokens": 0, "completion_tokens": 0, "status_code": 200, "error_code": "",
-                   "latency_ms": 0.0, "ttft_ms": None, "tpot_ms": None, "client_ip": "", "stream": False,
-                   "playground": False, "replica_wait_ms": None}
 
-
-def _stripped(row: dict) -> dict:
-    """A refused record, kept for accounting: its counts and ids, free text cleared, marked as invalid."""
-    return row | {"model": "", "client_ip": "", "error_code": "MaaS.0400"}
-
-
-def _row(record: UsageRecordDict) -> dict:
-    """A usage_records row: defaults filled, free text cut to its column (PostgreSQL refuses longer)."""
-    row = RECORD_DEFAULTS | record
-    for column, size in (("model", 128), ("client_ip", 64), ("error_code", 64), ("service_id", 128)):
-        row[column] = (row[column] or "").replace("\x00", "")[:size]  # PostgreSQL refuses NUL in text
-    return row
 
 
 class Held(NamedTuple):
@@ -113,18 +94,15 @@ class AccountingActor:
         self._gateways: dict[str, float] = {}  # gateway replica id -> when it last said it is alive
         self._unswept: list[Settlement] = []  # settlements of dead gateways' calls not yet written
         self._sweeper: asyncio.Task | None = None
-        self._engine_samples: dict[str, tuple[str, deque]] = {}  # replica -> (app, [(at, prompt, generation)])
-        self._unwritten_samples: list[dict] = []  # engine samples the database has not taken yet (bounded)
-        self._samples_pruned = 0.0
-        self._batch: list[dict] = []
-        self._batch_done: asyncio.Future | None = None
+        self._engines = EngineCounters(database_url)
+        self._durable = store.GroupCommit(lambda rows: self._write(rows))
         self._settled: set[str] = set()  # recent request ids, so a re-sent settlement is not counted twice
         self._settled_order: deque[str] = deque()
         self._metrics = UsageMetrics()
         self._load()
         self._rebuild_windows()
         if shard == 0:
-            self._load_engine_samples()
+            self._engines.load()
 
     # -- state from SQL ---------------------------------------------------------------------------
     def _load(self) -> None:
@@ -326,7 +304,7 @@ class AccountingActor:
         for reservation_id, record in settlements:
             new = self._settle(reservation_id, record)
             fresh += new
-            row = _row(record)
+            row = store.row(record)
             if is_refusal(reservation_id, row) and (self._refusals.folded(row["request_id"])
                                                     or (new and not self._refusals.take(row))):
                 self._start_sweeper()  # it writes the folded counts
@@ -344,12 +322,8 @@ class AccountingActor:
                    if record["request_id"] not in self._settled and reservation_id is not None
                    and reservation_id not in self._reservations]
         if unknown:
-            for request_id in await asyncio.to_thread(self._stored_ids, unknown):
+            for request_id in await asyncio.to_thread(store.stored_ids, self._url, unknown):
                 self._remember(request_id)
-
-    def _stored_ids(self, request_ids: list[str]) -> set[str]:
-        with session_scope(self._url) as session:
-            return set(session.scalars(select(UsageRecord.request_id).where(UsageRecord.request_id.in_(request_ids))))
 
     def _remember(self, request_id: str) -> None:
         self._settled.add(request_id)
@@ -435,7 +409,7 @@ class AccountingActor:
         await self._flush_refusals(now)
         if self._shard == 0 and now - self._pruned_at > 3600:
             self._pruned_at = now
-            await asyncio.to_thread(self._prune, now - self._retention_s)
+            await asyncio.to_thread(store.prune, self._url, now - self._retention_s)
         due: list[Settlement] = []
         for reservation_id in list(self._witnessed):
             held = self._reservations.get(reservation_id)
@@ -469,127 +443,26 @@ class AccountingActor:
             "latency_ms": max(now - report.started, 0.0) * 1000, "ttft_ms": None, "tpot_ms": None, "client_ip": "",
             "stream": report.stream})
 
-    # -- the engines' own counters, for `maas usage audit` -------------------------------------------------
+    # -- the engines' own counters, for `maas usage audit` (cluster.accounting.engine_audit) -----------------
     async def engine_totals(self, totals: EngineTotals) -> None:
-        """An engine replica's counters now. Kept in memory for the audit and written to SQL, so that a restart
-        of this actor keeps every range's baseline (the counters are cumulative per replica: without the
-        samples before a restart, a range would count all the replica ever processed)."""
-        totals = EngineTotals(*totals)
-        self._keep_sample(totals.replica, totals.app_name, totals.at, totals.prompt_tokens, totals.generation_tokens)
-        # The columns are EngineTotals' fields; samples a failed write left wait here (the newest kept).
-        rows = [*self._unwritten_samples, totals._asdict()][-MAX_UNWRITTEN_SAMPLES:]
-        self._unwritten_samples = []
-        try:
-            await asyncio.to_thread(self._write_samples, rows, totals.at - ENGINE_SAMPLES_KEPT_S)
-        except Exception as exc:  # noqa: BLE001  (the database is down: written with the next sample)
-            self._unwritten_samples = rows + self._unwritten_samples
-            log.warning("engine counter samples not written yet (%s)", type(exc).__name__)
-
-    def _keep_sample(self, replica: str, app_name: str, at: float, prompt: int, generation: int) -> None:
-        _, samples = self._engine_samples.setdefault(replica, (app_name, deque()))
-        samples.append((at, prompt, generation))
-        while len(samples) > 2 and samples[1][0] < at - ENGINE_SAMPLES_KEPT_S:
-            samples.popleft()  # the oldest kept is the baseline of the longest range
-
-    def _write_samples(self, rows: list[dict], older_than: float) -> None:
-        with session_scope(self._url) as session:
-            session.execute(EngineCounterSample.__table__.insert(), rows)
-            if time.time() - self._samples_pruned > 3600:
-                session.execute(EngineCounterSample.__table__.delete().where(EngineCounterSample.at < older_than))
-                self._samples_pruned = time.time()
-
-    def _load_engine_samples(self) -> None:
-        since = time.time() - ENGINE_SAMPLES_KEPT_S
-        with session_scope(self._url) as session:
-            for row in session.execute(select(EngineCounterSample.replica, EngineCounterSample.app_name,
-                                              EngineCounterSample.at, EngineCounterSample.prompt_tokens,
-                                              EngineCounterSample.generation_tokens)
-                                       .where(EngineCounterSample.at >= since).order_by(EngineCounterSample.at)):
-                self._keep_sample(*row)
+        await self._engines.record(totals)
 
     def engine_deltas(self, since: float) -> dict[str, list[int]]:
-        """Tokens each engine application processed since `since`: per replica, its latest counters minus
-        those it had at `since` (zero for a replica whose first report came later: the counters start at zero
-        and a replica reports within seconds of its first step)."""
-        deltas: dict[str, list[int]] = {}
-        for app, samples in self._engine_samples.values():
-            base = next((s for s in reversed(samples) if s[0] <= since), (since, 0, 0))
-            latest = samples[-1]
-            total = deltas.setdefault(app, [0, 0])
-            total[0] += latest[1] - base[1]
-            total[1] += latest[2] - base[2]
-        return deltas
+        return self._engines.deltas(since)
 
-    async def _durable(self, records: list[dict]) -> None:
-        if self._batch_done is None:
-            self._batch_done = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_later(FLUSH_DELAY_S, lambda: asyncio.ensure_future(self._flush()))
-        self._batch.extend(records)
-        await asyncio.shield(self._batch_done)
-
-    async def _flush(self) -> None:
-        rows, done = self._batch, self._batch_done
-        self._batch, self._batch_done = [], None
-        try:
-            await asyncio.to_thread(self._write, rows)
-            done.set_result(len(rows))
-        except Exception as exc:  # the callers' settle calls fail; their gateways re-send
-            log.exception("writing %d usage records failed", len(rows))
-            done.set_exception(exc)
-
+    # -- SQL (cluster.accounting.store) ---------------------------------------------------------------
     def _write(self, rows: list[dict]) -> None:
-        """One transaction for the batch. If the database refuses the batch for what is in it (not because it
-        is unreachable), each row goes alone, and a row refused alone is kept with its free text cleared and
-        marked `MaaS.0400`: one bad record never blocks the others, and nothing is re-sent forever."""
-        engine = get_engine(self._url)
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        statement = dialect.insert(UsageRecord).on_conflict_do_nothing(index_elements=["request_id"])
-        try:
-            with engine.begin() as conn:
-                conn.execute(statement, rows)
-            return
-        except (DataError, IntegrityError, StatementError) as exc:
-            if isinstance(exc, OperationalError) or len(rows) == 0:
-                raise
-            log.warning("a batch of %d usage records was refused (%s); writing them one by one",
-                        len(rows), type(exc).__name__)
-        for row in rows:
-            for attempt in (row, _stripped(row)):
-                try:
-                    with engine.begin() as conn:
-                        conn.execute(statement, [attempt])
-                    break
-                except (DataError, IntegrityError, StatementError) as exc:
-                    if isinstance(exc, OperationalError):
-                        raise
-                    log.warning("usage record %s refused: %s", row.get("request_id"), type(exc).__name__)
+        store.write_records(self._url, rows)
 
     async def _flush_refusals(self, now: float) -> None:
         rows = self._refusals.due(now)
         if not rows:
             return
         try:
-            await asyncio.to_thread(self._add_folded, rows)
+            await asyncio.to_thread(store.add_folded, self._url, rows)
         except Exception:
             self._refusals.put_back(rows)
             raise
-
-    def _add_folded(self, rows: list[dict]) -> None:
-        """Each folded row inserted, or its count added to the row already stored for its group and minute."""
-        engine = get_engine(self._url)
-        dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-        insert = dialect.insert(UsageRecord)
-        statement = insert.on_conflict_do_update(index_elements=["request_id"],
-                                                 set_={"calls": UsageRecord.calls + insert.excluded.calls})
-        with engine.begin() as conn:
-            conn.execute(statement, [_row(row) | {"calls": row["calls"]} for row in rows])
-
-    def _prune(self, older_than: float) -> None:
-        """MAAS_USAGE_RETENTION_DAYS: usage records older than that go."""
-        with session_scope(self._url) as session:
-            deleted = session.execute(UsageRecord.__table__.delete().where(UsageRecord.ts < older_than)).rowcount
-        if deleted:
-            log.info("deleted %d usage records older than the retention", deleted)
 
     # -- reads ----------------------------------------------------------------------------------------
     def list_models(self, key_hash: str) -> ModelList:

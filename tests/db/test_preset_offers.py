@@ -175,7 +175,7 @@ def test_one_record_the_database_refuses_does_not_block_its_batch(url):
     """Before, one bad row failed the whole group commit, and the gateways re-sent it forever."""
     from sqlalchemy import select
 
-    from cluster.accounting.actor import _row
+    from cluster.accounting.store import row as _row
     from cluster.state.db import UsageRecord
 
     actor = Actor(url)

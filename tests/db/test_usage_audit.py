@@ -47,16 +47,16 @@ def test_a_restarted_actor_keeps_the_baselines_of_a_range(url):
 def test_engine_samples_wait_for_the_database(url, monkeypatch):
     actor = Actor(url)
     t0 = time.time() - 60
-    real = actor._write_samples
+    real = actor._engines.write
 
     def down(rows, older_than):
         raise OSError("database unreachable")
-    monkeypatch.setattr(actor, "_write_samples", down)
+    monkeypatch.setattr(actor._engines, "write", down)
     asyncio.run(actor.engine_totals(EngineTotals("r1", "tiny-chat", 1, 10, t0)))
-    assert actor.engine_deltas(t0 - 1) == {"tiny-chat": [1, 10]} and len(actor._unwritten_samples) == 1
-    monkeypatch.setattr(actor, "_write_samples", real)
+    assert actor.engine_deltas(t0 - 1) == {"tiny-chat": [1, 10]} and len(actor._engines.unwritten) == 1
+    monkeypatch.setattr(actor._engines, "write", real)
     asyncio.run(actor.engine_totals(EngineTotals("r1", "tiny-chat", 2, 30, t0 + 5)))
-    assert actor._unwritten_samples == []
+    assert actor._engines.unwritten == []
     assert Actor(url).engine_deltas(t0 - 1) == {"tiny-chat": [2, 30]}
 
 
