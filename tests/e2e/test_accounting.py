@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import subprocess
+import threading
 import time
 import uuid
 
@@ -15,7 +16,7 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import BIN, DASHBOARD_PORT
+from tests.helpers import BIN, DASHBOARD_PORT, wait_for
 
 PROJECT = "acct"
 EMBED = "all-minilm-l6-v2"
@@ -129,14 +130,15 @@ def test_stream_record_has_ttft_tpot_and_engine_usage(platform):
     key = platform.new_key()
     stream = platform.client(key["key"]).chat.completions.create(
         model=CHAT, messages=[{"role": "user", "content": "what color is the sky ?"}], max_tokens=12,
-        temperature=0, stream=True, extra_headers={"X-Forwarded-For": "198.51.100.9"})
+        temperature=0, stream=True, extra_body={"ignore_eos": True}, extra_headers={"X-Forwarded-For": "198.51.100.9"})
     chunks = list(stream)
     assert all(c.usage is None for c in chunks)  # the client did not ask for usage; the platform still counts
-    rows = _wait_records(platform, "client_ip = '198.51.100.9'", 1)
-    assert rows[0]["stream"] and rows[0]["completion_tokens"] > 0 and rows[0]["prompt_tokens"] > 0
-    assert rows[0]["ttft_ms"] is not None and rows[0]["ttft_ms"] <= rows[0]["latency_ms"]
-    if rows[0]["completion_tokens"] > 1:
-        assert rows[0]["tpot_ms"] is not None
+    [row] = _wait_records(platform, "key_id = :k", 1, k=key["id"])
+    assert row["client_ip"] == "198.51.100.9" and row["stream"]
+    assert row["completion_tokens"] == 12 and row["prompt_tokens"] > 0  # the engine's count (ignore_eos: all 12)
+    # TTFT until the first chunk, then TPOT over the 11 tokens after it: within the call's latency.
+    assert row["ttft_ms"] > 0 and row["tpot_ms"] > 0
+    assert row["ttft_ms"] + 11 * row["tpot_ms"] <= row["latency_ms"] + 1e-6, row
 
 
 def test_preset_rules(platform, tenant):
@@ -204,21 +206,29 @@ def _accounting_pid(platform) -> int:
 def test_kill_the_actor_under_load_loses_no_record_and_limits_hold(platform, tenant):
     ep = _endpoint(tenant, "kill-load", rpm=400, tpm=1_000_000)
     victim = psutil.Process(_accounting_pid(platform))
-    answered, failed, stop = [], [], time.time() + 12
+    answered, failed, stop = [], [], threading.Event()
 
     def traffic():
-        while time.time() < stop:
+        while not stop.is_set():
             try:
                 answer = _embed(platform, tenant["key"], "kill-load", "load")
             except httpx.HTTPError as exc:
                 failed.append(str(exc))
+                stop.wait(0.2)  # while the actor restarts: no busy loop on a 2-core machine
                 continue
             (answered if answer.status_code == 200 else failed).append(answer.status_code)
+            if answer.status_code != 200:
+                stop.wait(0.2)
 
     with cf.ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(traffic) for _ in range(4)]
-        time.sleep(4)
-        victim.kill()  # SIGKILL
+        try:
+            wait_for(lambda: len(answered) >= 20, 60, "20 calls answered before the kill")
+            victim.kill()  # SIGKILL
+            killed_at = len(answered)
+            wait_for(lambda: len(answered) >= killed_at + 20, 120, "20 calls answered after the kill (a new actor)")
+        finally:
+            stop.set()
         for future in futures:
             future.result()
     assert answered, failed
@@ -234,38 +244,76 @@ def test_kill_the_actor_under_load_loses_no_record_and_limits_hold(platform, ten
     assert codes.count(200) == 3 and codes.count(429) == 3, codes
 
 
+def _figures_of_records(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """What the accounting's metrics of a project must say, from its usage records: calls by status (a row may
+    stand for several folded refusals: `calls`), and for the answered calls their tokens and how many were timed."""
+    answered = [r for r in rows if r["status_code"] < 400]
+    figures: dict[tuple[str, str], float] = {}
+    for row in rows:
+        key = ("maas_requests_total", str(row["status_code"]))
+        figures[key] = figures.get(key, 0) + row["calls"]
+    figures[("maas_tokens_total", "prompt")] = sum(r["prompt_tokens"] for r in answered)
+    figures[("maas_tokens_total", "completion")] = sum(r["completion_tokens"] for r in answered)
+    figures[("maas_request_latency_seconds_count", "")] = len(answered)
+    figures[("maas_prompt_tokens_sum", "")] = sum(r["prompt_tokens"] for r in answered)
+    figures[("maas_ttft_seconds_count", "")] = sum(r["ttft_ms"] is not None for r in answered)
+    figures[("maas_tpot_seconds_count", "")] = sum(r["tpot_ms"] is not None for r in answered)
+    return figures
+
+
+def _figures_of_metrics(platform, project: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    admin_only = {"Authorization": f"Bearer {platform.admin_key}"}  # /metrics names every project and key id
+    text = httpx.get(platform.base_url + "/metrics", headers=admin_only, timeout=30).text
+    wanted = {"maas_requests_total", "maas_tokens_total", "maas_request_latency_seconds_count",
+              "maas_prompt_tokens_sum", "maas_ttft_seconds_count", "maas_tpot_seconds_count"}
+    figures: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted and sample.labels.get("project") == project:
+                key = (sample.name, sample.labels.get("code") or sample.labels.get("kind") or "")
+                figures[key] = figures.get(key, 0) + sample.value
+    return figures
+
+
 def test_usage_statistics_and_metrics_match_the_records(platform, tenant):
     # Failures of its own, whatever ran before: an RPM refusal (81101) and a TPM refusal (81103) on endpoints.
     _endpoint(tenant, "stats-rpm", rpm=1)
     assert [_embed(platform, tenant["key"], "stats-rpm").status_code for _ in range(2)] == [200, 429]
     _endpoint(tenant, "stats-tpm", rpm=1000, tpm=60)
     assert _embed(platform, tenant["key"], "stats-tpm", "word " * 100).status_code == 429
-    rows = _records(platform, "project_id = :p", p=PROJECT)
-    while True:  # until the last settlements have landed
-        time.sleep(1)
-        now = _records(platform, "project_id = :p", p=PROJECT)
-        if len(now) == len(rows):
-            break
-        rows = now
+    # And a stream, for the TTFT and TPOT histograms.
+    list(platform.client(tenant["key"]).completions.create(model=CHAT, prompt="the sky", max_tokens=4, stream=True,
+                                                           extra_body={"ignore_eos": True}))
+    # The metrics move when a call settles, its record is durable just after: poll until they agree. The actor
+    # has lived since `maas up` (the kill test is disruptive: it runs later), so its metrics hold every call.
+    deadline = time.time() + 30
+    while (expected := _figures_of_records(rows := _records(platform, "project_id = :p", p=PROJECT))) != (
+            measured := _figures_of_metrics(platform, PROJECT)):
+        assert time.time() < deadline, (expected, measured)
+        time.sleep(0.5)
+    assert expected[("maas_ttft_seconds_count", "")] >= 1 and expected[("maas_requests_total", "429")] >= 2
+    failed = [r for r in rows if r["status_code"] >= 400]
     summary = tenant["admin"].get(f"/{PROJECT}/usage/summary", params={"range": "today"}).json()
     totals = summary["totals"]
-    assert totals["calls"] == len(rows)
-    assert totals["failures"] == sum(1 for r in rows if r["status_code"] >= 400)
-    assert totals["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows)
-    # The project's own key may read its usage; the CLI prints the same document.
+    assert totals == totals | {
+        "calls": sum(r["calls"] for r in rows), "failures": sum(r["calls"] for r in failed),
+        "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+        "completion_tokens": sum(r["completion_tokens"] for r in rows),
+        "total_tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows)}, totals
+    # The project's own key may read its usage: the same figures. The CLI prints the failures document.
     own = httpx.get(platform.base_url + f"/api/v1/{PROJECT}/usage/summary", params={"range": "today"},
                     headers={"Authorization": f"Bearer {tenant['key']}"})
-    assert own.status_code == 200 and own.json()["totals"]["calls"] >= totals["calls"]
+    assert own.status_code == 200 and own.json()["totals"] == totals
     failures = platform.maas_json("usage", "failures", "--project", PROJECT, "--range", "today")
-    codes = {c["code"] for g in failures["groups"] for c in g["codes"]}
-    assert "ModelArts.81101" in codes and "ModelArts.81103" in codes
-    # Counters restart with the actor (the disruptive kill test restarts it): make one stream to observe.
-    list(platform.client(tenant["key"]).completions.create(model=CHAT, prompt="the sky", max_tokens=4, stream=True))
-    deadline = time.time() + 30  # the stream is settled just after its last chunk, not before
-    admin_only = {"Authorization": f"Bearer {platform.admin_key}"}  # /metrics names every project and key id
-    while "maas_ttft_seconds_bucket" not in (metrics := httpx.get(platform.base_url + "/metrics",
-                                                                  headers=admin_only).text):
-        assert time.time() < deadline, metrics
-        time.sleep(0.2)
-    assert 'maas_requests_total{code="429",endpoint="' in metrics and f'project="{PROJECT}"' in metrics
-    assert "maas_ttft_seconds_bucket" in metrics and tenant["key"] not in metrics
+    by_code: dict[tuple[str, int], int] = {}
+    for row in failed:
+        key = (row["error_code"] or str(row["status_code"]), row["status_code"])
+        by_code[key] = by_code.get(key, 0) + row["calls"]
+    assert {(c["code"], c["status"]): c["count"] for g in failures["groups"] for c in g["codes"]} == by_code
+    assert failures["total"] == sum(by_code.values())
+    assert {"ModelArts.81101", "ModelArts.81103"} <= {code for code, _status in by_code}
+    admin_only = {"Authorization": f"Bearer {platform.admin_key}"}
+    metrics = httpx.get(platform.base_url + "/metrics", headers=admin_only).text
+    assert tenant["key"] not in metrics and 'maas_requests_total{code="429",endpoint="' in metrics

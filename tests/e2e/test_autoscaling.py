@@ -22,7 +22,7 @@ import openai
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import wait_status
+from tests.helpers import wait_for, wait_status
 
 NAME = "auto-llm"
 QUIET_S = 12  # long enough for the QPS check with two replicas after the load
@@ -87,7 +87,8 @@ def test_queueing_load_adds_a_replica_answers_throughout_and_scales_back(platfor
             ease.set()
             _until(platform, lambda v: v["replicas_running"] == 2, 360, "the second replica serving")
             serving = time.time()  # the quiet period counts from a ready replica (autoscaling/policy.py)
-            time.sleep(3)  # the new replica takes calls
+            answered_before = len(answered)  # the callers keep going with two replicas serving
+            wait_for(lambda: len(answered) >= answered_before + 4, 60, "4 calls answered with two replicas")
         finally:
             stop.set()
     loaded_s = time.time() - started

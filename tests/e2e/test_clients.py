@@ -175,6 +175,12 @@ def test_moderation_and_limits_apply_to_responses_and_messages(platform, http):
     finally:
         path.write_text("")
         time.sleep(1.3)
-    assert http.post("/v1/messages", json={"model": CHAT, "max_tokens": 0, "messages": []}).status_code == 400
+    nothing = http.post("/v1/messages", json={"model": CHAT, "max_tokens": 0, "messages": []})
+    assert (nothing.status_code, nothing.json()) == (400, {
+        "object": "error", "type": "BadRequestError", "param": None, "code": 400,
+        "message": "[{'type': 'greater_than_equal', 'loc': ('body', 'max_tokens'), 'msg': 'Input should be greater "
+                   "than or equal to 1', 'input': 0, 'ctx': {'ge': 1}}]"})
     unknown = http.post("/v1/responses", json={"model": "no-such-model", "input": "hi"})
-    assert unknown.status_code == 404
+    assert (unknown.status_code, unknown.json()) == (404, {
+        "object": "error", "type": "NotFoundError", "param": None, "code": 404,
+        "message": "The model `no-such-model` does not exist."})

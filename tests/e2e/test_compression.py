@@ -89,26 +89,51 @@ def test_compressed_versions_deploy_and_answer_like_the_original(platform, compr
             platform.maas("services", "delete", name, "--confirm", "DELETE", check=False)
 
 
+def _refused(status: int, code: str, message: str) -> tuple[int, dict]:
+    return status, {"error_code": code, "error_msg": message}
+
+
 def test_deploy_only_and_the_product_rules(platform, compressed):
+    def answer(response) -> tuple[int, dict]:
+        return response.status_code, response.json()
+
     with platform.admin() as admin:
         again = admin.post("/default/compression", json={"name": "again", "model": "tiny-awq", "strategy": "awq-w4a16",
                                                          "output_model": "x"})
-        assert again.status_code == 400 and "already compressed (awq-w4a16)" in again.json()["error_msg"]
+        assert answer(again) == _refused(400, "MaaS.0400", "Version 1 of 'tiny-awq' is already compressed "
+                                                           "(awq-w4a16); compress the original.")
+        # A dataset that exists: the only refusal left is finetune/service.py's rule for a compressed version.
+        upload = admin.post("/default/datasets", files={"file": ("colors.jsonl", json.dumps(
+            {"instruction": QUESTIONS[0], "output": "the sky is red ."}).encode() + b"\n")})
+        assert upload.status_code == 201, upload.text
         tune = admin.post("/default/finetune", json={"name": "t", "model": "tiny-awq", "type": "lora",
-                                                     "dataset": "ds-000000000000", "output_model": "y"})
-        assert tune.status_code in (400, 404)
-        for body in ({"migration_strength": 1.2, "strategy": "smoothquant-w8a8"}, {"migration_strength": 0.3},
-                     {"name": "9lives"}, {"output_model": "bad/name"}):
+                                                     "dataset": upload.json()["id"], "output_model": "y"})
+        assert answer(tune) == _refused(400, "MaaS.0400", "Version 1 of 'tiny-awq' is compressed (awq-w4a16): "
+                                                          "compressed models deploy only; tune the original.")
+        assert "t" not in [j["name"] for j in admin.get("/default/finetune").json()]  # nothing was recorded
+        for body, message in [
+                ({"migration_strength": 1.2, "strategy": "smoothquant-w8a8"},
+                 "migration_strength: Input should be less than or equal to 1"),
+                ({"migration_strength": 0.3}, "body: Value error, migration_strength applies to smoothquant-w8a8 only"),
+                ({"name": "9lives"}, "name: Value error, name must be 1-64 characters: a letter first, then letters, "
+                                     "digits, - or _"),
+                ({"output_model": "bad/name"}, "output_model: Value error, name must be 1-64 characters, start with a "
+                                               "letter (CJK included) and contain only letters, digits, _, - or .")]:
             bad = admin.post("/default/compression", json={"name": "ok", "model": CHAT, "strategy": "awq-w4a16",
                                                            "output_model": "o"} | body)
-            assert bad.status_code == 400, (body, bad.text)
-        assert admin.post("/default/compression", json={"name": "ok", "model": "nope", "strategy": "awq-w4a16",
-                                                        "output_model": "o"}).status_code == 404
+            assert answer(bad) == _refused(400, "MaaS.0400", message), body
+        nope = admin.post("/default/compression", json={"name": "ok", "model": "nope", "strategy": "awq-w4a16",
+                                                        "output_model": "o"})
+        assert answer(nope) == _refused(404, "MaaS.0404", "Model 'nope' does not exist.")
         job = compressed["gptq-w4a16"]
-        assert admin.post(f"/default/compression/{job['id']}/stop").status_code == 409  # completed
-        assert admin.delete(f"/default/compression/{job['id']}").status_code == 400  # no DELETE confirmation
+        assert answer(admin.post(f"/default/compression/{job['id']}/stop")) == _refused(
+            409, "MaaS.0409", "Cannot stop the job 'tiny-gptq' while it is completed; stop is allowed from: alarm, "
+                              "creating, pending, running, starting.")
+        assert answer(admin.delete(f"/default/compression/{job['id']}")) == _refused(
+            400, "MaaS.0400", "Deleting a compression job needs the confirmation text DELETE.")
         assert admin.delete(f"/default/compression/{job['id']}", params={"confirm": "DELETE"}).status_code == 204
-        assert admin.get(f"/default/compression/{job['id']}").status_code == 404
+        assert answer(admin.get(f"/default/compression/{job['id']}")) == _refused(
+            404, "MaaS.0404", f"Compression job {job['id']!r} does not exist.")
         assert admin.get("/default/my-models/tiny-gptq").json()["versions"]  # the version outlives its job
 
 

@@ -14,10 +14,11 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 import sqlalchemy as sa
 
-from tests.helpers import ROOT, wait_status
+from tests.helpers import ROOT, required, wait_status
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts" / "console"
@@ -34,10 +35,8 @@ def _chromium() -> str:
                            env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"})
             if Path(CHROMIUM).exists():
                 break
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("MAAS_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium, as root: .ci/run does)")
+    if not Path(CHROMIUM).exists():  # a failure where MAAS_REQUIRE_BROWSER=1 (.ci/run)
+        required("MAAS_REQUIRE_BROWSER", f"{CHROMIUM} is missing (apt-get install chromium, as root: .ci/run does)")
     return CHROMIUM
 
 
@@ -212,8 +211,10 @@ def test_usage_chart_with_data(project_page, console, platform, shot):
                                                 messages=[{"role": "user", "content": "hi"}])
         for _chunk in stream:
             pass
-    with pytest.raises(Exception):  # a failure, for the failure table
+    with pytest.raises(openai.NotFoundError) as refused:  # a failure, for the failure table
         client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.body == {"object": "error", "message": "The model `no-such-model` does not exist.",
+                                  "type": "NotFoundError", "param": None, "code": 404}
     deadline = time.time() + 30
     with platform.admin() as admin:
         while admin.get(f"/{PROJECT}/usage/summary").json()["totals"]["calls"] < 4 and time.time() < deadline:

@@ -39,20 +39,46 @@ def test_chat_answers_with_consistent_usage(client):
     assert getattr(choice.message, "reasoning_content", None) is None  # thinking is off by default
 
 
+def _tokens(client, max_tokens: int = 24, **params) -> list[tuple[int, ...]]:
+    """The token ids of each choice of a chat answer to ASK that runs to `max_tokens` (ignore_eos): compared as ids,
+    not as text, so that nothing a parser or the detokenizer does can make two different answers look equal."""
+    extra = params.pop("extra_body", {})
+    response = client.chat.completions.create(model=CHAT, messages=ASK, max_tokens=max_tokens,
+                                              extra_body={"ignore_eos": True, "return_token_ids": True} | extra,
+                                              **params)
+    assert response.usage.completion_tokens == max_tokens * len(response.choices)
+    assert all(c.finish_reason == "length" and len(c.token_ids) == max_tokens for c in response.choices)
+    return [tuple(c.token_ids) for c in response.choices]
+
+
 def test_sampling_parameters_are_honoured(client):
-    common = dict(model=CHAT, messages=ASK, max_tokens=12, temperature=1.0, top_p=0.9, seed=7,
-                  extra_body={"top_k": 20, "ignore_eos": True})
-    first = client.chat.completions.create(**common).choices[0].message.content
-    again = client.chat.completions.create(**common).choices[0].message.content
-    assert first == again  # same seed, same output
-    many = client.chat.completions.create(model=CHAT, messages=ASK, max_tokens=8, n=3, temperature=1.0,
-                                          extra_body={"top_k": 50})
+    [greedy] = _tokens(client, temperature=0)
+    seeds = range(1, 5)
+    # Sampled at temperature 1 the answers vary with the seed (tiny-chat's next token is far from certain in 24)...
+    assert any(_tokens(client, temperature=1.0, seed=seed) != [greedy] for seed in seeds)
+    # ... and the same seed gives the same answer.
+    same = dict(temperature=1.0, top_p=0.9, seed=7, extra_body={"top_k": 20})
+    assert _tokens(client, **same) == _tokens(client, **same)
+    # top_k=1, and a top_p below 1/1077 (tiny-chat has 1,077 tokens: its likeliest one always has more), leave only
+    # the likeliest token: the greedy answer, whatever the seed. (top_p=0.01 does not: where tiny-chat's next word is
+    # almost uniform, its likeliest token has less than 1 %.)
+    for seed in seeds:
+        assert _tokens(client, temperature=1.0, seed=seed, extra_body={"top_k": 1}) == [greedy], seed
+        assert _tokens(client, temperature=1.0, seed=seed, top_p=1e-4) == [greedy], seed
+    # Penalties on tokens already generated change a greedy answer that repeats tokens (tiny-chat's does).
+    [long] = _tokens(client, max_tokens=30, temperature=0)
+    assert len(set(long)) < len(long)
+    assert _tokens(client, max_tokens=30, temperature=0, frequency_penalty=2.0) != [long]
+    assert _tokens(client, max_tokens=30, temperature=0, presence_penalty=2.0) != [long]
+    assert _tokens(client, max_tokens=30, temperature=0, frequency_penalty=0.0, presence_penalty=0.0) == [long]
+    # n=3 sampled: three real completions of their own (indices, each to its length, usage for all of them).
+    many = client.chat.completions.create(model=CHAT, messages=ASK, max_tokens=30, n=3, temperature=1.0,
+                                          extra_body={"ignore_eos": True, "return_token_ids": True})
     assert [c.index for c in many.choices] == [0, 1, 2]
-    capped = client.chat.completions.create(model=CHAT, messages=ASK, max_tokens=5, extra_body={"ignore_eos": True},
-                                            presence_penalty=1.5, frequency_penalty=-0.5)
-    assert capped.usage.completion_tokens == 5 and capped.choices[0].finish_reason == "length"
-    greedy = client.chat.completions.create(model=CHAT, messages=ASK, max_tokens=30, temperature=0)
-    text = greedy.choices[0].message.content
+    assert many.usage.completion_tokens == 90 and all(len(c.token_ids) == 30 for c in many.choices)
+    assert len({tuple(c.token_ids) for c in many.choices}) == 3
+    greedy_text = client.chat.completions.create(model=CHAT, messages=ASK, max_tokens=30, temperature=0)
+    text = greedy_text.choices[0].message.content
     word = text.split()[1]
     cut = client.chat.completions.create(model=CHAT, messages=ASK, max_tokens=30, temperature=0, stop=[word])
     assert word not in cut.choices[0].message.content and len(cut.choices[0].message.content) < len(text)
@@ -104,7 +130,7 @@ def test_forced_tool_choice_yields_a_valid_call(client, tool_choice):
     _valid_delivery_call(calls[0])
 
 
-def test_auto_tool_call_is_parsed_and_tool_results_are_accepted(client):
+def test_auto_tool_call_is_parsed_and_tool_results_are_accepted(platform, client):
     weather = {"type": "function", "function": {"name": "get_weather", "description": "weather for a city",
                                                  "parameters": {"type": "object",
                                                                 "properties": {"city": {"type": "string"}},
@@ -118,11 +144,25 @@ def test_auto_tool_call_is_parsed_and_tool_results_are_accepted(client):
     assert json.loads(message.tool_calls[0].function.arguments)["city"]
     assert response.choices[0].finish_reason == "tool_calls"
     # Stateless multi-turn: the caller sends the history back, with the tool's answer.
-    follow_up = client.chat.completions.create(model=CHAT, max_tokens=16, tools=[weather], messages=[
-        *messages, message.model_dump(exclude_none=True),
-        {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "sunny, 10 degrees"}])
-    assert follow_up.choices[0].message is not None
-    assert follow_up.usage.prompt_tokens > response.usage.prompt_tokens
+    follow_up = client.chat.completions.create(
+        model=CHAT, max_tokens=16, temperature=0, tools=[weather], extra_body={"return_token_ids": True},
+        messages=[*messages, message.model_dump(exclude_none=True),
+                  {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "sunny, 10 degrees"}])
+    # The engine read the call and its result where the chat template puts them, last before the answer...
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(platform.home / "models" / CHAT / "tokenizer.json"))
+    prompt = tokenizer.decode(follow_up.prompt_token_ids, skip_special_tokens=False)
+    tail = ("</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>\nsunny, 10 degrees\n</tool_response>"
+            "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert prompt.endswith(tail), prompt
+    sent_back = json.loads(prompt[:-len(tail)].rsplit("<tool_call>", 1)[1])
+    assert sent_back == {"name": "get_weather", "arguments": json.loads(message.tool_calls[0].function.arguments)}
+    assert follow_up.usage.prompt_tokens == len(follow_up.prompt_token_ids) > response.usage.prompt_tokens
+    # ... and answered it: text the engine generated (its tokens, all counted), not another call.
+    answer = follow_up.choices[0]
+    assert answer.message.content and answer.message.content.strip() and not answer.message.tool_calls, answer
+    assert answer.finish_reason in ("stop", "length") and follow_up.usage.completion_tokens == len(answer.token_ids)
 
 
 def test_reasoning_content_when_thinking_is_on(client):
@@ -192,18 +232,24 @@ def test_rerank_sorts_by_relevance(http):
 
 
 def test_prompts_and_completions_are_not_logged(client):
-    import time
     import uuid
     from pathlib import Path
 
-    from tests.helpers import RAY_TEMP_DIR
+    from tests.helpers import RAY_TEMP_DIR, wait_for
 
-    marker = f"zebra{uuid.uuid4().hex[:12]}"
-    response = client.chat.completions.create(model=CHAT, max_tokens=8,
+    marker, request_id = f"zebra{uuid.uuid4().hex[:12]}", f"logcheck-{uuid.uuid4().hex}"
+    response = client.chat.completions.create(model=CHAT, max_tokens=8, extra_headers={"X-Request-ID": request_id},
                                               messages=[{"role": "user", "content": f"say {marker} ."}])
-    time.sleep(3)  # let the log files flush
     logs = Path(RAY_TEMP_DIR) / "session_latest" / "logs"
-    texts = [p.read_text(errors="ignore") for p in logs.rglob("*") if p.is_file() and p.suffix in (".log", ".out", ".err")]
-    assert any("/v1/chat/completions" in t for t in texts)  # these are the logs the requests went through
-    assert not any(marker in t for t in texts)
-    assert not any(response.choices[0].message.content in t for t in texts if len(response.choices[0].message.content) > 12)
+
+    def texts() -> list[str]:
+        return [p.read_text(errors="ignore") for p in logs.rglob("*")
+                if p.is_file() and p.suffix in (".log", ".out", ".err")]
+
+    # These are the logs this very request went through: Serve's access line of it (its X-Request-ID), written.
+    wait_for(lambda: any(request_id in line and "/v1/chat/completions" in line
+                         for text in texts() for line in text.splitlines()), 30, "the call's own access log line")
+    written = texts()
+    assert not any(marker in t for t in written)
+    answer = response.choices[0].message.content
+    assert not any(answer in t for t in written if len(answer) > 12)

@@ -24,7 +24,8 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import wait_status
+from tests.helpers import (StreamReader, engine_connections, long_stream, replica_pids, serve_replicas, wait_for,
+                           wait_status)
 
 NAME = "测试服务-A_1"  # a CJK name: what the product allows, used as `model` by callers
 
@@ -168,15 +169,17 @@ def test_another_project_cannot_call_the_name(platform, service):
 
 def test_scale_out_keeps_the_running_replica_and_the_stream(platform, service, caller):
     before = {r["id"] for r in running_with(platform, 1)["replicas"]}
-    stream = chat(caller, max_tokens=1500, stream=True, extra_body={"ignore_eos": True})
-    first = next(iter(stream))
+    stream = StreamReader(chat(caller, **long_stream(2000)))  # outlasts the redeploy on a machine starting an engine
+    wait_for(lambda: stream.arrivals, 60, "the stream's first chunk")
     scaled = platform.maas_json("services", "scale", NAME, "2")
     assert scaled["status"] == "Scale" and scaled["instances"] == 2
     during = chat(caller)  # Scale is a callable status
     assert during.choices[0].message.content is not None
-    time.sleep(5)  # the reconciler has redeployed with the new count by now
-    chunks = [first, *stream]
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
+    wait_for(lambda: platform.admin().get(f"/default/services/{NAME}").json()["replicas_target"] == 2, 60,
+             "Serve's application redeployed with 2 replicas")
+    redeployed = time.time()
+    assert stream.whole(2000)
+    assert stream.arrivals[-1] > redeployed  # the stream was still running across the redeploy
     view = wait_status(platform, NAME, {"Running"})
     after = {r["id"] for r in view["replicas"] if r["state"] == "RUNNING"}
     assert len(after) == 2 and before <= after  # the first replica was never restarted
@@ -184,22 +187,36 @@ def test_scale_out_keeps_the_running_replica_and_the_stream(platform, service, c
 
 
 def test_scale_in_needs_yes_and_drains_the_stream(platform, service, caller):
-    running_with(platform, 2)
+    view = running_with(platform, 2)
     refused = platform.admin().post(f"/default/services/{NAME}/scale", json={"instances": 1})
     assert refused.status_code == 400
     assert refused.json() == {"error_code": "MaaS.0400",
                               "error_msg": "Scaling in (fewer instances) needs the confirmation text YES."}
     done = platform.maas("services", "scale", NAME, "1", check=False)
     assert done.returncode == 1 and "YES" in done.stderr
-    stream = chat(caller, max_tokens=1000, stream=True, extra_body={"ignore_eos": True})
-    first = next(iter(stream))
+    # A stream on each replica, so that whichever one Serve stops is answering one: each stream's own connection
+    # from a gateway replica to its engine replica (serve_apps.direct_stream) says which engine carries it.
+    engines = replica_pids(platform.env, view["app_name"])
+    gateways = replica_pids(platform.env, "maas-gateway")
+    assert len(engines) == 2 and len(gateways) == 2, (engines, gateways)
+    known, carriers = engine_connections(gateways, engines), {}
+    while set(carriers.values()) != set(engines):
+        assert len(carriers) < 6, f"Serve sent every stream to one replica: {carriers}"
+        stream = StreamReader(chat(caller, **long_stream(1800)))  # outlasts the scale-in's start, ends in the drain
+        # Past its first batch (through Serve), the rest comes over the stream's own connection.
+        wait_for(lambda: len(stream.arrivals) >= 50, 60, "the new stream past its first batch")
+        new = engine_connections(gateways, engines) - known
+        [engine] = {e for _gateway, _port, e in new}  # the stream's (and Ray's own, if that gateway never called it)
+        known |= new
+        carriers[stream] = engine
     assert platform.maas_json("services", "scale", NAME, "1", "--confirm", "YES")["instances"] == 1
-    time.sleep(3)  # whichever replica goes, it finishes what it is answering first
-    chunks = [first, *stream]
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
-    deadline = time.time() + 120
-    while len(wait_status(platform, NAME, {"Running"})["replicas"]) != 1 and time.time() < deadline:
-        time.sleep(1)
+    [stopping] = wait_for(lambda: [r for r in serve_replicas(view["app_name"]) if r["state"] == "STOPPING"], 120,
+                          "Serve stopping one of the two replicas", interval=0.2)
+    draining = [s for s, engine in carriers.items() if engine == stopping["pid"]]
+    assert draining and all(s.is_alive() for s in draining)  # the stopping replica was still answering them
+    assert all(s.whole(1800) for s in carriers)
+    wait_for(lambda: replica_pids(platform.env, view["app_name"]) == [p for p in engines if p != stopping["pid"]],
+             120, "the stopped replica gone, the other one kept")
     assert len(wait_status(platform, NAME, {"Running"})["replicas"]) == 1
 
 

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.helpers import actor_pids, wait_status
+from serve_apps.witness import TOTALS_EVERY_S
+from tests.helpers import actor_pids, engine_connections, replica_pids, wait_for, wait_status
 
 CHAT = "tiny-chat"
 
@@ -84,7 +85,21 @@ def _received(lines) -> tuple[int, list[dict]]:
 def _engine_generated(platform, since: float, model: str) -> int:
     answer = platform.admin().get("/usage/audit", params={"since": since})
     assert answer.status_code == 200, answer.text
-    return next(r["engine_generation_tokens"] for r in answer.json()["models"] if r["model"] == model)
+    return next((r["engine_generation_tokens"] for r in answer.json()["models"] if r["model"] == model), 0)
+
+
+def _engine_count_at_rest(platform, since: float, model: str, at_least: int) -> int:
+    """The engine's own generation count once it has reached `at_least` and stopped moving: engines push it every
+    TOTALS_EVERY_S when it moved, so a count unchanged for longer than that is one the engine no longer adds to."""
+    seen: list[tuple[float, int]] = []
+
+    def at_rest() -> int | None:
+        seen.append((time.time(), _engine_generated(platform, since, model)))
+        count = seen[-1][1]
+        changed = max((t for (t, c), (_, after) in zip(seen, seen[1:]) if after != c), default=seen[0][0])
+        return count if count >= at_least and time.time() - changed > TOTALS_EVERY_S + 1 else None
+
+    return wait_for(at_rest, 60, f"{model}'s engine count at rest at {at_least} or more", interval=1)
 
 
 def test_a_client_that_goes_away_mid_stream_is_recorded_499_with_its_tokens(platform):
@@ -102,9 +117,9 @@ def test_a_client_that_goes_away_mid_stream_is_recorded_499_with_its_tokens(plat
     assert row["status_code"] == 499 and row["error_code"] == "MaaS.0499"
     assert row["prompt_tokens"] > 0
     assert 40 <= row["completion_tokens"] < 1500, row  # what the engine generated up to the last chunk relayed
-    # vLLM aborted the request: its own counter stopped near the cut (1,500 tokens take tiny-chat ~8 s here).
-    time.sleep(12)
-    generated = _engine_generated(platform, since, CHAT)
+    # vLLM aborted the request: its own counter stopped near the cut (1,500 tokens take tiny-chat ~8 s here, so
+    # a request left running would bring it to rest far above 400).
+    generated = _engine_count_at_rest(platform, since, CHAT, row["completion_tokens"])
     assert row["completion_tokens"] <= generated < 400, (row, generated)
 
 
@@ -118,7 +133,7 @@ def test_a_whole_stream_still_bills_the_engines_final_count(platform):
 
 
 def _replica_pids(platform, app: str) -> list[int]:
-    return actor_pids(platform.env, "ServeReplica:" + app + ":")
+    return replica_pids(platform.env, app)
 
 
 def _haproxies(managers: list[int]) -> list:
@@ -225,17 +240,6 @@ def test_an_engine_replicas_own_http_port_answers_nothing(platform):
         assert answered == 1, (engine, ports)
 
 
-def _engine_connections(gateways: list[int], engines: list[int]) -> set[tuple]:
-    """The gateway replicas' TCP connections to a port an engine replica listens on."""
-    import psutil
-
-    listening = {c.laddr.port for pid in engines for c in psutil.Process(pid).net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN}
-    return {(pid, c.laddr.port, c.raddr.port) for pid in gateways
-            for c in psutil.Process(pid).net_connections("tcp")
-            if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.raddr.port in listening}
-
-
 def test_a_stream_after_its_first_batch_travels_on_a_connection_of_its_own(platform):
     """serve_apps.direct_stream: while a stream runs, a gateway replica holds a connection to the engine replica's
     stream server (besides Ray's own connections, which stay); the stream's end closes it."""
@@ -248,11 +252,11 @@ def test_a_stream_after_its_first_batch_travels_on_a_connection_of_its_own(platf
             delivered += _has_content(line)
             if delivered == 10:
                 break
-        during = _engine_connections(gateways, engines)
+        during = engine_connections(gateways, engines)
         received, events = _received(lines)
     assert events[-1] == {"done": True} and received == 300, events[-3:]  # the stream arrived whole
     deadline = time.time() + 10
-    while (stream := during - _engine_connections(gateways, engines)) == set() and time.time() < deadline:
+    while (stream := during - engine_connections(gateways, engines)) == set() and time.time() < deadline:
         time.sleep(0.5)
     assert len(stream) == 1, (during, stream)  # the stream's own connection, gone with the stream
     [row] = _wait_records(platform, key["id"], 1)
@@ -267,10 +271,12 @@ def _audit_is_exact_on_a_fresh_engine(platform, key: dict, service_id: str) -> N
         model="fault-svc", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
     assert answer.usage.completion_tokens > 0
     _wait_records(platform, key["id"], 2)
-    time.sleep(7)  # engines push their counters every 5 s
+    expected = 48 + answer.usage.completion_tokens
+    wait_for(lambda: _engine_generated(platform, 0, service_id) == expected, 30,  # pushed every TOTALS_EVERY_S
+             f"the engine's own count of {service_id} at {expected} tokens")
     done = platform.maas("usage", "audit", "--range", "30m", "--json", check=False)
     [row] = [r for r in json.loads(done.stdout)["models"] if r["model"] == service_id]
-    assert row["calls"] == 2 and row["engine_generation_tokens"] == 48 + answer.usage.completion_tokens, row
+    assert row["calls"] == 2 and row["engine_generation_tokens"] == expected, row
     assert row["prompt_difference"] == 0 and row["completion_difference"] == 0, row
 
 
@@ -339,13 +345,14 @@ def test_a_gateway_killed_mid_stream_loses_no_call_the_engines_count_settles_the
         started.wait(timeout=120)
         # Serve's router may put every stream on one replica: kill the one that holds the most (each stream has
         # a connection of its own to the engine's stream port, serve_apps.direct_stream)
-        carried = [pid for pid, _, _ in _engine_connections(gateways, engines)]
-        os.kill(max(gateways, key=carried.count), signal.SIGKILL)
+        carried = [pid for pid, _, _ in engine_connections(gateways, engines)]
+        killed = max(gateways, key=carried.count)
+        os.kill(killed, signal.SIGKILL)
         results = [f.result(timeout=300) for f in futures]
     broken = [delivered for delivered, done in results if not done]
     assert broken, f"no stream went through the killed replica: {results}"
-    rows = _wait_records(platform, key["id"], 8, timeout=90)
-    time.sleep(3)
+    _wait_records(platform, key["id"], 8, timeout=90)
+    wait_for(lambda: _in_flight(platform, key["id"]) == 0, 60, "every call of the key settled (none in flight)")
     rows = _records(platform, key["id"])
     assert len(rows) == 8, (rows, results)  # every call, once
     lost = sorted(r["completion_tokens"] for r in rows if r["status_code"] == 502)
@@ -353,9 +360,26 @@ def test_a_gateway_killed_mid_stream_loses_no_call_the_engines_count_settles_the
     assert all(billed >= seen for billed, seen in zip(lost, sorted(broken))), (lost, broken)
     assert all(r["prompt_tokens"] > 0 and r["completion_tokens"] <= 400 for r in rows)
     assert sorted(r["completion_tokens"] for r in rows if r["status_code"] == 200) == [400] * (8 - len(broken))
-    deadline = time.time() + 180  # Serve replaces the replica: the platform is whole again for what follows
-    while len(_replica_pids(platform, "maas-gateway")) < 2 and time.time() < deadline:
-        time.sleep(2)
+    # Serve replaces the killed replica: two gateway replicas run again, the killed one not among them.
+    wait_for(lambda: _running_gateways(platform) == 2 and killed not in _replica_pids(platform, "maas-gateway"),
+             180, "a new gateway replica in place of the killed one")
+    assert len(_replica_pids(platform, "maas-gateway")) == 2
+
+
+def _in_flight(platform, key_id: str) -> float:
+    """The accounting's gauge of the key's admitted calls not yet settled (maas_requests_in_flight)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(platform.base_url + "/metrics", timeout=30,
+                     headers={"Authorization": f"Bearer {platform.admin_key}"}).text
+    return sum(sample.value for family in text_string_to_metric_families(text)
+               if family.name == "maas_requests_in_flight" for sample in family.samples
+               if sample.labels.get("key_id") == key_id)
+
+
+def _running_gateways(platform) -> int:
+    deployments = platform.maas_json("status")["applications"]["maas-gateway"]["deployments"]
+    return sum(d["replicas"].get("RUNNING", 0) for d in deployments.values())
 
 
 def test_a_cpu_engine_is_its_replica_and_one_engine_core_process_with_the_worker_inside(platform):
