@@ -21,7 +21,8 @@ from tests.helpers import SLOT, replica_pids
 
 pytestmark = pytest.mark.e2e
 CHAT = "tiny-chat"
-WORKER_PORTS = range(30000 + 3000 * SLOT, 33000 + 3000 * SLOT)  # tests.helpers.start_ray_head's worker ports
+# tests.helpers.start_ray_head's worker ports; free ports the kernel hands out (32768-60999) may fall in it too
+WORKER_PORTS = range(30000 + 3000 * SLOT, 33000 + 3000 * SLOT)
 
 
 def _listeners(pid: int) -> list[tuple[str, int]]:
@@ -97,7 +98,7 @@ def test_idle_connections_to_an_engines_ports_keep_no_stream_out(platform):
     try:
         for pid in replica_pids(platform.env, CHAT):
             for address, port in _listeners(pid):
-                if address == node_ip and port not in WORKER_PORTS:
+                if address == node_ip:  # Serve's gRPC and the stream port (Ray core's is on every interface)
                     for _ in range(100):
                         idle.append(socket.create_connection((address, port), timeout=5))
         assert len(idle) >= 200
@@ -126,7 +127,7 @@ def test_the_stream_port_refuses_a_wrong_secret_at_once(platform):
     """A connection that presents a secret that is no call's is closed as soon as its 32 characters are in."""
     node_ip = _node_ip(platform)
     ports = [port for pid in replica_pids(platform.env, CHAT) for address, port in _listeners(pid)
-             if address == node_ip and port not in WORKER_PORTS]
+             if address == node_ip]
     closed = 0
     for port in ports:
         with socket.create_connection((node_ip, port), timeout=5) as conn:
