@@ -97,6 +97,11 @@ def _connect(console: Console) -> str:
         if settings.ray_address:
             raise StartupError(f"cannot reach the Ray cluster at RAY_ADDRESS={settings.ray_address}") from None
     settings.logs_dir.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("RAY_AUTH_MODE"):
+        # Ray starts a head without authentication unless a token already exists: its dashboard (job submission)
+        # and Serve's gRPC ports would run any caller's code. Token mode always, unless the environment says.
+        ensure_ray_token()
+        os.environ["RAY_AUTH_MODE"] = "token"
     # RAY_NODE_ENV: what Serve must start with (HAProxy through maas-haproxy, X-Forwarded-For left alone, ...).
     # The venv's bin first on the workers' PATH: a job's `python` (`ray job submit -- python -m ...`) is then
     # the platform's python, with torch and the job code, whatever the submitting shell has activated.
