@@ -43,6 +43,21 @@ def with_peer_header(config: str) -> str:
     return "".join(out)
 
 
+def with_loopback_admin_ports(config: str) -> str:
+    """Ray's template binds HAProxy's stats page (`listen stats`) and its Prometheus exporter (`frontend
+    prometheus`) on every interface: they name every backend and replica address. On loopback only here."""
+    out, section = [], ""
+    for line in config.splitlines(keepends=True):
+        if line and not line[0].isspace():
+            section = line.split()[:2] if line.strip() else []
+        stripped = line.strip()
+        if section in (["listen", "stats"], ["frontend", "prometheus"]) and stripped.startswith("bind "):
+            port = stripped.split()[1].rpartition(":")[2]
+            line = line[:len(line) - len(line.lstrip())] + f"bind 127.0.0.1:{port}\n"
+        out.append(line)
+    return "".join(out)
+
+
 # HAProxy's own answers (no server up, a server that died mid-answer, a timeout) -> the platform's error.
 _HAPROXY_ERRORS = {502: ("502 Bad Gateway", PlatformError("MaaS.0502")),
                    503: ("503 Service Unavailable", PlatformError("MaaS.0503", reason="no gateway replica is up.")),
@@ -99,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
                 config = f.read()
             copy = source + ".maas"
             with open(copy + ".tmp", "w", encoding="utf-8") as f:
-                f.write(with_error_pages(with_peer_header(config), os.path.dirname(os.path.abspath(source))))
+                f.write(with_error_pages(with_loopback_admin_ports(with_peer_header(config)),
+                                         os.path.dirname(os.path.abspath(source))))
             os.replace(copy + ".tmp", copy)
             args[i + 1] = copy
     binary = real_binary()

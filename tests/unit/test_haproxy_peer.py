@@ -148,3 +148,13 @@ backend gone
         haproxy.terminate()
         haproxy.wait(10)
         backend.shutdown()
+
+
+def test_the_stats_page_and_the_exporter_listen_on_loopback_only():
+    from serve_apps.haproxy_peer import with_loopback_admin_ports
+
+    config = ("frontend prometheus\n    bind :9101\n    mode http\nfrontend http_frontend\n    bind *:8000\n"
+              "listen stats\n  bind *:8404\n  stats enable\n")
+    rewritten = with_loopback_admin_ports(config)
+    assert "    bind 127.0.0.1:9101\n" in rewritten and "  bind 127.0.0.1:8404\n" in rewritten
+    assert "    bind *:8000\n" in rewritten  # the platform's own port is left as Ray set it
