@@ -48,7 +48,8 @@ def test_the_wrapper_execs_the_real_haproxy_on_a_copy_with_the_line(tmp_path, mo
     main(["-db", "-f", str(config), "-dR", "-sf", "123"])
     [(binary, argv)] = calls
     assert binary == "/opt/haproxy" and argv == ["/opt/haproxy", "-db", "-f", f"{config}.maas", "-dR", "-sf", "123"]
-    assert (tmp_path / "haproxy.cfg.maas").read_text() == with_peer_header(CONFIG)
+    assert (tmp_path / "haproxy.cfg.maas").read_text() == with_peer_header(CONFIG).replace(
+        "    bind :9101\n", "    bind 127.0.0.1:9101\n")
     assert config.read_text() == CONFIG  # Ray's own file is left as Ray wrote it
 
 
