@@ -116,7 +116,8 @@ class ControlPlane:
         if secret:  # a `serve deploy` without `maas up`: the key goes to the credentials file, never to a log
             auth.save_credentials(get_settings().credentials_file, secret)
             log.warning("Generated the admin key; it is in %s (mode 0600)", get_settings().credentials_file)
-        shards = accounting.get_or_create(get_settings().database_url, get_settings().accounting_shards)
+        shards = accounting.get_or_create(get_settings().database_url, get_settings().accounting_shards,
+                                          get_settings().usage_retention_days)
         ray.get([shard.reload.remote() for shard in shards])
         reconciler.start(get_settings().database_url)
         jobs.start(get_settings().database_url, {TuningJob: finetune.register_output,
