@@ -76,4 +76,5 @@ def test_an_upload_without_a_key_is_answered_before_it_is_read(platform):
     status, body, sent = send_until_answered(f"{platform.base_url}/api/v1", "/api/v1/default/datasets", {}, 2**30)
     assert (status, body) == (400, {"error_code": "ModelArts.81002",
                                     "error_msg": "Failed to get the authorization header."})
-    assert sent < 8 * MiB, f"{sent / MiB:.1f} MiB of the 1 GiB were sent before the answer"
+    # HAProxy's buffers and two connections' socket buffers lie between (10 MiB seen); before, all of the 1 GiB
+    assert sent < 64 * MiB, f"{sent / MiB:.1f} MiB of the 1 GiB were sent before the answer"
