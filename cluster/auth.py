@@ -78,3 +78,12 @@ def playground_proof(admin_key_hashes: list[str], key_hash: str) -> str:
 
 def playground_proof_for(session: Session, secret: str) -> str:
     return playground_proof(list(session.scalars(select(AdminKey.key_hash))), hash_key(secret))
+
+
+def cache_salt_secret(home: Path) -> str:
+    """The platform's MAAS_CACHE_SALT_SECRET for a head `maas up` starts: made once (0600) in MAAS_HOME and kept,
+    so every gateway replica salts a project's calls alike (its prefix cache hits across replicas and restarts)."""
+    path = home / "cache_salt_secret"
+    if not path.exists():
+        save_credentials(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()

@@ -102,6 +102,10 @@ def _connect(console: Console) -> str:
         # and Serve's gRPC ports would run any caller's code. Token mode always, unless the environment says.
         ensure_ray_token()
         os.environ["RAY_AUTH_MODE"] = "token"
+    if not os.environ.get("MAAS_CACHE_SALT_SECRET"):  # one secret for every replica of this cluster
+        from cluster.auth import cache_salt_secret
+
+        os.environ["MAAS_CACHE_SALT_SECRET"] = cache_salt_secret(settings.home)
     # RAY_NODE_ENV: what Serve must start with (HAProxy through maas-haproxy, X-Forwarded-For left alone, ...).
     # The venv's bin first on the workers' PATH: a job's `python` (`ray job submit -- python -m ...`) is then
     # the platform's python, with torch and the job code, whatever the submitting shell has activated.

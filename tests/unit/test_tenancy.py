@@ -71,3 +71,15 @@ def test_two_projects_share_no_cached_block_of_the_same_prompt():
     assert len(a) == 4 and a == a_again  # a project's later calls hit its own cache
     assert not set(a) & set(b)  # every block differs: the salt is in the first, the others chain on it
     assert not set(a) & set(unsalted)
+
+
+def test_maas_up_makes_one_cache_salt_secret_and_keeps_it(tmp_path):
+    """A head `maas up` starts gets MAAS_CACHE_SALT_SECRET from MAAS_HOME: made once, 0600, the same afterwards
+    (without it each gateway replica drew its own, and a project's cache hit only within one replica)."""
+    import stat
+
+    from cluster.auth import cache_salt_secret
+
+    first = cache_salt_secret(tmp_path)
+    assert len(first) >= 32 and cache_salt_secret(tmp_path) == first
+    assert stat.S_IMODE((tmp_path / "cache_salt_secret").stat().st_mode) == 0o600
