@@ -102,6 +102,9 @@ def _connect(console: Console) -> str:
         # and Serve's gRPC ports would run any caller's code. Token mode always, unless the environment says.
         ensure_ray_token()
         os.environ["RAY_AUTH_MODE"] = "token"
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()  # this process read the mode already (the join attempt above): read it again
     if not os.environ.get("MAAS_CACHE_SALT_SECRET"):  # one secret for every replica of this cluster
         from cluster.auth import cache_salt_secret
 
