@@ -102,16 +102,22 @@ def send_until_answered(base: str, path: str, headers: dict, declared: int, pace
             except OSError:  # the server closed the connection after its answer
                 break
             sent += len(chunk)
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
+        answer = read_answer(sock)
     if b"\r\n\r\n" not in answer:
         return 0, {}, sent  # no answer at all
     head, content = answer.split(b"\r\n\r\n", 1)
     return int(head.split()[1]), json.loads(content or b"{}"), sent
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    """One HTTP answer off a raw socket: its head and as much body as its Content-Length says (or until closed)."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+        data = sock.recv(65536)
+        if not data:
+            break
+        answer += data
+    return answer
 
 
 def _length(answer: bytes) -> int:

@@ -71,6 +71,17 @@ class Platform:
     def new_key(self, label: str | None = None) -> dict:
         return self.maas_json("keys", "create", "--label", label or f"k{time.time_ns()}")
 
+    def new_project(self, prefix: str, **quotas) -> tuple[str, str]:
+        """A project of its own (`<prefix>-<random>`, the quotas given set) and its first key: (id, secret)."""
+        project = f"{prefix}-{os.urandom(4).hex()}"
+        with self.admin() as admin:
+            assert admin.post("/projects", json={"id": project}).status_code == 201
+            key = admin.post(f"/{project}/keys", json={"label": "first", "description": "x"}).json()["key"]
+            if quotas:
+                view = admin.put(f"/projects/{project}/quotas", json=quotas).json()
+                assert {name: view[name] for name in quotas} == quotas, view
+        return project, key
+
     def client(self, key: str) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url + "/v1", api_key=key, max_retries=0, timeout=120)
 

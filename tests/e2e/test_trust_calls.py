@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-import uuid
 
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+
+from tests.bodies import read_answer
 
 pytestmark = pytest.mark.e2e
 CHAT = "tiny-chat"
@@ -19,11 +20,7 @@ OVER_CONTEXT = "maximum context length"
 
 
 def _tenant(platform) -> tuple[str, str]:
-    project = f"t26-{uuid.uuid4().hex[:8]}"
-    with platform.admin() as admin:
-        assert admin.post("/projects", json={"id": project}).status_code == 201
-        key = admin.post(f"/{project}/keys", json={"label": "first", "description": "x"}).json()["key"]
-    return project, key
+    return platform.new_project("t26")
 
 
 def _post(platform, key: str, path: str, body: dict, **headers) -> httpx.Response:
@@ -167,22 +164,10 @@ def test_a_large_body_is_not_read_for_an_unknown_key(platform):
     with socket.create_connection((host, int(port)), timeout=30) as conn:
         conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer sk-not-a-key\r\nContent-Length: 8000000\r\n\r\n" + b"{" * 1000)
-        answer = b""
-        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            answer += chunk
+        answer = read_answer(conn)
     head, body = answer.decode(errors="replace").split("\r\n\r\n", 1)
     assert head.startswith("HTTP/1.1 401"), head
     assert json.loads(body) == {"error_code": "ModelArts.81003", "error_msg": "Invalid authorization header."}
-
-
-def _length(answer: bytes) -> int:
-    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            return int(line.split(b":", 1)[1])
-    return 0
 
 
 def test_x_forwarded_for_is_read_from_the_right(platform):

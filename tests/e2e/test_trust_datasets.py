@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import httpx
 import psutil
@@ -23,10 +22,7 @@ CHAT = "tiny-chat"
 
 @pytest.fixture(scope="module")
 def hostile(platform):
-    project = f"t26-data-{uuid.uuid4().hex[:6]}"
-    with platform.admin() as admin:
-        assert admin.post("/projects", json={"id": project}).status_code == 201
-        key = admin.post(f"/{project}/keys", json={"label": "own", "description": "x"}).json()["key"]
+    project, key = platform.new_project("t26-data")
     with httpx.Client(base_url=f"{platform.base_url}/api/v1/{project}", timeout=600,
                       headers={"Authorization": f"Bearer {key}"}) as client:
         yield client

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import httpx
 import pytest
@@ -25,11 +24,7 @@ FULL = {"error_code": "MaaS.0400", "error_msg": "Over the project's quota: at mo
 
 @pytest.fixture(scope="module")
 def tenant(platform):
-    project = f"t26-jobs-{uuid.uuid4().hex[:6]}"
-    with platform.admin() as admin:
-        assert admin.post("/projects", json={"id": project}).status_code == 201
-        key = admin.post(f"/{project}/keys", json={"label": "first", "description": "x"}).json()["key"]
-        assert admin.put(f"/projects/{project}/quotas", json={"jobs": 1}).json()["jobs"] == 1
+    project, key = platform.new_project("t26-jobs", jobs=1)
     with httpx.Client(base_url=f"{platform.base_url}/api/v1/{project}", timeout=120,
                       headers={"Authorization": f"Bearer {key}"}) as client:
         yield client
