@@ -14,6 +14,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from cluster.settings import get_settings
+from tests.db.world import offline_control_plane
 from cluster.state.db import CompressionJob, ModelVersion, MyModel, PresetGrant, UsageRecord, session_scope
 
 ADMIN = "admin-console-db"
@@ -23,31 +24,9 @@ LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        home = tmp_path_factory.mktemp("console")
-        (home / "models" / "tiny-chat").mkdir(parents=True)  # the base model's description, for my-model imports
-        (home / "models" / "tiny-chat" / "config.json").write_text(json.dumps(LLAMA))
-        patch.setenv("MAAS_HOME", str(home))
-        patch.delenv("MAAS_DATABASE_URL", raising=False)
-        patch.setenv("MAAS_ADMIN_KEY", ADMIN)
-        patch.setenv("MAAS_IMPORT_ROOTS", str(tmp_path_factory.getbasetemp()))
-        get_settings.cache_clear()
-        import cluster.keys.router as keys_router
-        import cluster.my_models.router as my_models_router
-        import cluster.presets.router as presets_router
-        import cluster.services.service as services
-        from cluster.app import app, prepare
-
-        async def nothing(*_args, **_kwargs):
-            return None
-
-        patch.setattr(keys_router, "on_every_shard", nothing)
-        patch.setattr(presets_router, "reload_accounting", nothing)
-        patch.setattr(my_models_router, "reload_accounting", nothing)
-        patch.setattr(services, "after_change", nothing)
-        prepare(["tiny-chat", "all-minilm-l6-v2"])
-        yield app
-    get_settings.cache_clear()
+    with offline_control_plane(tmp_path_factory.mktemp("console"), ADMIN, LLAMA,
+                               MAAS_IMPORT_ROOTS=str(tmp_path_factory.getbasetemp())) as control_plane:
+        yield control_plane
 
 
 def _login(app, key: str) -> tuple[TestClient, str]:

@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from cluster.settings import get_settings
 from cluster.state.db import CompressionJob, Service, TuningJob, session_scope
+from tests.db.world import offline_control_plane
 from tests.helpers import lora_adapter
 
 pytestmark = pytest.mark.db
@@ -25,34 +26,8 @@ LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_s
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        home = tmp_path_factory.mktemp("trust-limits")
-        (home / "models" / "tiny-chat").mkdir(parents=True)  # the base model's description, for promotions
-        (home / "models" / "tiny-chat" / "config.json").write_text(json.dumps(LLAMA))
-        patch.setenv("MAAS_HOME", str(home))
-        patch.delenv("MAAS_DATABASE_URL", raising=False)
-        patch.setenv("MAAS_ADMIN_KEY", ADMIN)
-        get_settings.cache_clear()
-        import cluster.endpoints.router as endpoints_router
-        import cluster.finetune.router as finetune_router
-        import cluster.keys.router as keys_router
-        import cluster.my_models.router as my_models_router
-        import cluster.presets.router as presets_router
-        import cluster.services.service as services
-        from cluster.app import app, prepare
-
-        async def nothing(*_args, **_kwargs):
-            return None
-
-        patch.setattr(keys_router, "on_every_shard", nothing)
-        patch.setattr(presets_router, "reload_accounting", nothing)
-        patch.setattr(my_models_router, "reload_accounting", nothing)
-        patch.setattr(services, "after_change", nothing)
-        patch.setattr(endpoints_router, "reload_accounting", nothing)
-        patch.setattr(finetune_router, "reload_accounting_blocking", lambda _log: None)
-        prepare(["tiny-chat", "all-minilm-l6-v2"])
-        yield app
-    get_settings.cache_clear()
+    with offline_control_plane(tmp_path_factory.mktemp("trust-limits"), ADMIN, LLAMA) as control_plane:
+        yield control_plane
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,15 @@ tests/e2e/test_accounting_shards_on_ray.py for the real actors on a Ray cluster.
 
 from __future__ import annotations
 
+import json
 import time
+from contextlib import contextmanager
+
+import pytest
 
 from cluster.accounting.actor import AccountingActor
 from cluster.presets.service import register_builtin_models
+from cluster.settings import get_settings
 from cluster.state.db import ApiKey, Endpoint, Preset, PresetGrant, Project, session_scope
 from serve_apps.contract import AdmissionRequest, hash_key, project_shard
 
@@ -66,3 +71,41 @@ def build_shards(url: str) -> str:
 
 def shard_request(secret: str, model: str = "ep") -> AdmissionRequest:
     return AdmissionRequest(hash_key(secret), model, 5, 10)
+
+
+@contextmanager
+def offline_control_plane(home, admin_key: str, base_config: dict, **env: str):
+    """cluster.app on a new SQLite database in `home`, without Ray: the accounting actor's reloads and the
+    reconciler's wake-up are no-ops (the tests write what those would). tiny-chat's config.json is `base_config`;
+    `env` sets more MAAS_* variables. Yields the FastAPI app."""
+    with pytest.MonkeyPatch.context() as patch:
+        (home / "models" / "tiny-chat").mkdir(parents=True)
+        (home / "models" / "tiny-chat" / "config.json").write_text(json.dumps(base_config))
+        patch.setenv("MAAS_HOME", str(home))
+        patch.delenv("MAAS_DATABASE_URL", raising=False)
+        patch.setenv("MAAS_ADMIN_KEY", admin_key)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        get_settings.cache_clear()
+        import cluster.endpoints.router as endpoints_router
+        import cluster.finetune.router as finetune_router
+        import cluster.keys.router as keys_router
+        import cluster.my_models.router as my_models_router
+        import cluster.presets.router as presets_router
+        import cluster.services.service as services
+        from cluster.app import app, prepare
+
+        async def nothing(*_args, **_kwargs):
+            return None
+
+        patch.setattr(keys_router, "on_every_shard", nothing)
+        patch.setattr(presets_router, "reload_accounting", nothing)
+        patch.setattr(my_models_router, "reload_accounting", nothing)
+        patch.setattr(endpoints_router, "reload_accounting", nothing)
+        patch.setattr(services, "after_change", nothing)
+        patch.setattr(finetune_router, "reload_accounting_blocking", lambda _log: None)
+        prepare(["tiny-chat", "all-minilm-l6-v2"])
+        try:
+            yield app
+        finally:
+            get_settings.cache_clear()
